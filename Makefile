@@ -1,0 +1,30 @@
+# Quick start: `make demo` then `make test`. Both set everything up on a fresh Debian 12 machine.
+# The venv is built from Debian's python3 with system site-packages so that the `bcc` module of
+# the python3-bpfcc package (BCC has no PyPI build) imports inside it.
+SYS_PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+
+.PHONY: setup system-deps demo test scenarios bench clean lint
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@bash .ci/install-system-deps
+
+$(VENV)/.installed: pyproject.toml
+	$(SYS_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	@mkdir -p $(OUT)
+	$(PY) -m diag.demo --out $(OUT)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache build *.egg-info

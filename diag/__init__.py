@@ -1,0 +1,3 @@
+"""diag: syscall-level latency diagnostics for Linux servers."""
+
+__version__ = "0.1.0"

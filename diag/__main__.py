@@ -1,0 +1,4 @@
+"""`python -m diag` runs the CLI."""
+from diag.cli import main
+
+main()

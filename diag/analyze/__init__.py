@@ -1,0 +1,1 @@
+"""Analysis: normalized records in, statistics, decision-matrix rows and ranked findings out."""

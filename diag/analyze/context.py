@@ -1,0 +1,86 @@
+"""What every rule reads: the dataset, indexed once (samples by thread and time, stats)."""
+from __future__ import annotations
+
+import bisect
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from diag.analyze import stats
+from diag.model import Dataset, StackSample, SyscallEvent
+
+# Kernel functions that place a blocked call in the filesystem or block layer (the document's
+# worked example: ext4_sync_file -> blk_mq_sched_insert_request).
+IO_KERNEL_PREFIXES = ("ext4_", "jbd2", "xfs_", "btrfs_", "f2fs_", "blk_", "bio_", "submit_bio", "nvme_",
+                      "virtblk", "file_write_and_wait", "filemap_", "do_fsync", "vfs_fsync",
+                      "__x64_sys_fsync", "__x64_sys_fdatasync", "iomap_", "fuse_", "io_schedule")
+
+
+@dataclass
+class AnalysisContext:
+    data: Dataset
+    slow_ns: int | None = None
+    _by_tid: dict[int, list[StackSample]] = field(default_factory=dict, init=False)
+    _ts_by_tid: dict[int, list[int]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        groups: dict[int, list[StackSample]] = defaultdict(list)
+        for s in self.data.samples:
+            if s.ts_ns is not None:
+                groups[s.tid].append(s)
+        for tid, lst in groups.items():
+            lst.sort(key=lambda s: s.ts_ns or 0)
+            self._by_tid[tid] = lst
+            self._ts_by_tid[tid] = [s.ts_ns or 0 for s in lst]
+
+    @cached_property
+    def timed_syscalls(self) -> list[SyscallEvent]:
+        return [e for e in self.data.syscalls if e.dur_ns is not None]
+
+    @cached_property
+    def by_syscall(self):
+        return stats.per_syscall(self.data.syscalls)
+
+    @cached_property
+    def by_family(self):
+        return stats.per_family(self.data.syscalls)
+
+    @cached_property
+    def work_time_ns(self) -> int:
+        return sum(e.dur_ns or 0 for e in self.timed_syscalls if stats.is_work_call(e))
+
+    def samples_in(self, tid: int, t0: int, t1: int, source: str | None = None) -> list[StackSample]:
+        """Timed stack samples of thread `tid` with t0 <= ts <= t1 (optionally of one source)."""
+        ts = self._ts_by_tid.get(tid)
+        if not ts:
+            return []
+        lo, hi = bisect.bisect_left(ts, t0), bisect.bisect_right(ts, t1)
+        lst = self._by_tid[tid][lo:hi]
+        return [s for s in lst if source is None or s.source == source]
+
+    def hot_frames(self, samples: list[StackSample], n: int = 3, python_only: bool = False) -> list[tuple[str, int]]:
+        """The most frequent leaf-most frames of `samples` (Python frames first when asked)."""
+        c: Counter[str] = Counter()
+        for s in samples:
+            frames = s.frames
+            if python_only:
+                frames = tuple(f for f in frames if f.file and f.file.endswith(".py"))
+            if frames:
+                c[frames[-1].label()] += s.weight
+        return c.most_common(n)
+
+    @staticmethod
+    def io_kernel_path(sample: StackSample) -> list[str]:
+        """The filesystem/block-layer functions in a stack, root to leaf, or [] if none."""
+        return [f.function for f in sample.frames if f.function.startswith(IO_KERNEL_PREFIXES)]
+
+
+def fmt_ms(ns: int | float | None) -> str:
+    if ns is None:
+        return "n/a"
+    ms = ns / 1e6
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 1:
+        return f"{ms:.1f} ms"
+    return f"{ms * 1000:.0f} µs" if ms >= 0.001 else f"{ns:.0f} ns"

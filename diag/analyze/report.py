@@ -1,0 +1,98 @@
+"""The analysis entry point: a Dataset in, the report (schema `diag.report/1`) out, as plain data.
+
+Renderers (terminal, JSON, HTML) only read this dict; nothing downstream looks at raw records.
+"""
+from __future__ import annotations
+
+from diag import __version__
+from diag.align import alignment_summary, stream_time_range
+from diag.analyze import matrix, stats
+from diag.analyze.context import AnalysisContext
+from diag.analyze.rules import run_rules
+from diag.model import Dataset, Finding, family
+
+SCHEMA = "diag.report/1"
+
+
+def _collectors(data: Dataset) -> dict:
+    """Per collector: status, events, lost, reason. From the manifest, else from the streams."""
+    out: dict[str, dict] = {}
+    m = data.manifest or {}
+    for name, c in sorted((m.get("collectors") or {}).items()):
+        out[name] = {"status": c.get("status", "unknown"), "events": int(c.get("events") or 0),
+                     "lost": int(c.get("lost") or 0), "reason": c.get("reason"),
+                     "format": c.get("format"), "settings": c.get("settings") or {}}
+    for s in data.streams:
+        entry = out.setdefault(s.name, {"status": "ok", "events": 0, "lost": 0, "reason": None,
+                                        "format": s.format, "settings": {}})
+        entry["records"] = entry.get("records", 0) + s.records
+        if s.warnings and entry["status"] == "ok":
+            entry["status"] = "degraded"
+            entry["reason"] = s.warnings[0]
+    return out
+
+
+def _target(data: Dataset) -> dict:
+    m = data.manifest or {}
+    t = dict(m.get("target") or {})
+    if not t:
+        pids = sorted({e.pid for e in data.syscalls} | {s.pid for s in data.samples if s.pid})
+        t = {"pid": pids[0] if len(pids) == 1 else None, "pids": pids[:50], "inputs": [s.path for s in data.streams]}
+    return t
+
+
+def _finding_json(rank: int, f: Finding) -> dict:
+    return {"id": f.id, "rank": rank, "severity": f.severity, "share": round(f.share, 4), "summary": f.summary,
+            "impact_ns": f.impact_ns,
+            "evidence": [{"source": e.source, "text": e.text,
+                          "window": {"start_ns": e.window[0], "end_ns": e.window[1]} if e.window else None}
+                         for e in f.evidence],
+            "recommendation": f.recommendation}
+
+
+def _event_json(e) -> dict:
+    return {"name": e.name, "family": family(e.name), "pid": e.pid, "tid": e.tid, "start_ns": e.start_ns,
+            "dur_ns": e.dur_ns, "fd": e.fd, "fd_kind": e.fd_kind.value, "bytes": e.nbytes, "ret": e.ret,
+            "errno": e.errno, "source": e.source}
+
+
+def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
+    ctx = AnalysisContext(data, slow_ns=slow_ns)
+    window = stream_time_range(data)
+    m = data.manifest or {}
+    if m.get("clock", {}).get("start"):
+        start = m["clock"]["start"]["monotonic_ns"]
+        end = (m["clock"].get("end") or {}).get("monotonic_ns") or (window[1] if window else start)
+    elif window:
+        start, end = window
+    else:
+        start = end = 0
+    findings = run_rules(ctx)
+    rows = matrix.evaluate(ctx)
+    fired = {f.id for f in findings}
+    by_syscall = sorted(ctx.by_syscall.items(), key=lambda kv: kv[1].total_ns, reverse=True)
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "diag", "version": __version__},
+        "target": _target(data),
+        "host": m.get("host"),
+        "window": {"start_ns": start, "end_ns": end, "duration_s": round((end - start) / 1e9, 6)},
+        "collectors": _collectors(data),
+        "alignment": alignment_summary(data),
+        "counts": {"syscalls": len(data.syscalls), "timed_syscalls": len(ctx.timed_syscalls),
+                   "stack_samples": sum(s.weight for s in data.samples), "snapshots": len(data.snapshots),
+                   "threads": len({e.tid for e in data.syscalls} | {s.tid for s in data.samples})},
+        "latency": {
+            "syscalls": [{"name": name, "fd_kind": kind.value, "family": family(name), **st.to_json()}
+                         for (name, kind), st in by_syscall],
+            "families": {fam: st.to_json() for fam, st in sorted(ctx.by_family.items())},
+        },
+        "slowest": [_event_json(e) for e in stats.slowest(data.syscalls, 10)],
+        "slowest_waits": [_event_json(e) for e in stats.slowest(
+            [e for e in data.syscalls if family(e.name) in stats.WAIT_FAMILIES], 5, include_waits=True)],
+        "spikes": [{"start_ns": s.start_ns, "end_ns": s.end_ns, "calls": s.calls, "total_ns": s.total_ns,
+                    "worst": _event_json(s.worst)} for s in stats.spikes(data.syscalls)],
+        "matrix": [dict(r.to_json(), findings=[f for f in r.findings if f in fired]) for r in rows],
+        "findings": [_finding_json(i, f) for i, f in enumerate(findings, 1)],
+        "warnings": list(dict.fromkeys(data.warnings)),
+    }

@@ -1,0 +1,73 @@
+"""Collectors, one module each behind the interface of collect/base.py, and the default policy.
+
+Default policy (`--collectors auto`), from the overhead measured on the reference machine
+(bench/RESULTS.md): the eBPF collector is the syscall source when it can run (in-kernel
+aggregation cost nothing measurable); strace stops the target on every traced call (6x-25x
+slower when attached to a busy server), so in attach mode it runs only when eBPF cannot, with its
+syscall filter. py-spy runs non-blocking on Python targets; perf samples system-wide at 99 Hz;
+the process sampler always runs.
+"""
+from __future__ import annotations
+
+from diag.errors import DiagError
+
+NAMES = ("ebpf", "strace", "perf", "py-spy", "process")
+
+
+def make(name: str, **opts):
+    if name == "strace":
+        from diag.collect.strace import StraceCollector
+
+        return StraceCollector(payload_bytes=opts.get("strace_payload", 0))
+    if name == "perf":
+        from diag.collect.perf import PerfCollector
+
+        return PerfCollector(frequency=opts.get("perf_frequency", 99))
+    if name == "py-spy":
+        from diag.collect.pyspy import PyspyCollector
+
+        return PyspyCollector(rate=opts.get("pyspy_rate", 100), native=opts.get("pyspy_native", False))
+    if name == "process":
+        from diag.collect.process import ProcessSampler
+
+        return ProcessSampler(interval_s=opts.get("process_interval", 0.5))
+    if name == "ebpf":
+        from diag.collect.ebpf import EbpfCollector
+
+        return EbpfCollector(slow_ns=opts.get("ebpf_slow_ns", 1_000_000))
+    raise DiagError(f"--collectors: unknown collector {name!r}; choose from {', '.join(NAMES)} or auto")
+
+
+def parse_selection(value: str) -> list[str] | None:
+    """'auto' -> None (policy decides); 'ebpf,py-spy' -> the list, validated."""
+    v = value.strip().lower()
+    if v in ("", "auto", "default"):
+        return None
+    names = [n.strip() for n in v.split(",") if n.strip()]
+    for n in names:
+        if n not in NAMES:
+            raise DiagError(f"--collectors: unknown collector {n!r}; choose from {', '.join(NAMES)} or auto")
+    return list(dict.fromkeys(names))
+
+
+def ebpf_available(target) -> str | None:
+    """None when the eBPF collector can run; else why not."""
+    try:
+        c = make("ebpf")
+    except ImportError as e:  # the module itself is missing (partial install)
+        return f"eBPF collector not installed: {e}"
+    return c.check(target)
+
+
+def policy(selection: list[str] | None, target, **opts) -> list:
+    """The collectors to run, in start order (the cheapest and least intrusive first)."""
+    if selection is None:
+        names = ["process", "perf", "py-spy"]
+        if ebpf_available(target) is None:
+            names.insert(1, "ebpf")
+        else:
+            names.insert(1, "strace")
+    else:
+        order = {n: i for i, n in enumerate(("process", "ebpf", "strace", "perf", "py-spy"))}
+        names = sorted(selection, key=order.__getitem__)
+    return [make(n, **opts) for n in names]

@@ -1,0 +1,143 @@
+"""The capture session: start collectors together, watch, stop them in reverse order, always.
+
+Guarantees (the production-safety contract of `diag attach`):
+- every collector is stopped in reverse start order on normal end, Ctrl-C, SIGTERM, SIGHUP or an
+  exception (try/finally around the whole capture, signal handlers that only set a flag);
+- if diag is killed with SIGKILL, each tool's PDEATHSIG makes it detach and flush (see
+  collect/base.py); eBPF programs are released with the agent's fds;
+- a collector that fails degrades the capture (recorded in the manifest), never aborts it,
+  unless none can run;
+- the target exiting mid-capture ends the capture with what was seen.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psutil
+
+from diag.capture.bundle import CaptureWriter
+from diag.capture.clock import monotonic_ns
+from diag.collect.base import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Collector, Target, Unavailable
+from diag.errors import EXIT_NO_COLLECTOR, DiagError
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class SessionResult:
+    capture: str
+    status: str                      # complete | interrupted | target-exited
+    started: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class StopFlag:
+    """Set by a signal handler or the target exiting; the capture loop polls it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+
+def start_collectors(collectors: list[Collector], target: Target, writer: CaptureWriter) -> tuple[list, dict]:
+    """Check and start each collector; returns (started, {name: reason for the rest})."""
+    started, skipped = [], {}
+    for c in collectors:
+        reason = c.check(target)
+        if reason:
+            status = NOT_APPLICABLE if reason.startswith("not applicable") else UNAVAILABLE
+            writer.set_collector(c.name, status=status, reason=reason)
+            skipped[c.name] = reason
+            continue
+        try:
+            c.start(target, writer)
+            started.append(c)
+        except Unavailable as e:
+            writer.set_collector(c.name, status=FAILED, reason=str(e))
+            skipped[c.name] = str(e)
+            _safe_stop(c, writer)
+    return started, skipped
+
+
+def _safe_stop(c: Collector, writer: CaptureWriter) -> None:
+    try:
+        c.stop()
+    except Exception as e:  # stopping one must never prevent stopping the others
+        writer.set_collector(c.name, status=FAILED, reason=f"stop failed: {type(e).__name__}: {e}")
+
+
+def run_capture(target: Target, collectors: list[Collector], writer: CaptureWriter, duration_s: float | None,
+                target_alive: Callable[[], bool] | None = None, on_tick: Callable[[dict], None] | None = None,
+                tick_s: float = 0.5, before_start: Callable[[], None] | None = None) -> SessionResult:
+    """Run one capture to its end. `target_alive` defaults to "the pid exists and is not a zombie"."""
+    stop = StopFlag()
+    previous = {}
+
+    def handler(signum, frame):
+        stop.set(signal.Signals(signum).name)
+
+    for s in STOP_SIGNALS:
+        try:
+            previous[s] = signal.signal(s, handler)
+        except ValueError:      # not the main thread (tests): rely on the caller's stop
+            pass
+    alive = target_alive or (lambda: _pid_alive(target.pid))
+    started: list[Collector] = []
+    status = "complete"
+    try:
+        started, skipped = start_collectors(collectors, target, writer)
+        if not started:
+            writer.finish("failed")
+            raise DiagError("no collector could run here: " +
+                            "; ".join(f"{k}: {v}" for k, v in skipped.items()) +
+                            " (run `diag doctor` for the fixes)", EXIT_NO_COLLECTOR)
+        writer.manifest["clock"]["collectors_started_monotonic_ns"] = monotonic_ns()
+        writer.save()
+        if before_start:
+            before_start()
+        t0 = time.monotonic()
+        while True:
+            if stop.event.wait(tick_s):
+                status = "interrupted"
+                break
+            elapsed = time.monotonic() - t0
+            if on_tick:
+                on_tick({"elapsed_s": elapsed, "duration_s": duration_s,
+                         "collectors": {c.name: c.stats() for c in started}})
+            if not alive():
+                status = "target-exited"
+                break
+            if duration_s is not None and elapsed >= duration_s:
+                break
+    finally:
+        for c in reversed(started):
+            _safe_stop(c, writer)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if writer.manifest["status"] == "running":
+            # Ctrl-C / SIGTERM end a capture normally (all collectors stopped and flushed); only an
+            # exception leaves it "interrupted". A SIGKILL leaves it "running": replay warns.
+            import sys
+
+            writer.manifest["end_reason"] = stop.reason or status
+            writer.finish("interrupted" if sys.exc_info()[0] is not None else "complete")
+    return SessionResult(str(writer.root), status, [c.name for c in started], skipped)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+__all__ = ["run_capture", "start_collectors", "SessionResult", "OK"]

@@ -1,0 +1,168 @@
+"""The strace collector: every traced syscall of the target with its duration.
+
+Settings and why:
+- `-f`: all threads (with -p, strace attaches every existing thread) and, with --follow, children;
+- `-ttt` with ns precision and `-T` with ns precision: wall-clock start and duration of each call
+  (the capture's clock pair puts them on CLOCK_MONOTONIC);
+- `-s 0`: no buffer contents. Payloads may hold secrets; `--strace-payload N` opts in;
+- `-y`: the fd's path or socket endpoint, so fd kinds are known for fds opened before the attach;
+- `-e trace=`: only the syscalls the decision rules need (see `TRACED`). strace stops the target
+  on every traced syscall; the fewer, the cheaper;
+- `--seccomp-bpf` when strace launches the command (`diag run`): untraced syscalls then do not
+  stop the target at all. It is ignored with -p, so attach mode cannot use it.
+On SIGTERM strace detaches from every thread and exits; if diag dies, PDEATHSIG delivers it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from diag.capture.bundle import CaptureWriter
+from diag.collect.base import (FAILED, OK, CollectorStats, SubprocessCollector, Target, Unavailable, tool_path,
+                               wait_for)
+
+TRACED = ("accept,accept4,read,readv,pread64,recvfrom,recvmsg,write,writev,pwrite64,sendto,sendmsg,sendfile,"
+          "fsync,fdatasync,sync_file_range,epoll_wait,epoll_pwait,poll,ppoll,select,pselect6,connect,close,"
+          "shutdown,futex,nanosleep,clock_nanosleep,socket,socketpair,openat,open,creat,pipe,pipe2,dup,dup2,"
+          "dup3,eventfd2,epoll_create1,clone,clone3,fork,vfork")
+_DURATION_TAIL = re.compile(rb"(?:^|\s|\])(\w+)\(.*<(\d+\.\d+)>$")
+
+
+def ptrace_blocker(pid: int) -> str | None:
+    """Why ptrace-attaching to `pid` would fail here, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    tracer = int(line.split()[1])
+                    if tracer:
+                        return f"pid {pid} is already traced by pid {tracer} (a thread has one tracer)"
+    except OSError:
+        return f"pid {pid} does not exist"
+    try:
+        scope = int(open("/proc/sys/kernel/yama/ptrace_scope").read())
+    except OSError:
+        scope = 0
+    if os.geteuid() != 0:
+        if scope >= 2:
+            return ("kernel.yama.ptrace_scope=%d allows only root to attach: run diag with sudo, or "
+                    "`sudo sysctl kernel.yama.ptrace_scope=1`" % scope)
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return f"pid {pid} does not exist"
+        if owner != os.geteuid():
+            return f"pid {pid} belongs to uid {owner}: run diag as that user or with sudo"
+        if scope == 1:
+            return ("kernel.yama.ptrace_scope=1 allows attaching only to descendants: run diag with sudo, "
+                    "or use `diag run -- CMD`")
+    elif scope == 3:
+        return "kernel.yama.ptrace_scope=3 forbids all ptrace attach, even as root (reboot to change it)"
+    return None
+
+
+class StraceCollector(SubprocessCollector):
+    name = "strace"
+
+    def __init__(self, trace: str = TRACED, payload_bytes: int = 0) -> None:
+        super().__init__()
+        self.trace = trace
+        self.payload_bytes = payload_bytes
+        self._tail_pos = 0
+        self._events = 0
+        self._slowest: list[tuple[str, int]] = []
+        self.launch_argv: list[str] | None = None
+
+    def check(self, target: Target) -> str | None:
+        if not tool_path("strace"):
+            return "strace is not installed: sudo apt-get install strace"
+        if target.launched:
+            return None
+        return ptrace_blocker(target.pid)
+
+    def argv(self, out: str, seccomp: bool) -> list[str]:
+        a = [tool_path("strace") or "strace", "-f", "-qq", "--absolute-timestamps=format:unix,precision:ns",
+             "--syscall-times=ns", "-s", str(self.payload_bytes), "-y", "-e", f"trace={self.trace}", "-o", out]
+        if seccomp:
+            a.append("--seccomp-bpf")
+        return a
+
+    def start(self, target: Target, writer: CaptureWriter) -> None:
+        out = str(writer.stream_path("strace.txt"))
+        argv = self.argv(out, seccomp=False) + ["-p", str(target.pid)]
+        self.spawn(argv, writer)
+        # strace writes nothing until the first traced call; it is attached when the target's
+        # TracerPid names it (or it died, and says why on stderr).
+        attached = wait_for(lambda: not self.alive() or _tracer_of(target.pid) == self.proc.pid, 5.0)
+        if not self.alive() or not attached:
+            self.terminate()
+            writer.set_collector(self.name, status=FAILED, reason=self.stderr_tail() or "strace did not attach")
+            raise Unavailable(f"strace could not attach to pid {target.pid}: {self.stderr_tail() or 'timeout'}")
+        self._register(writer, seccomp=False)
+
+    def launch(self, cmd: list[str], writer: CaptureWriter) -> subprocess.Popen:
+        """`diag run`: strace launches the command (-D keeps the command our direct child, so its
+        exit code and pid are ours; --seccomp-bpf lets untraced calls run unstopped)."""
+        out = str(writer.stream_path("strace.txt"))
+        argv = self.argv(out, seccomp=True)
+        argv[1:1] = ["-D"]
+        argv += ["--", *cmd]
+        self.writer = writer
+        self.stderr_path = writer.root / "logs" / "strace.stderr"
+        self.stderr_path.parent.mkdir(exist_ok=True)
+        from diag.capture.clock import monotonic_ns
+
+        self.started_ns = monotonic_ns()
+        proc = subprocess.Popen(argv, stdin=None, stdout=None, stderr=None)
+        self.target_proc = proc
+        self._register(writer, seccomp=True)
+        return proc
+
+    def _register(self, writer: CaptureWriter, seccomp: bool) -> None:
+        writer.set_collector(self.name, status=OK, stream="strace.txt", format="strace",
+                             started_monotonic_ns=self.started_ns,
+                             settings={"trace": self.trace, "payload_bytes": self.payload_bytes,
+                                       "seccomp_bpf": seccomp, "timestamps": "unix ns", "fd_paths": True})
+
+    def stats(self) -> CollectorStats:
+        """Events so far and the slowest calls, from the new tail of strace's output."""
+        if self.writer is None:
+            return CollectorStats()
+        path = self.writer.stream_path("strace.txt")
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._tail_pos)
+                chunk = f.read(4 << 20)
+        except OSError:
+            chunk = b""
+        cut = chunk.rfind(b"\n") + 1
+        self._tail_pos += cut
+        for line in chunk[:cut].splitlines():
+            self._events += 1
+            m = _DURATION_TAIL.search(line)
+            if m:
+                self._slowest.append((m.group(1).decode(), int(float(m.group(2)) * 1e9)))
+        self._slowest = sorted(self._slowest, key=lambda x: -x[1])[:5]
+        running = self.alive() or (hasattr(self, "target_proc") and self.target_proc.poll() is None)
+        return CollectorStats(events=self._events, running=running, slowest=list(self._slowest))
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.terminate()
+        st = self.stats()
+        if self.writer:
+            self.writer.set_collector(self.name, events=st.events)
+
+
+def _tracer_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

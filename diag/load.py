@@ -1,0 +1,117 @@
+"""Inputs to a Dataset: captures (directory or archive) and raw trace files, parsed and aligned.
+
+This is the first stage of `diag replay` and of the analysis that ends `attach` and `run`: both
+go through `load_inputs`, so a live run and its replay see exactly the same records.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diag.align import context_for
+from diag.capture.bundle import Capture, is_capture, open_capture
+from diag.errors import DiagError
+from diag.model import Dataset
+from diag.parse import detect, parse_file, parse_stream, parser_for
+from diag.parse.base import ParseContext
+
+
+@dataclass
+class LoadOptions:
+    """What the user told us about raw files (no manifest to tell us)."""
+
+    fmt: str | None = None              # force a format for raw files
+    date: _dt.date | None = None        # date of strace -t/-tt stamps
+    pid: int | None = None              # pid of a strace log without pid prefixes
+    offsets: dict[str, int] = field(default_factory=dict)   # file -> ns to add (manual alignment)
+
+
+def _perf_script_from_data(perf_data: str, into: str) -> str | None:
+    """Run `perf script` on a perf.data file kept in a capture, when the text form is missing."""
+    perf = shutil.which("perf")
+    if not perf:
+        return None
+    with open(into, "w") as out:
+        r = subprocess.run([perf, "script", "--ns", "-F", "comm,pid,tid,cpu,time,event,ip,sym,dso,trace",
+                            "-i", perf_data], stdout=out, stderr=subprocess.DEVNULL)
+    return into if r.returncode == 0 else None
+
+
+def load_capture(path: str) -> Dataset:
+    cap: Capture = open_capture(path)
+    data = Dataset(manifest=cap.manifest)
+    data.warnings.extend(cap.warnings)
+    start, end = cap.start, cap.end
+    target = cap.manifest.get("target") or {}
+    try:
+        for name, entry in sorted(cap.collectors().items()):
+            rel, fmt = entry.get("stream"), entry.get("format")
+            if not rel or not fmt:
+                continue
+            if not cap.exists(rel):
+                raw = entry.get("raw_stream")
+                local_raw = cap.local_file(raw) if raw else None
+                if fmt == "perf-script" and local_raw and os.path.exists(local_raw):
+                    tmp = tempfile.NamedTemporaryFile(suffix=".perf.txt", delete=False).name
+                    if _perf_script_from_data(local_raw, tmp):
+                        ctx = context_for(tmp, fmt, entry, start, end, target)
+                        data.extend(parse_file(tmp, ctx, fmt, label=name).data)
+                        os.unlink(tmp)
+                        continue
+                if entry.get("status") in ("ok", "degraded"):
+                    data.warnings.append(f"{cap.member_path(rel)}: stream of collector {name} is missing")
+                continue
+            display = cap.member_path(rel)
+            ctx = context_for(display, fmt, entry, start, end, target)
+            if cap.read_head(rel, 1) == "":
+                if entry.get("status") in ("ok", "degraded") and entry.get("events"):
+                    data.warnings.append(f"{display}: stream is empty")
+                continue
+            with cap.open_text(rel) as f:
+                data.extend(parse_stream(f, parser_for(fmt), ctx, label=name).data)
+    finally:
+        cap.close()
+    return data
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        if os.path.isdir(p) and not is_capture(p):
+            files = sorted(str(f) for f in Path(p).iterdir() if f.is_file() and not f.name.startswith("."))
+            if not files:
+                raise DiagError(f"{p}: directory is empty and has no manifest.json; nothing to replay")
+            out.extend(files)
+        else:
+            out.append(p)
+    return out
+
+
+def load_inputs(paths: list[str], opts: LoadOptions | None = None) -> Dataset:
+    """Parse every input (captures and raw files) into one Dataset."""
+    opts = opts or LoadOptions()
+    if not paths:
+        raise DiagError("no input given; pass a capture directory/archive or trace files")
+    data = Dataset()
+    for p in _expand(paths):
+        if not os.path.exists(p):
+            raise DiagError(f"{p}: no such file or directory")
+        if is_capture(p):
+            d = load_capture(p)
+            if data.manifest is None:
+                data.manifest = d.manifest
+            data.extend(d)
+            continue
+        ctx = ParseContext(path=p, offset_ns=opts.offsets.get(p, 0), date=opts.date, pid=opts.pid)
+        if p in opts.offsets:
+            ctx.uncertainty_ns = 0
+        data.extend(parse_file(p, ctx, opts.fmt).data)
+    return data
+
+
+__all__ = ["LoadOptions", "load_inputs", "load_capture", "detect"]

@@ -1,0 +1,209 @@
+"""The normalized records every stream is parsed into, on one time base (CLOCK_MONOTONIC ns).
+
+Parsers produce these; analysis and renderers read only these, never a raw format. Threads are
+keyed by OS thread id (tid) everywhere. Records are frozen and slotted: a 1M-line strace log
+becomes 1M of them, so they must be small.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FdKind(str, Enum):
+    """What an fd points at, where the trace lets us know."""
+
+    SOCKET = "socket"
+    FILE = "file"      # a regular file (or a directory / block device opened as a file)
+    PIPE = "pipe"
+    OTHER = "other"    # eventfd, epoll, timerfd, character devices, anon inodes...
+    UNKNOWN = "unknown"
+
+
+class Clock(str, Enum):
+    """The time base a stream's timestamps were recorded on, before alignment."""
+
+    MONOTONIC = "monotonic"   # CLOCK_MONOTONIC ns: the common base
+    REALTIME = "realtime"     # wall clock (strace -t/-tt/-ttt)
+    RELATIVE = "relative"     # from the collector's own start (py-spy chrometrace)
+    NONE = "none"             # no timestamps at all (py-spy raw / speedscope)
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallEvent:
+    """One completed (or cut-off) system call.
+
+    `start_ns` is when the call was entered; `dur_ns` is None when the trace gives no duration
+    (strace without -T, or a call still unfinished when the trace ended). `nbytes` is the byte
+    count the call transferred (its return value for the read/write families), else None.
+    """
+
+    pid: int
+    tid: int
+    name: str
+    start_ns: int
+    dur_ns: int | None
+    ret: int | None = None
+    errno: str | None = None
+    fd: int | None = None
+    fd_kind: FdKind = FdKind.UNKNOWN
+    nbytes: int | None = None
+    source: str = "strace"
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + (self.dur_ns or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One stack frame. `file`/`line` are known for Python frames; `module` (dso) for native."""
+
+    function: str
+    file: str | None = None
+    line: int | None = None
+    module: str | None = None
+
+    def label(self) -> str:
+        if self.file:
+            return f"{self.function} ({self.file}:{self.line})" if self.line else f"{self.function} ({self.file})"
+        if self.module:
+            return f"{self.function} [{self.module}]"
+        return self.function
+
+
+@dataclass(frozen=True, slots=True)
+class StackSample:
+    """One sampled stack of one thread, frames root first.
+
+    `ts_ns` is None for formats without per-sample times (py-spy raw/speedscope); such samples
+    feed flame graphs but not timelines. `weight` is how many samples this record stands for
+    (folded formats merge identical stacks). `on_cpu` is None when the sampler does not say.
+    `dur_ns` is set for off-CPU records (time the thread stayed blocked).
+    """
+
+    tid: int
+    ts_ns: int | None
+    frames: tuple[Frame, ...]
+    on_cpu: bool | None = None
+    source: str = "py-spy"
+    weight: int = 1
+    pid: int | None = None
+    thread_name: str | None = None
+    dur_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSnapshot:
+    """Periodic facts about the target process; counters are cumulative since process start."""
+
+    ts_ns: int
+    pid: int
+    cpu_user_s: float
+    cpu_system_s: float
+    ctx_voluntary: int
+    ctx_involuntary: int
+    num_fds: int
+    num_threads: int
+    rss_bytes: int = 0
+    socket_states: tuple[tuple[str, int], ...] = ()   # (TCP state, count), e.g. ("TIME_WAIT", 12)
+    listen_queue: int | None = None        # current accept-queue length of its listeners (max)
+    listen_backlog: int | None = None      # configured backlog of that listener
+    listen_overflows: int | None = None    # /proc/net/netstat TcpExt ListenOverflows (host-wide)
+    listen_drops: int | None = None        # /proc/net/netstat TcpExt ListenDrops (host-wide)
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallAggregate:
+    """In-kernel aggregate for one (syscall, fd kind): exact counts even when events are lost."""
+
+    name: str
+    fd_kind: FdKind
+    count: int
+    total_ns: int
+    log2_hist_ns: tuple[tuple[int, int], ...] = ()   # (bucket lower bound ns, count)
+    bytes_total: int = 0
+    source: str = "ebpf"
+
+
+@dataclass
+class StreamInfo:
+    """One parsed stream: where it came from, its clock, and how it was put on CLOCK_MONOTONIC."""
+
+    name: str                   # collector or file label ("strace", "py-spy", "trace.txt")
+    path: str
+    format: str                 # "strace", "perf-script", "pyspy-speedscope", ...
+    clock: Clock
+    offset_ns: int = 0          # added to the stream's own times to get CLOCK_MONOTONIC
+    uncertainty_ns: int | None = None   # None: not anchored to the common clock at all
+    records: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def aligned(self) -> bool:
+        return self.clock is Clock.MONOTONIC or self.uncertainty_ns is not None
+
+
+@dataclass
+class Dataset:
+    """Everything one diagnosis saw, normalized: the input of analysis."""
+
+    syscalls: list[SyscallEvent] = field(default_factory=list)
+    samples: list[StackSample] = field(default_factory=list)
+    snapshots: list[ProcessSnapshot] = field(default_factory=list)
+    aggregates: list[SyscallAggregate] = field(default_factory=list)
+    streams: list[StreamInfo] = field(default_factory=list)
+    manifest: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def extend(self, other: "Dataset") -> None:
+        self.syscalls.extend(other.syscalls)
+        self.samples.extend(other.samples)
+        self.snapshots.extend(other.snapshots)
+        self.aggregates.extend(other.aggregates)
+        self.streams.extend(other.streams)
+        self.warnings.extend(other.warnings)
+
+
+# Syscall families, the unit the decision rules reason in.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "accept": ("accept", "accept4"),
+    "read": ("read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"),
+    "write": ("write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg",
+              "sendmmsg", "sendfile", "sendfile64"),
+    "sync": ("fsync", "fdatasync", "sync_file_range", "syncfs", "sync", "msync"),
+    "poll": ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select",
+             "pselect6", "_newselect"),
+    "connect": ("connect",),
+    "close": ("close", "shutdown"),
+    "futex": ("futex", "futex_waitv"),
+    "sleep": ("nanosleep", "clock_nanosleep"),
+}
+FAMILY_OF: dict[str, str] = {name: fam for fam, names in FAMILIES.items() for name in names}
+
+
+def family(syscall: str) -> str:
+    """The family a syscall belongs to, or "other"."""
+    return FAMILY_OF.get(syscall, "other")
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One fact behind a finding, from one stream, over one time window (CLOCK_MONOTONIC ns)."""
+
+    source: str                  # "strace", "perf", "py-spy", "ebpf", "process"
+    text: str
+    window: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A ranked root cause. `id` comes from the fixed taxonomy in docs/report-schema.md."""
+
+    id: str
+    severity: str                # info | warning | critical
+    share: float                 # fraction of slow-request (or affected) time it explains, 0..1
+    summary: str
+    evidence: tuple[Evidence, ...]
+    recommendation: str
+    impact_ns: int = 0           # absolute time it explains

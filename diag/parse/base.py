@@ -1,0 +1,103 @@
+"""What every parser shares: the context it parses in, the bad-line policy, and the result type.
+
+A parser turns one raw stream (as a collector wrote it) into normalized records. It never
+guesses clocks: the caller says, through `ParseContext`, how to put the stream's own times on
+CLOCK_MONOTONIC (`offset_ns`), and which date to use for time-of-day stamps.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import IO, Callable, Iterable, Iterator, Protocol
+
+from diag.errors import ParseError
+from diag.model import Clock, Dataset, StreamInfo
+
+# A stream may carry a few lines that are not the tool's output (the target's own stderr mixed
+# into strace's, a banner). Past this share of unparseable lines the file is called malformed.
+MAX_BAD_LINE_SHARE = 0.01
+MAX_BAD_LINES_TOLERATED = 10
+
+
+@dataclass
+class ParseContext:
+    """How to read one stream. Filled from the capture manifest, CLI flags, or defaults."""
+
+    path: str
+    offset_ns: int = 0                 # added to the stream's times to get CLOCK_MONOTONIC
+    uncertainty_ns: int | None = None  # None: the stream is not anchored to the common clock
+    date: _dt.date | None = None       # for strace -t/-tt stamps (time of day only)
+    tz: _dt.tzinfo | None = None       # timezone of time-of-day stamps (default: local)
+    pid: int | None = None             # pid to assume when lines carry none (strace without -f)
+    tid_map: dict[int, int] = field(default_factory=dict)   # sampler thread id -> OS tid
+    stream_start_ns: int | None = None  # CLOCK_MONOTONIC when the collector started (py-spy)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class Parser(Protocol):
+    """One raw format. `sniff` looks at the first few KB; `parse` yields normalized records."""
+
+    format: str
+    clock: Clock
+
+    def sniff(self, head: str, name: str) -> bool: ...
+
+    def parse(self, stream: IO[str], ctx: ParseContext) -> Iterator[object]: ...
+
+
+class BadLines:
+    """Counts unparseable lines and decides, at the end, between a warning and an error.
+
+    A truncated last line (no newline at end of file) is always only a warning: captures cut by
+    a crash or Ctrl-C must stay replayable up to their last complete record.
+    """
+
+    def __init__(self, ctx: ParseContext, what: str) -> None:
+        self.ctx = ctx
+        self.what = what
+        self.count = 0
+        self.first: tuple[int, str] | None = None
+        self.truncated_at: int | None = None
+
+    def bad(self, lineno: int, line: str, reason: str = "") -> None:
+        if not line.endswith("\n"):
+            self.truncated_at = lineno
+            return
+        self.count += 1
+        if self.first is None:
+            shown = line.strip()
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            self.first = (lineno, f"{reason or 'not a ' + self.what + ' line'}: {shown!r}")
+
+    def finish(self, total_lines: int, good: int) -> None:
+        ctx = self.ctx
+        if self.truncated_at is not None:
+            ctx.warn(f"{ctx.path}:{self.truncated_at}: file is truncated; parsed up to the last complete line")
+        if self.count == 0:
+            return
+        assert self.first is not None
+        lineno, reason = self.first
+        if good == 0 or (self.count > MAX_BAD_LINES_TOLERATED and self.count > MAX_BAD_LINE_SHARE * total_lines):
+            raise ParseError(ctx.path, lineno, f"{reason} ({self.count} of {total_lines} lines unparseable; "
+                             f"is this {self.what} output?)")
+        ctx.warn(f"{ctx.path}:{lineno}: skipped {self.count} unparseable line(s), first: {reason}")
+
+
+def numbered_lines(stream: IO[str]) -> Iterable[tuple[int, str]]:
+    """(1-based line number, line with its newline) for every line of `stream`."""
+    return enumerate(stream, 1)
+
+
+@dataclass
+class ParsedStream:
+    """A stream's records and its description, as `diag.parse.parse_file` returns them."""
+
+    info: StreamInfo
+    data: Dataset
+
+
+ProgressCallback = Callable[[int], None]

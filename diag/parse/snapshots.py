@@ -1,0 +1,54 @@
+"""Parser of the process sampler's stream: one JSON object per line (JSON Lines).
+
+Each line is one `ProcessSnapshot` as the sampler wrote it, on CLOCK_MONOTONIC. The first line
+may be a header `{"format": "diag.process/1", ...}`. A cut last line is a warning, not an error.
+"""
+from __future__ import annotations
+
+import json
+from typing import IO, Iterator
+
+from diag.model import Clock, ProcessSnapshot
+from diag.parse.base import BadLines, ParseContext
+
+FORMAT_TAG = "diag.process/1"
+_FIELDS = set(ProcessSnapshot.__dataclass_fields__)
+
+
+class SnapshotParser:
+    format = "process-jsonl"
+    clock = Clock.MONOTONIC
+
+    def sniff(self, head: str, name: str) -> bool:
+        return head.lstrip().startswith("{") and FORMAT_TAG in head.split("\n", 1)[0]
+
+    def parse(self, stream: IO[str], ctx: ParseContext) -> Iterator[ProcessSnapshot]:
+        bad = BadLines(ctx, "process sampler")
+        total = good = 0
+        offset = ctx.offset_ns
+        for lineno, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            total += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                bad.bad(lineno, line, "not a JSON object")
+                continue
+            if not isinstance(obj, dict):
+                bad.bad(lineno, line, "not a JSON object")
+                continue
+            if "format" in obj:          # header line
+                good += 1
+                continue
+            try:
+                fields = {k: v for k, v in obj.items() if k in _FIELDS}
+                fields["ts_ns"] = int(fields["ts_ns"]) + offset
+                fields["socket_states"] = tuple(tuple(x) for x in fields.get("socket_states") or ())
+                snap = ProcessSnapshot(**fields)
+            except (KeyError, TypeError, ValueError) as e:
+                bad.bad(lineno, line, f"missing or invalid field ({e})")
+                continue
+            good += 1
+            yield snap
+        bad.finish(total, good)

@@ -1,0 +1,116 @@
+"""The terminal report: what an engineer reads first, fitting 100 columns, with rich.
+
+Strings from the target (comm, paths, frames) are printed with markup disabled so a hostile
+name cannot restyle or hide parts of the report.
+"""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from diag.analyze.context import fmt_ms
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+STATUS_STYLE = {"triggered": "bold red", "not-triggered": "green", "not-measurable": "dim"}
+COLLECTOR_STYLE = {"ok": "green", "degraded": "yellow", "unavailable": "dim", "failed": "red",
+                   "not-applicable": "dim"}
+
+
+def _rel(report: dict, ns: int | None) -> str:
+    if ns is None:
+        return "?"
+    return f"+{(ns - report['window']['start_ns']) / 1e9:.3f}s"
+
+
+def verdict(report: dict) -> Text:
+    bad = [f for f in report["findings"] if f["severity"] in ("warning", "critical")]
+    if not bad:
+        if not report["counts"]["timed_syscalls"] and not report["counts"]["stack_samples"]:
+            return Text("No timed events: nothing to diagnose (check the collectors below)", style="yellow")
+        return Text("Healthy: no warning or critical finding", style="bold green")
+    top = bad[0]
+    t = Text(f"{top['severity'].upper()}: ", style=SEVERITY_STYLE[top["severity"]])
+    t.append(f"{top['id']} explains {top['share']:.0%} — ")
+    t.append(top["summary"])
+    return t
+
+
+def render(report: dict, console: Console | None = None, top: int = 12) -> None:
+    c = console or Console()
+    w = report["window"]
+    target = report.get("target") or {}
+    label = target.get("comm") or " ".join(target.get("cmdline") or []) or ", ".join(target.get("inputs") or [])
+    c.print(Text.assemble(("diag report", "bold"), f"  {w['duration_s']:.2f} s window  ", Text(label or "", style="dim")))
+    c.print(verdict(report))
+    c.print()
+
+    if report["findings"]:
+        t = Table(title="Findings (ranked by share of time explained)", title_justify="left", expand=False)
+        for col in ("#", "id", "severity", "share", "summary"):
+            t.add_column(col, overflow="fold")
+        for f in report["findings"]:
+            t.add_row(str(f["rank"]), f["id"], Text(f["severity"], style=SEVERITY_STYLE[f["severity"]]),
+                      f"{f['share']:.0%}", Text(f["summary"]))
+        c.print(t)
+        for f in report["findings"]:
+            c.print(Text(f"[{f['id']}] evidence:", style="bold"))
+            for e in f["evidence"]:
+                win = f" @ {_rel(report, e['window']['start_ns'])}" if e.get("window") else ""
+                c.print(Text(f"  · {e['source']}{win}: ") + Text(e["text"]))
+            c.print(Text("  → ", style="bold") + Text(f["recommendation"]))
+        c.print()
+
+    lat = report["latency"]["syscalls"]
+    if lat:
+        t = Table(title="Syscall latency by fd kind (by total time)", title_justify="left")
+        for col in ("syscall", "fd", "count", "total", "p50", "p90", "p99", "max", "err"):
+            t.add_column(col, justify="left" if col in ("syscall", "fd") else "right")
+        for row in lat[:top]:
+            t.add_row(row["name"], row["fd_kind"], f"{row['count']:,}", fmt_ms(row["total_ns"]), fmt_ms(row["p50_ns"]),
+                      fmt_ms(row["p90_ns"]), fmt_ms(row["p99_ns"]), fmt_ms(row["max_ns"]), str(row["errors"] or ""))
+        if len(lat) > top:
+            t.caption = f"{len(lat) - top} more in --json"
+        c.print(t)
+
+    if report["slowest"]:
+        t = Table(title="Slowest work calls (waits in poll/accept/futex/sleep left out)", title_justify="left")
+        for col in ("when", "tid", "syscall", "fd", "duration", "result"):
+            t.add_column(col)
+        for e in report["slowest"][:8]:
+            res = e["errno"] or (f"{e['bytes']} B" if e["bytes"] is not None else str(e["ret"]))
+            fd = f"{e['fd']} {e['fd_kind']}" if e["fd"] is not None else ""
+            t.add_row(_rel(report, e["start_ns"]), str(e["tid"]), e["name"], fd, fmt_ms(e["dur_ns"]), res)
+        c.print(t)
+
+    if report["spikes"]:
+        t = Table(title="Latency spikes (windows of slow work calls)", title_justify="left")
+        for col in ("window", "calls", "time in slow calls", "worst"):
+            t.add_column(col)
+        for s in report["spikes"][:5]:
+            wst = s["worst"]
+            t.add_row(f"{_rel(report, s['start_ns'])} .. {_rel(report, s['end_ns'])}", str(s["calls"]),
+                      fmt_ms(s["total_ns"]), f"{wst['name']} {fmt_ms(wst['dur_ns'])} tid {wst['tid']}")
+        c.print(t)
+
+    t = Table(title="Decision matrix (source document)", title_justify="left")
+    for col in ("observation", "status", "evidence"):
+        t.add_column(col, overflow="fold")
+    for r in report["matrix"]:
+        t.add_row(r["observation"], Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+                  Text("\n".join(r["evidence"])))
+    c.print(t)
+
+    t = Table(title="Collectors", title_justify="left")
+    for col in ("collector", "status", "events", "lost", "note"):
+        t.add_column(col, overflow="fold")
+    for name, col in report["collectors"].items():
+        events = col.get("records", col.get("events", 0))
+        t.add_row(name, Text(col["status"], style=COLLECTOR_STYLE.get(col["status"], "")), f"{events:,}",
+                  str(col.get("lost") or 0), Text(col.get("reason") or ""))
+    c.print(t)
+    c.print(Text("Alignment: " + report["alignment"]["note"], style="dim"))
+    for wmsg in report["warnings"][:10]:
+        c.print(Text("warning: ", style="yellow") + Text(wmsg))
+    if len(report["warnings"]) > 10:
+        c.print(Text(f"... and {len(report['warnings']) - 10} more warnings in --json", style="yellow"))
