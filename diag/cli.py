@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -211,7 +211,7 @@ def main() -> None:
     try:
         app()
     except DiagError as e:
-        err_console.print(f"diag: error: {e}", markup=False)
+        sys.stderr.write(f"diag: error: {e}\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("diag: interrupted")

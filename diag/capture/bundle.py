@@ -148,6 +148,7 @@ class Capture:
         return f"{self.path}/{rel}" if self._tar is None else f"{self.path}:{rel}"
 
     def exists(self, rel: str) -> bool:
+        _check_rel(self.path, rel)
         if self._tar is None:
             return (Path(self.path) / rel).is_file()
         try:

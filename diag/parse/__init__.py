@@ -14,12 +14,13 @@ SNIFF_BYTES = 64 * 1024
 
 def parsers() -> list[Parser]:
     """All known raw formats, most specific first (JSON formats before line formats)."""
+    from diag.parse.ebpf import EbpfParser
     from diag.parse.perf import PerfScriptParser
     from diag.parse.pyspy import ChrometraceParser, PyspyRawParser, SpeedscopeParser
     from diag.parse.snapshots import SnapshotParser
     from diag.parse.strace import StraceParser
 
-    return [SpeedscopeParser(), ChrometraceParser(), SnapshotParser(), PerfScriptParser(),
+    return [EbpfParser(), SpeedscopeParser(), ChrometraceParser(), SnapshotParser(), PerfScriptParser(),
             PyspyRawParser(), StraceParser()]
 
 

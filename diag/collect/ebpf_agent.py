@@ -1,0 +1,526 @@
+"""The eBPF agent: loads probes/syscall_latency.c with BCC and streams its records as JSON Lines.
+
+Run by the eBPF collector as a subprocess (so a crash in BCC or libbpf cannot take diag down, and
+so it can run under the system python that has `bcc` when the venv has not):
+
+    /usr/bin/python3 -m diag.collect.ebpf_agent --pid 1234 --out streams/ebpf.jsonl
+
+It imports only the standard library and `bcc`. The stream ("ebpf-jsonl", parsed by
+diag.parse.ebpf) is:
+
+    {"format": "diag.ebpf/1", "tgids": [...], "slow_ns": N, "ringbuf": true, "probes": [...], ...}
+    {"type": "syscall", "tid", "pid", "name", "start_ns", "dur_ns", "fd", "fd_kind", "ret", ...}
+    ...
+    {"type": "aggregate", "name", "fd_kind", "count", "total_ns", "hist": [[lower_ns, n], ...], ...}
+    {"type": "lost", "count": N, ...}
+    {"type": "end", "events": N, ...}
+
+The header line is written once every probe is attached: the collector waits for it. Slow-call
+lines are flushed after every ring-buffer poll (at most every 100 ms), so a capture cut by SIGKILL
+is replayable up to its last complete line. On SIGTERM/SIGINT (or --duration, or when every target
+has exited) the agent detaches, drains the buffer, writes the in-kernel aggregates (exact even
+when per-event records were lost), the lost counts and the end line, and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes as ct
+import errno as _errno
+import json
+import os
+import signal
+import stat
+import sys
+import time
+
+PROBE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "probes")
+PROBE = "syscall_latency.c"
+FORMAT_TAG = "diag.ebpf/1"
+
+# Mirrors probes/diag_events.h.
+KIND_UNKNOWN, KIND_SOCKET, KIND_FILE, KIND_PIPE, KIND_OTHER = 0, 1, 2, 3, 4
+KIND_NAMES = {KIND_UNKNOWN: "unknown", KIND_SOCKET: "socket", KIND_FILE: "file", KIND_PIPE: "pipe",
+              KIND_OTHER: "other"}
+SF_LAT, SF_FD0, SF_BYTES, SF_NEWFD_RET, SF_NEWFD_DUP = 0x001, 0x002, 0x004, 0x008, 0x010
+SF_PAIR_ARG0, SF_PAIR_ARG3, SF_CLOSE, SF_PATH_ARG0, SF_PATH_ARG1, SF_FCNTL = 0x020, 0x040, 0x080, 0x100, 0x200, 0x400
+CNT_EVENT_LOST, CNT_AGG_ERR, CNT_STACK_ERR, CNT_FDMAP_ERR, CNT_CALLS = 0, 1, 2, 3, 4
+
+
+class Event(ct.Structure):
+    """ctypes mirror of struct diag_event (its size is checked by the probe at compile time)."""
+
+    _fields_ = [("start_ns", ct.c_uint64), ("dur_ns", ct.c_uint64), ("off_cpu_ns", ct.c_uint64),
+                ("kstack_off_ns", ct.c_uint64), ("kstack_ts_ns", ct.c_uint64), ("ret", ct.c_int64),
+                ("tid", ct.c_uint32), ("tgid", ct.c_uint32), ("nr", ct.c_uint32), ("fd", ct.c_int32),
+                ("kstack_id", ct.c_int32), ("fd_kind", ct.c_uint32)]
+
+
+_IO = SF_LAT | SF_FD0 | SF_BYTES
+# Syscalls whose latency is measured (SF_LAT), and what each one's arguments mean.
+TRACED: dict[str, tuple[int, int]] = {
+    "accept": (SF_LAT | SF_FD0 | SF_NEWFD_RET, KIND_SOCKET),
+    "accept4": (SF_LAT | SF_FD0 | SF_NEWFD_RET, KIND_SOCKET),
+    **{n: (_IO, 0) for n in ("read", "readv", "pread64", "recvfrom", "recvmsg",
+                             "write", "writev", "pwrite64", "sendto", "sendmsg")},
+    **{n: (SF_LAT | SF_FD0, 0) for n in ("fsync", "fdatasync", "sync_file_range", "epoll_wait", "epoll_pwait",
+                                         "connect")},
+    "close": (SF_LAT | SF_FD0 | SF_CLOSE, 0),
+    **{n: (SF_LAT, 0) for n in ("poll", "ppoll", "select", "pselect6", "futex", "nanosleep", "clock_nanosleep")},
+}
+# Syscalls traced only to learn what kind each new fd is.
+FD_TRACKING: dict[str, tuple[int, int]] = {
+    "socket": (SF_NEWFD_RET, KIND_SOCKET),
+    "socketpair": (SF_PAIR_ARG3, KIND_SOCKET),
+    "pipe": (SF_PAIR_ARG0, KIND_PIPE),
+    "pipe2": (SF_PAIR_ARG0, KIND_PIPE),
+    "open": (SF_PATH_ARG0, KIND_FILE),
+    "creat": (SF_PATH_ARG0, KIND_FILE),
+    "openat": (SF_PATH_ARG1, KIND_FILE),
+    "openat2": (SF_PATH_ARG1, KIND_FILE),
+    "dup": (SF_NEWFD_DUP, 0),
+    "dup2": (SF_NEWFD_DUP, 0),
+    "dup3": (SF_NEWFD_DUP, 0),
+    "fcntl": (SF_FCNTL, 0),
+    "memfd_create": (SF_NEWFD_RET, KIND_FILE),
+    **{n: (SF_NEWFD_RET, KIND_OTHER) for n in ("eventfd", "eventfd2", "epoll_create", "epoll_create1",
+                                                "timerfd_create", "signalfd4", "inotify_init1", "pidfd_open")},
+}
+# The entry program reading the fewest arguments that still sees the ones this syscall needs.
+ENTER_FN = {"socketpair": "diag_sys_enter4", "openat": "diag_sys_enter2", "openat2": "diag_sys_enter2",
+            "fcntl": "diag_sys_enter2"}
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"ebpf-agent: {msg}\n")
+    sys.stderr.flush()
+
+
+def tracefs() -> str | None:
+    for d in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(d, "events", "syscalls")):
+            return d
+    return None
+
+
+def syscall_numbers() -> dict[str, int]:
+    """name -> number for this architecture (BCC's table, else the kernel uapi header)."""
+    try:
+        from bcc.syscall import syscalls
+        table = {v.decode(): k for k, v in syscalls.items()}
+        if table:
+            return table
+    except Exception:
+        pass
+    import re
+    table = {}
+    for hdr in ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h",
+                "/usr/include/asm-generic/unistd.h"):
+        try:
+            text = open(hdr).read()
+        except OSError:
+            continue
+        for m in re.finditer(r"#define\s+__NR_(\w+)\s+(\d+)", text):
+            table.setdefault(m.group(1), int(m.group(2)))
+    return table
+
+
+def fd_kind_of(path: str) -> int:
+    """Kind of an open fd from /proc/PID/fd/N (stat follows the fd to the object)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return KIND_UNKNOWN
+    m = st.st_mode
+    if stat.S_ISSOCK(m):
+        return KIND_SOCKET
+    if stat.S_ISFIFO(m):
+        return KIND_PIPE
+    if stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISBLK(m):
+        return KIND_FILE
+    return KIND_OTHER
+
+
+def proc_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def build(args: argparse.Namespace, ringbuf: bool) -> tuple[str, list[str]]:
+    """The probe text and its cflags."""
+    path = args.probe or os.path.join(PROBE_DIR, PROBE)
+    with open(path) as f:
+        text = f.read()
+    incdir = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(os.path.join(incdir, "diag_events.h")):
+        incdir = PROBE_DIR
+    cflags = [f"-I{incdir}", f"-DSLOW_NS={int(args.slow_ns)}ULL", f"-DDIAG_EVENT_SIZE={ct.sizeof(Event)}",
+              f"-DAGENT_TGID={os.getpid()}", f"-DSTACK_ENTRIES={int(args.stack_entries)}",
+              "-Wno-macro-redefined"]
+    if args.follow or len(args.pid) > 1:
+        cflags.append("-DTARGET_MAP")
+        if args.follow:
+            cflags.append("-DFOLLOW")
+    elif args.pid:
+        cflags.append(f"-DTARGET_TGID={args.pid[0]}")
+    if ringbuf:
+        cflags += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={int(args.ringbuf_pages)}"]
+    return text, cflags
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop_reason: str | None = None
+        self.events = 0
+        self.perf_lost = 0
+        self.out = None
+        self.b = None
+        self.ringbuf = not args.no_ringbuf
+        self.attached: list[str] = []
+        self.tracepoints: list[str] = []
+        self.missing: list[str] = []
+        self.nr_name: dict[int, str] = {}
+        self.stack_cache: dict[int, list[str]] = {}
+        self.seeded: set[int] = set()
+        self.tgids: list[int] = list(args.pid)
+
+    # --- set-up -------------------------------------------------------------------------------
+    def compile(self):
+        from bcc import BPF
+
+        text, cflags = build(self.args, self.ringbuf)
+        try:
+            return BPF(text=text, cflags=cflags)
+        except Exception as e:
+            if not self.ringbuf:
+                raise
+            # Kernels before 5.8 have no BPF ring buffer: fall back to the perf buffer.
+            log(f"ring buffer unavailable ({str(e).splitlines()[0] if str(e) else e}); using the perf buffer")
+            self.ringbuf = False
+            text, cflags = build(self.args, False)
+            return BPF(text=text, cflags=cflags)
+
+    def attach(self) -> None:
+        from bcc import BPF
+
+        tfs = tracefs()
+        numbers = syscall_numbers()
+        b = self.b
+        info = b["sysinfo"]
+        wanted = {**FD_TRACKING, **TRACED}
+        # sysinfo first, so every call seen after the attach is handled completely
+        for name, (flags, kind) in wanted.items():
+            nr = numbers.get(name)
+            # a syscall this architecture lacks (open, select, pipe... on arm64) has no number and
+            # no tracepoint: skip it and say so in the header
+            if nr is None or not (tfs and os.path.isdir(f"{tfs}/events/syscalls/sys_enter_{name}")
+                                  and os.path.isdir(f"{tfs}/events/syscalls/sys_exit_{name}")):
+                self.missing.append(name)
+                continue
+            v = info.Leaf()
+            v.flags, v.kind = flags, kind
+            info[ct.c_int(nr)] = v
+            self.nr_name[nr] = name
+        if self.args.follow or len(self.args.pid) > 1:
+            tg = b["targets"]
+            for pid in self.args.pid:
+                tg[tg.Key(pid)] = tg.Leaf(1)
+        self.attached = sorted(self.nr_name.values())
+        if self.args.tracepoints == "raw" and os.path.isdir(f"{tfs}/events/raw_syscalls/sys_enter"):
+            # Two tracepoints for every syscall: the probe returns at once for other processes and
+            # for syscalls not in `sysinfo`. Their layout (long id; unsigned long args[6] / long
+            # ret) matches the per-syscall ones, so the same programs serve both.
+            b.attach_tracepoint(tp="raw_syscalls:sys_enter", fn_name="diag_sys_enter4")
+            b.attach_tracepoint(tp="raw_syscalls:sys_exit", fn_name="diag_sys_exit")
+            self.tracepoints = ["raw_syscalls:sys_enter", "raw_syscalls:sys_exit"]
+        else:
+            # One pair per syscall: detaching costs ~80 ms per tracepoint (the kernel waits for a
+            # grace period on each), so stopping takes seconds with ~90 of them.
+            for name in self.attached:
+                b.attach_tracepoint(tp=f"syscalls:sys_enter_{name}", fn_name=ENTER_FN.get(name, "diag_sys_enter1"))
+                b.attach_tracepoint(tp=f"syscalls:sys_exit_{name}", fn_name="diag_sys_exit")
+                self.tracepoints += [f"syscalls:sys_enter_{name}", f"syscalls:sys_exit_{name}"]
+        self.tracepoints.append("sched:sched_switch")
+        if self.args.follow:
+            self.tracepoints.append("sched:sched_process_fork")
+        del BPF
+
+    def seed_fds(self, tgid: int) -> None:
+        """Kinds of the fds a target had before the attach, from /proc/PID/fd."""
+        if tgid in self.seeded:
+            return
+        self.seeded.add(tgid)
+        fdk = self.b["fdkinds"]
+        base = f"/proc/{tgid}/fd"
+        try:
+            fds = os.listdir(base)
+        except OSError:
+            return
+        for name in fds:
+            kind = fd_kind_of(f"{base}/{name}")
+            if kind == KIND_UNKNOWN:
+                continue
+            k = fdk.Key()
+            k.tgid, k.fd = tgid, int(name)
+            try:
+                fdk[k] = ct.c_uint32(kind)
+            except Exception:
+                pass
+
+    def follow_new_targets(self) -> None:
+        if not self.args.follow:
+            return
+        for k, _ in self.b["targets"].items():
+            pid = k.value
+            if pid not in self.seeded:
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        is_process = any(line.startswith("Tgid:") and int(line.split()[1]) == pid for line in f)
+                except OSError:
+                    is_process = False
+                if is_process:
+                    self.tgids.append(pid)
+                    self.seed_fds(pid)
+                else:
+                    self.seeded.add(pid)
+
+    # --- records ------------------------------------------------------------------------------
+    def kstack(self, sid: int) -> list[str]:
+        if sid < 0:
+            return []
+        frames = self.stack_cache.get(sid)
+        if frames is None:
+            try:
+                addrs = list(self.b["stacks"].walk(sid))
+            except Exception:
+                addrs = []
+            frames = [self.b.ksym(a).decode(errors="replace") for a in reversed(addrs)]
+            self.stack_cache[sid] = frames
+        return frames
+
+    def on_event(self, ctx, data, size) -> None:
+        ev = ct.cast(data, ct.POINTER(Event)).contents
+        name = self.nr_name.get(ev.nr, f"syscall_{ev.nr}")
+        rec = {"type": "syscall", "tid": ev.tid, "pid": ev.tgid, "name": name, "start_ns": ev.start_ns,
+               "dur_ns": ev.dur_ns, "fd": ev.fd if ev.fd >= 0 else None,
+               "fd_kind": KIND_NAMES.get(ev.fd_kind, "unknown"), "ret": ev.ret}
+        if -4096 < ev.ret < 0:
+            rec["errno"] = _errno.errorcode.get(-ev.ret, str(-ev.ret))
+        elif ev.ret > 0 and TRACED.get(name, (0, 0))[0] & SF_BYTES:
+            rec["bytes"] = ev.ret
+        rec["off_cpu_ns"] = ev.off_cpu_ns
+        if ev.kstack_id >= 0:
+            rec["kstack"] = self.kstack(ev.kstack_id)
+            rec["kstack_off_ns"] = ev.kstack_off_ns
+            rec["kstack_ts_ns"] = ev.kstack_ts_ns
+        self.out.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self.events += 1
+
+    def on_perf_event(self, cpu, data, size) -> None:
+        self.on_event(None, data, size)
+
+    def on_perf_lost(self, n) -> None:
+        self.perf_lost += n
+
+    def counter(self, slot: int) -> int:
+        try:
+            return int(sum(self.b["counters"][ct.c_int(slot)]))
+        except Exception:
+            return 0
+
+    def lost(self) -> int:
+        return self.perf_lost + self.counter(CNT_EVENT_LOST)
+
+    def write_progress(self) -> None:
+        if not self.args.progress:
+            return
+        tmp = self.args.progress + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"events": self.events, "lost": self.lost(), "calls": self.counter(CNT_CALLS),
+                       "ts_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC), "tgids": self.tgids}, f)
+        os.replace(tmp, self.args.progress)
+
+    def write(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def aggregates(self) -> list[dict]:
+        def hists(table) -> dict:
+            out: dict = {}
+            for k, v in table.items():
+                slot = k.slot
+                lower = 0 if slot == 0 else 1 << (slot - 1)
+                out.setdefault((k.nr, k.kind), []).append([lower, int(v.value)])
+            return {key: sorted(h) for key, h in out.items()}
+
+        lat = hists(self.b["lat_hist"])
+        nbytes = hists(self.b["bytes_hist"])
+        recs = []
+        for k, v in self.b["agg"].items():
+            key = (k.nr, k.kind)
+            rec = {"type": "aggregate", "name": self.nr_name.get(k.nr, f"syscall_{k.nr}"),
+                   "fd_kind": KIND_NAMES.get(k.kind, "unknown"), "count": int(v.count),
+                   "total_ns": int(v.total_ns), "max_ns": int(v.max_ns), "hist": lat.get(key, [])}
+            if TRACED.get(rec["name"], (0, 0))[0] & SF_BYTES:
+                rec["bytes_total"] = int(v.bytes_total)
+                rec["bytes_hist"] = nbytes.get(key, [])
+            recs.append(rec)
+        recs.sort(key=lambda r: (r["name"], r["fd_kind"]))
+        return recs
+
+    # --- life -------------------------------------------------------------------------------
+    def run(self) -> int:
+        args = self.args
+        t0 = time.monotonic()
+        self.b = self.compile()
+        t1 = time.monotonic()
+        self.attach()
+        for pid in args.pid:
+            self.seed_fds(pid)
+        t2 = time.monotonic()
+        if self.ringbuf:
+            self.b["events"].open_ring_buffer(self.on_event)
+            poll = self.b.ring_buffer_poll
+        else:
+            # wakeup_events > 1: waking the consumer per event costs ~10x the ring buffer
+            self.b["events"].open_perf_buffer(self.on_perf_event, page_cnt=args.perf_pages,
+                                              lost_cb=self.on_perf_lost)
+            poll = self.b.perf_buffer_poll
+        kallsyms_ok = _kallsyms_visible()
+        self.out = open(args.out, "w", encoding="utf-8") if args.out != "-" else sys.stdout
+        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.write({"format": FORMAT_TAG, "tgids": list(args.pid), "follow": bool(args.follow),
+                    "slow_ns": int(args.slow_ns), "ringbuf": self.ringbuf,
+                    "buffer_pages": args.ringbuf_pages if self.ringbuf else args.perf_pages,
+                    "probes": self.attached, "tracepoints": self.tracepoints, "missing": self.missing, "clock": "monotonic", "started_monotonic_ns": started,
+                    "compile_ms": round((t1 - t0) * 1000, 1), "attach_ms": round((t2 - t1) * 1000, 1),
+                    "kallsyms": kallsyms_ok, "agent_pid": os.getpid()})
+        self.out.flush()
+        log(f"attached {len(self.attached)} syscalls via {len(self.tracepoints)} tracepoints in {t2 - t0:.2f}s "
+            f"(compile {t1 - t0:.2f}s); ringbuf={self.ringbuf}; missing: {','.join(self.missing) or '-'}")
+        deadline = time.monotonic() + args.duration if args.duration else None
+        next_tick = time.monotonic() + 1.0
+        self.write_progress()
+        while self.stop_reason is None:
+            poll(100)
+            self.out.flush()
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                self.stop_reason = "duration"
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self.follow_new_targets()
+                self.write_progress()
+                if args.pid and not args.keep_running and not any(proc_alive(p) for p in self.tgids):
+                    self.stop_reason = "target-exited"
+        return self.finish(started)
+
+    def finish(self, started: int) -> int:
+        # Ignore further signals: a second SIGTERM must not cut the aggregates.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        b = self.b
+        for tp in list(b.tracepoint_fds.keys()):
+            try:
+                b.detach_tracepoint(tp)
+            except Exception as e:  # pragma: no cover
+                log(f"detach {tp!r}: {e}")
+        # drain what the probes wrote before the detach
+        for _ in range(1000):
+            before = self.events
+            if self.ringbuf:
+                b.ring_buffer_consume()
+            else:
+                b.perf_buffer_poll(0)
+            if self.events == before:
+                break
+        for rec in self.aggregates():
+            self.write(rec)
+        self.write({"type": "lost", "count": self.lost(), "agg_errors": self.counter(CNT_AGG_ERR),
+                    "stack_errors": self.counter(CNT_STACK_ERR), "fd_map_errors": self.counter(CNT_FDMAP_ERR)})
+        ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.write({"type": "end", "events": self.events, "calls": self.counter(CNT_CALLS),
+                    "reason": self.stop_reason, "duration_ns": ended - started})
+        self.out.flush()
+        self.write_progress()
+        if self.out is not sys.stdout:
+            self.out.close()
+        log(f"stopped ({self.stop_reason}): {self.events} events, {self.lost()} lost")
+        return 0
+
+
+def _kallsyms_visible() -> bool:
+    """/proc/kallsyms shows real addresses (root with kptr_restrict < 2); zeros otherwise."""
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                return int(line.split()[0], 16) != 0
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ebpf_agent", description="diag's eBPF syscall-latency agent")
+    p.add_argument("--pid", type=int, action="append", default=[], help="target tgid (repeatable)")
+    p.add_argument("--follow", action="store_true", help="also trace processes forked by the targets")
+    p.add_argument("--slow-ns", type=int, default=1_000_000, help="emit calls at least this slow (0: all)")
+    p.add_argument("--out", default="-", help="stream file (default stdout)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    p.add_argument("--progress", default=None, help="JSON progress file rewritten every second")
+    p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer size in pages (power of 2)")
+    p.add_argument("--perf-pages", type=int, default=64, help="perf buffer pages per CPU (power of 2)")
+    p.add_argument("--no-ringbuf", action="store_true", help="use the perf buffer even if a ring buffer works")
+    p.add_argument("--stack-entries", type=int, default=16384, help="kernel stack map size")
+    p.add_argument("--probe", default=None, help="probe C source (default probes/syscall_latency.c)")
+    p.add_argument("--tracepoints", choices=("raw", "syscall"), default="raw",
+                   help="raw_syscalls:sys_enter/exit (default; fast to detach) or one syscalls:sys_* pair per syscall")
+    p.add_argument("--keep-running", action="store_true", help="do not stop when every target has exited")
+    p.add_argument("--dump-probe", action="store_true", help="print the probe source with its cflags, exit")
+    a = p.parse_args(argv)
+    for name in ("ringbuf_pages", "perf_pages"):
+        v = getattr(a, name)
+        if v <= 0 or v & (v - 1):
+            p.error(f"--{name.replace('_', '-')} must be a power of two")
+    if not a.pid and not a.dump_probe:
+        p.error("give at least one --pid")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.dump_probe:
+        text, cflags = build(args, not args.no_ringbuf)
+        defines = []
+        for c in cflags:
+            if c.startswith("-D"):
+                k, _, v = c[2:].partition("=")
+                defines.append(f"#define {k} {v}".rstrip())
+        sys.stdout.write(f"// cflags: {' '.join(cflags)}\n" + "\n".join(defines) + "\n" + text)
+        return 0
+    agent = Agent(args)
+
+    def on_signal(signum, frame):
+        agent.stop_reason = signal.Signals(signum).name
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        import bcc  # noqa: F401
+    except Exception as e:
+        log(f"error: cannot import bcc ({e}): install python3-bpfcc")
+        return 3
+    try:
+        return agent.run()
+    except Exception as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        log(f"error: {msg[:300]}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

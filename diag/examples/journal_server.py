@@ -1,0 +1,92 @@
+"""A threaded HTTP server that journals every request with fsync: the demo's known latency fault.
+
+Each POST/GET appends a record to a journal file and fsyncs it before answering (durability on
+the request path, the source document's worked example); every `--compact-every` requests it
+also rewrites a larger block and fsyncs that, which makes the P99 spike. `--fault none` turns
+journaling off: the healthy control.
+
+    python3 -m diag.examples.journal_server --port 8080 --journal /var/tmp/journal.bin
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+RECORD = 64 * 1024
+COMPACT = 4 * 1024 * 1024
+MAX_JOURNAL = 64 * 1024 * 1024
+
+
+class Journal:
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "wb")
+        self.lock = threading.Lock()
+        self.n = 0
+        self.record = os.urandom(RECORD)
+        self.block = os.urandom(COMPACT)
+
+    def append(self, compact_every: int) -> None:
+        with self.lock:
+            self.n += 1
+            if self.f.tell() > MAX_JOURNAL:
+                self.f.seek(0)
+                self.f.truncate()
+            self.f.write(self.record)
+            if compact_every and self.n % compact_every == 0:
+                self.f.write(self.block)
+            self.f.flush()
+            os.fsync(self.f.fileno())
+
+
+def make_handler(journal: Journal | None, compact_every: int):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            if journal is not None:
+                journal.append(compact_every)
+            body = b'{"ok": true}\n'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None:   # quiet: the demo prints the report, not access logs
+            pass
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--journal", default="/var/tmp/diag-demo-journal.bin")
+    ap.add_argument("--fault", choices=("fsync", "none"), default="fsync")
+    ap.add_argument("--compact-every", type=int, default=25)
+    a = ap.parse_args(argv)
+    journal = Journal(a.journal) if a.fault == "fsync" else None
+    srv = ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(journal, a.compact_every))
+    srv.daemon_threads = True
+    print(f"listening on 127.0.0.1:{srv.server_address[1]}", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if journal is not None:
+            journal.f.close()
+            try:
+                os.unlink(a.journal)
+            except OSError:
+                pass
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

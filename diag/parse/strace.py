@@ -1,0 +1,925 @@
+"""strace text output -> `SyscallEvent`s (format "strace", clock REALTIME).
+
+Owns: recognising strace output (`StraceParser.sniff`) and turning every system call it shows
+into one `SyscallEvent`, whatever mix of options produced it: -f (`[pid  N] ` to stderr,
+`N  ` with -o), -ff per-pid files, -t/-tt/-ttt and --absolute-timestamps (s..ns precision),
+-r, -T (us or ns), -y/-yy fd decorations, -n/-i, -k stack lines, -X raw/abbrev/verbose,
+-e raw=, -s N, -e trace=..., unfinished/resumed pairs, signals, exits, attach/detach
+messages, and the target's own stderr interleaved with strace's.
+
+Rules chosen (what a reader of the records may rely on):
+
+* pid/tid. strace's "pid" is a thread id: it becomes `tid`. `pid` is the thread group id
+  (tgid): a thread created by clone/clone3 with CLONE_THREAD (flag names or, with -X raw,
+  flag bits) gets its creator's tgid; every other new task is its own process (tgid = tid)
+  and starts with a copy of its parent's fd table. A task that appears before its parent's
+  clone returned (strace prints it whenever it likes) is attributed to the one clone then in
+  flight; `strace -p N -f` "attached with K threads" makes the next K-1 unknown tids threads
+  of N. Tids are forgotten on `+++ exited/killed +++`, so reused tids start fresh.
+* Lines without a pid prefix. In a file named `NAME.PID` (strace -ff -o NAME) they belong to
+  PID (the file name wins over ctx.pid, which can only name one of the -ff files); else to
+  ctx.pid. Without either, the pid is learned from the trace itself (the `strace: Process N
+  attached` message of -p, a `set_tid_address`/`gettid` return, or the first prefixed tid
+  that is not a child) and the events are held back until it is known; if it never is, pid
+  and tid are 0 with a warning. strace to stderr drops the prefix whenever a single tracee is
+  left: such lines go to the only live tid (or, if the exits were not shown, the last one).
+* Timestamps -> `start_ns` (int ns since the epoch, plus ctx.offset_ns). Time-of-day stamps
+  (-t/-tt) use ctx.date in ctx.tz (default: local time); a stamp more than 12 h earlier than
+  the previous one is on the next day. Without ctx.date they are put on 1970-01-01 UTC with a
+  warning: times are then only relative within the trace. No timestamps at all: start_ns is
+  0 for every call (durations only), with a warning. -r (relative) stamps are summed from 0.
+  In these three cases ctx.uncertainty_ns is set to None: the stream is not on the common
+  clock.
+* `dur_ns` from -T; for an unfinished/resumed pair the start is the unfinished line's stamp
+  and the duration the resumed line's -T (or the stamp difference without -T). A call still
+  pending when its task exits, when strace detaches (`<detached ...>`), or at the end of the
+  trace (warned, with a count) is emitted with dur_ns None; so are calls that never return
+  (`exit_group(0) = ?`).
+* `ret` is the return value (hex decoded, -1 on error); `= ?` gives None. `errno` is the
+  error name, including ERESTARTSYS / ERESTART_RESTARTBLOCK etc. for interrupted calls.
+  `restart_syscall(<... resuming interrupted NAME ...>)` is emitted under NAME.
+* `fd`/`fd_kind` only for calls whose first argument is an fd (read, write, fsync, close,
+  sendto, ioctl, epoll_wait (the epoll fd), ...; see `FD_FIRST`). The kind comes from the -y
+  decoration when present (TCP:/UDP:/UNIX:/NETLINK:/socket: -> SOCKET, pipe: -> PIPE,
+  /dev/* character devices, anon_inode:, memfd -> OTHER, other paths and block devices ->
+  FILE), else from a per-process fd table learned from socket/accept, open*/creat (/dev/*
+  but /dev/shm -> OTHER, anything else, /proc included, -> FILE), pipe*/socketpair,
+  epoll/eventfd/timerfd/signalfd/inotify/memfd/..., dup*/fcntl(F_DUPFD*) and close/close_range.
+  Fds the trace never showed being created (inherited, passed over a socket, CLOEXEC after
+  exec is not tracked) are UNKNOWN.
+* `nbytes` is the return value of the read/write families (`NBYTES`) when it is >= 0.
+* Lines that are not strace's (the target's stderr) go to `BadLines`: a few are a warning, many
+  an error naming the first one. A strace line torn by the target's output or by a `strace:
+  Process N attached/detached` message is glued back together with the next line(s) first.
+  A last line without its newline is a truncated capture: it is skipped with a warning.
+
+Known gaps: with -ff, a thread's own file cannot show it is a thread (its clone is in another
+file), so its pid is its tid, and fds inherited from another file's process are UNKNOWN;
+`clone3` under `-e raw=clone3` hides its flags (treated as a process). `-c` summaries are skipped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import sys
+from typing import IO, Iterator
+
+from diag.model import Clock, FdKind, SyscallEvent
+from diag.parse.base import BadLines, ParseContext
+
+_SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIPE, FdKind.OTHER, FdKind.UNKNOWN
+
+# --- line grammar -------------------------------------------------------------------------
+# [pid  N] (stderr, several tracees) or "N  " (-o FILE with -f / several -p); pids are < 2^22,
+# so at most 7 digits (a 10-digit number is a unix-seconds stamp).
+# Stamps: HH:MM:SS[.frac] (-t/-tt, --absolute-timestamps=format:time), secs[.frac]
+# (-ttt, format:unix, any precision), "   0.000123" (-r). Then -t -r's "(+ 0.000123) ",
+# -n's "[ 0] " and -i's "[00007f..] ".
+_PFX = (r"(?:\[pid +(\d+)\] |(\d{1,7}) +)?"
+        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d+))(?:\.(\d+))? )?"
+        r"(?:\(\+ *\d+\.\d+\) )?(?:\[[^\]\n]*\] )*")
+_RET = r"(-?\d+|0x[0-9a-fA-F]+|\?)"
+# After the value: an fd decoration (-y: "= 3</path>"), then errno / annotations:
+# " EAGAIN (Resource ...)", " (Timeout)", " (flags O_RDONLY)", " (INJECTED)", " <unavailable>".
+_TAIL = r'((?:<(?:[^"\\\n]|\\.)*?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
+_DUR = r"(?: <(\d+)(?:\.(\d+))?>)?"
+# The fast path: one complete call. The greedy args make the LAST ") = " that leaves a valid
+# tail the split point, so ") = " inside a string argument does no harm.
+_FULL = re.compile(_PFX + r"(\w+)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\n")
+_PFX_BODY = re.compile(_PFX + r"(.*)\n")
+_B_FULL = re.compile(r"(\w+|\?\?\?)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
+_B_UNFIN = re.compile(r"(\w+|\?\?\?)\((.*?) ?<unfinished \.\.\.>\Z")
+_B_RESUMED = re.compile(r"<\.\.\. (\w+|\?\?\?) resumed>(.*)\Z")
+_B_DETACHED = re.compile(r"(\w+|\?\?\?)\((.*?) *<detached \.\.\.>\Z")
+_R_REST = re.compile(r"(.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
+_R_DETACHED = re.compile(r"(.*?) *<detached \.\.\.>\Z")
+_SIGNAL = re.compile(r"--- .* ---\Z")
+_EXIT = re.compile(r"\+\+\+ (?:exited with|killed by|superseded by) .*\+\+\+\Z")
+_MSG_PROC = re.compile(r"strace: Process (\d+) (attached|detached)(?: with (\d+) threads)?")
+_EMBEDDED_MSG = re.compile(r"(.*?\S)(strace: Process (\d+) (?:attached|detached)[^\n]*)\n")
+_STARTS_CALL = re.compile(r"(?:\w+|\?\?\?)\(|<\.\.\. \w+ resumed>")
+_ERRNO = re.compile(r" (E[A-Z0-9_]+) \(")
+_ARG0 = re.compile(r"(?:0x([0-9a-fA-F]+)|(-?\d+))(<)?")
+_PAIR = re.compile(r"\[(\d+)(?:<.*?>)?, (\d+)")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
+_HEX = re.compile(r"0x([0-9a-fA-F]+)")
+_NAME_PID = re.compile(r".\.(\d{1,7})\Z")
+
+# --- syscall tables ----------------------------------------------------------------------
+FD_FIRST = frozenset((
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
+    "pwritev2", "recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg", "sendfile",
+    "sendfile64", "splice", "tee", "vmsplice", "copy_file_range", "fsync", "fdatasync",
+    "sync_file_range", "syncfs", "readahead", "accept", "accept4", "close", "connect", "shutdown",
+    "bind", "listen", "getsockname", "getpeername", "getsockopt", "setsockopt", "epoll_wait",
+    "epoll_pwait", "epoll_pwait2", "epoll_ctl", "fstat", "fstatfs", "lseek", "_llseek", "getdents",
+    "getdents64", "ioctl", "fcntl", "fcntl64", "flock", "ftruncate", "fallocate", "fadvise64",
+    "fchmod", "fchown", "fchdir", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr",
+    "dup", "dup2", "dup3", "inotify_add_watch", "inotify_rm_watch", "timerfd_settime",
+    "timerfd_gettime", "io_uring_enter", "io_uring_register",
+))
+NBYTES = frozenset((
+    "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "write", "writev",
+    "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendfile", "sendfile64",
+))
+_OPENS = frozenset(("open", "openat", "openat2", "creat", "open_by_handle_at"))
+_NEW_SOCKET = frozenset(("socket", "accept", "accept4"))
+_NEW_OTHER = frozenset((
+    "epoll_create", "epoll_create1", "eventfd", "eventfd2", "timerfd_create", "signalfd",
+    "signalfd4", "inotify_init", "inotify_init1", "fanotify_init", "memfd_create", "memfd_secret",
+    "userfaultfd", "perf_event_open", "pidfd_open", "pidfd_getfd", "io_uring_setup",
+))
+_PAIRS = {"pipe": _PIPE, "pipe2": _PIPE, "socketpair": _SOCKET}
+_CLONES = frozenset(("clone", "clone2", "clone3", "fork", "vfork"))
+_SPECIAL = (_OPENS | _NEW_SOCKET | _NEW_OTHER | frozenset(_PAIRS) | _CLONES | frozenset((
+    "dup", "dup2", "dup3", "fcntl", "fcntl64", "close", "close_range", "exit", "exit_group",
+    "set_tid_address", "gettid", "restart_syscall")))
+A_FD, A_NBYTES, A_SPECIAL = 1, 2, 4
+_ACT: dict[str, int] = {}
+for _n in FD_FIRST | NBYTES | _SPECIAL:
+    _ACT[_n] = (A_FD if _n in FD_FIRST else 0) | (A_NBYTES if _n in NBYTES else 0) | \
+        (A_SPECIAL if _n in _SPECIAL else 0)
+CLONE_THREAD = 0x00010000
+F_DUPFD_RAW = ("0", "1030", "0x406")
+CLOSE_RANGE_CLOEXEC = 4
+
+_SCALE = tuple(10 ** (9 - i) if i <= 9 else 0 for i in range(19))
+_NS = 1_000_000_000
+UNRES = -1          # placeholder tid of the unprefixed tracee while its pid is not known
+MAX_JOIN = 4        # continuation lines a torn strace line may be glued from
+
+
+def _frac_ns(frac: str) -> int:
+    n = len(frac)
+    return int(frac) * _SCALE[n] if n <= 9 else int(frac[:9])
+
+
+def decoration_kind(text: str, pos: int = 0) -> FdKind:
+    """FdKind of a -y/-yy fd decoration starting at text[pos] (just after the '<')."""
+    if text.startswith("/", pos):
+        if text.startswith("/dev/", pos):
+            if text.startswith("/dev/shm/", pos):
+                return _FILE
+            # -yy: "/dev/null<char 1:3>", "/dev/sda<block 8:0>"
+            lt = text.find("<", pos)
+            gt = text.find(">", pos)
+            if 0 <= lt < gt:
+                return _FILE if text.startswith("<block ", lt) else _OTHER
+            return _OTHER
+        if text.startswith("/memfd:", pos):
+            return _OTHER
+        return _FILE
+    if text.startswith("pipe:", pos):
+        return _PIPE
+    if text.startswith("socket:", pos):
+        return _SOCKET
+    if text.startswith("anon_inode:", pos):
+        return _OTHER
+    # Protocol-named sockets: TCP:[..], TCPv6:[..], UDP:, UNIX-STREAM:, NETLINK:, UDPLITE:...
+    colon = text.find(":[", pos, pos + 24)
+    if colon > pos and text[pos].isupper():
+        return _SOCKET
+    return _OTHER
+
+
+def path_kind(path: str) -> FdKind:
+    """FdKind of a file opened by path without -y: /dev/* is a device (OTHER) but /dev/shm."""
+    if path.startswith("/dev/") and not path.startswith("/dev/shm/"):
+        return _OTHER
+    return _FILE
+
+
+class StraceParser:
+    """strace text output (any of -f/-ff, -t..-ttt, -T, -y/-yy, -X ...) -> SyscallEvent."""
+
+    format = "strace"
+    clock = Clock.REALTIME
+
+    _SNIFF = re.compile(
+        _PFX + r"(?:(?:\w+|\?\?\?)\(.*\) +=\ (?:-?\d+|0x[0-9a-fA-F]+|\?)"
+        r"|(?:\w+|\?\?\?)\(.* <(?:unfinished|detached) \.\.\.>\Z"
+        r"|<\.\.\. \w+ resumed>"
+        r"|--- (?:SIG[A-Z0-9+]+|stopped by) "
+        r"|\+\+\+ (?:exited with -?\d+|killed by SIG\w+)"
+        r"|strace: Process \d+ attached)")
+
+    def sniff(self, head: str, name: str) -> bool:
+        stripped = head.lstrip()
+        if not stripped or stripped[0] in "{":
+            return False
+        lines = head.split("\n")
+        if not head.endswith("\n") and len(lines) > 1:
+            lines.pop()                 # the head may end mid-line
+        seen = hits = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            seen += 1
+            if self._SNIFF.match(line):
+                hits += 1
+            if seen >= 50:
+                break
+        return hits > 0 and hits * 3 >= seen
+
+    def parse(self, stream: IO[str], ctx: ParseContext) -> Iterator[SyscallEvent]:
+        return _Run(ctx).run(stream)
+
+
+def pid_from_name(path: str) -> int | None:
+    """The pid strace -ff appends to its output file names (`NAME.PID`), if any."""
+    m = _NAME_PID.search(os.path.basename(path))
+    return int(m.group(1)) if m else None
+
+
+class _Run:
+    """The state of parsing one stream (tid->tgid map, fd tables, calls in flight...)."""
+
+    def __init__(self, ctx: ParseContext) -> None:
+        self.ctx = ctx
+        self.off = ctx.offset_ns
+        self.bad = BadLines(ctx, "strace")
+        fpid = pid_from_name(ctx.path)
+        base = fpid if fpid is not None else ctx.pid
+        self.unres = base is None            # unprefixed tracee's pid not known yet
+        self.unres_used = False
+        self.base_tid = UNRES if base is None else base
+        self.any_prefixed = False
+        self.seen_call = False               # a syscall line was seen (for attach messages)
+        self.tgid_of: dict[int, int] = {}
+        self.fdtab: dict[int, dict[int, FdKind]] = {}
+        self.pending: dict[int, tuple] = {}  # tid -> (name, start_ns, args, lineno)
+        self.pclone: dict[int, bool] = {}    # tid -> is_thread, for clones in flight
+        self.live: dict[int, None] = {}      # ordered set of live tids
+        self.announced: set[int] = set()     # tids from "strace: Process N attached" mid-trace
+        self.attach_threads: list[list[int]] = []  # [[tgid, threads left]] from -p -f
+        self.last_restart: dict[int, tuple] = {}
+        self.last_tid = 0
+        self.buf: list[tuple] = []           # held-back events while the pid is unknown
+        self.out: list[SyscallEvent] = []
+        # time
+        self.tod_cache: dict[str, int] = {}
+        self.day = 0
+        self.last_sod: int | None = None
+        self.date: _dt.date | None = None
+        self.tz = ctx.tz
+        self.rel_ns = 0
+        self.warned: set[str] = set()
+        # torn lines: (first lineno, text without newline, [(lineno, line), ...])
+        self.torn: tuple[int, str, list] | None = None
+        self.in_summary = False
+        self.ambiguous = 0
+        self.regrouped = 0
+        self.blank = 0
+        self.joined = 0
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self, stream: IO[str]) -> Iterator[SyscallEvent]:
+        full = _FULL.match
+        act_get = _ACT.get
+        intern = sys.intern
+        out = self.out
+        tgid_get = self.tgid_of.get
+        fdtab = self.fdtab
+        tod_cache = self.tod_cache
+        off = self.off
+        arg0 = _ARG0.match
+        errno_search = _ERRNO.search
+        NS = _NS
+        SCALE = _SCALE
+        Ev = SyscallEvent
+        UNKNOWN = _UNKNOWN
+        lineno = 0
+        for lineno, line in enumerate(stream, 1):
+            m = full(line)
+            if m is None:
+                self._slow(lineno, line)
+                if out:
+                    yield from out
+                    out.clear()
+                continue
+            p1, p2, tod, num, frac, name, args, ret, tail, ds, df = m.groups()
+            # who
+            if p1 is not None or p2 is not None:
+                tid = int(p1 or p2)
+                if not self.any_prefixed:
+                    self.any_prefixed = True
+            elif self.any_prefixed:
+                tid = self._unprefixed_tid()
+            else:
+                tid = self.base_tid
+                if tid == UNRES:
+                    self.unres_used = True
+            tgid = tgid_get(tid)
+            if tgid is None:
+                tgid = self._new_tid(tid, False)
+            self.last_tid = tid
+            # when
+            if num is not None and len(num) >= 9:
+                start = int(num) * NS + off
+                if frac is not None:
+                    start += int(frac) * SCALE[len(frac)] if len(frac) <= 9 else int(frac[:9])
+            elif tod is not None:
+                start = tod_cache.get(tod)
+                if start is None:
+                    start = self._tod_base(tod)
+                if frac is not None:
+                    start += int(frac) * SCALE[len(frac)] if len(frac) <= 9 else int(frac[:9])
+            else:
+                start = self._odd_stamp(num, frac)
+            if ds is not None:
+                dur = int(ds) * NS
+                if df is not None:
+                    dur += int(df) * SCALE[len(df)] if len(df) <= 9 else int(df[:9])
+            else:
+                dur = None
+            # result
+            c = ret[0]
+            if c == "?":
+                reti = None
+                errno = None
+                if tail:
+                    em = errno_search(tail)
+                    if em is not None:
+                        errno = em.group(1)
+                        if errno.startswith("ERESTART"):
+                            self.last_restart[tid] = (name, args)
+            elif c == "-" and ret == "-1":
+                reti = -1
+                errno = None
+                if tail:
+                    em = errno_search(tail)
+                    if em is not None:
+                        errno = em.group(1)
+            else:
+                reti = int(ret, 16) if ret[1:2] in ("x", "X") else int(ret)
+                errno = None
+            name = intern(name)
+            a = act_get(name, 0)
+            fd = None
+            kind = UNKNOWN
+            nbytes = None
+            if a:
+                if a & A_FD:
+                    fm = arg0(args)
+                    if fm is not None:
+                        h, d, deco = fm.groups()
+                        fd = int(d) if d is not None else int(h, 16)
+                        if deco is not None:
+                            kind = decoration_kind(args, fm.end())
+                        else:
+                            t = fdtab.get(tgid)
+                            if t is not None:
+                                kind = t.get(fd, UNKNOWN)
+                if a & A_NBYTES and reti is not None and reti >= 0:
+                    nbytes = reti
+                if a & A_SPECIAL:
+                    name, fd, kind, nbytes = self._special(name, tid, tgid, args, reti, tail, fd, kind, nbytes)
+                    tgid = tgid_get(tid, tgid)
+            if self.unres:
+                self._emit(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
+                if out:
+                    yield from out
+                    out.clear()
+            else:
+                yield Ev(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
+        self._finish(lineno)
+        if out:
+            yield from out
+            out.clear()
+
+    # --- who -------------------------------------------------------------------------
+    def _unprefixed_tid(self) -> int:
+        """The tid of an unprefixed line in a trace that also has prefixed ones (strace to
+        stderr omits the prefix while a single tracee is left)."""
+        live = self.live
+        if len(live) == 1:
+            for t in live:
+                return t
+        if not live:
+            return self.last_tid             # e.g. "+++ exited" after exit_group(0) = ?
+        self.ambiguous += 1
+        return self.last_tid
+
+    def _new_tid(self, tid: int, clone_resume: bool) -> int:
+        """First sight of `tid`: decide its thread group. Returns the tgid."""
+        self.seen_call = True
+        if tid == UNRES:
+            self.tgid_of[UNRES] = UNRES
+            self.live[UNRES] = None
+            return UNRES
+        if self.unres and tid != self.base_tid:
+            if not self.unres_used:
+                self.unres = False           # every line so far was prefixed: no placeholder
+            elif clone_resume and UNRES in self.pclone:
+                self._resolve(tid)           # the placeholder's clone returning: that's it
+                return self.tgid_of[tid]
+            elif UNRES not in self.pclone and tid not in self.announced:
+                self._resolve(tid)           # a new tid nobody created: the placeholder
+                return self.tgid_of[tid]
+        tgid = tid
+        parent = None
+        pc = self.pclone
+        if pc:
+            # Created by a clone still in flight (strace may print the child first).
+            groups = {(self.tgid_of.get(p, p) if th else None) for p, th in pc.items()}
+            if len(groups) == 1:
+                g = next(iter(groups))
+                if g is not None:
+                    tgid = g
+                elif len(pc) == 1:
+                    parent = next(iter(pc))
+            else:
+                self.ambiguous += 1
+        elif self.attach_threads:
+            # strace -p N -f: "Process N attached with K threads"
+            if len(self.attach_threads) == 1:
+                rec = self.attach_threads[0]
+                if tid != rec[0] and rec[1] > 0:
+                    tgid = rec[0]
+                    rec[1] -= 1
+                    if rec[1] <= 0:
+                        self.attach_threads.clear()
+        self.tgid_of[tid] = tgid
+        self.live[tid] = None
+        if tgid == tid:
+            if parent is not None:
+                self.fdtab[tid] = dict(self.fdtab.get(self.tgid_of.get(parent, parent), ()))
+            else:
+                self.fdtab.pop(tid, None)    # a reused pid starts without the old fds
+        return tgid
+
+    def _register_child(self, parent: int, ptgid: int, child: int, is_thread: bool) -> None:
+        """A clone/fork returned `child` in `parent`."""
+        prev = self.tgid_of.get(child)
+        new = ptgid if is_thread else child
+        if prev is not None and prev != new:
+            self.regrouped += 1             # the early guess was wrong; fixed from here on
+        self.tgid_of[child] = new
+        self.live[child] = None
+        if not is_thread and prev != child:
+            self.fdtab[child] = dict(self.fdtab.get(ptgid, ()))
+
+    def _resolve(self, tid: int) -> None:
+        """The placeholder tracee turned out to be `tid`: rename it and release held events."""
+        self.unres = False
+        self.base_tid = tid
+        for d in (self.tgid_of, self.pending, self.pclone, self.live, self.last_restart, self.fdtab):
+            if UNRES in d:
+                v = d.pop(UNRES)
+                if d is self.fdtab and tid in d:
+                    v.update(d[tid])
+                d[tid] = v
+        for t, g in self.tgid_of.items():
+            if g == UNRES:
+                self.tgid_of[t] = tid
+        if self.tgid_of.get(tid) == UNRES or tid not in self.tgid_of:
+            self.tgid_of[tid] = tid
+        if self.last_tid == UNRES:
+            self.last_tid = tid
+        buf, self.buf = self.buf, []
+        out = self.out
+        for (pid, t, *rest) in buf:
+            out.append(SyscallEvent(tid if pid == UNRES else pid, tid if t == UNRES else t, *rest))
+
+    def _emit(self, pid, tid, name, start, dur, ret, errno, fd, kind, nbytes) -> None:
+        if self.unres:
+            self.buf.append((pid, tid, name, start, dur, ret, errno, fd, kind, nbytes))
+        else:
+            self.out.append(SyscallEvent(pid, tid, name, start, dur, ret, errno, fd, kind, nbytes))
+
+    # --- when ------------------------------------------------------------------------
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.ctx.warn(message)
+
+    def _tod_base(self, tod: str) -> int:
+        """ns since the epoch (+ offset) of HH:MM:SS on the trace's current day."""
+        if self.date is None:
+            if self.ctx.date is not None:
+                self.date = self.ctx.date
+            else:
+                self.date = _dt.date(1970, 1, 1)
+                if self.tz is None:
+                    self.tz = _dt.timezone.utc
+                self.ctx.uncertainty_ns = None
+                self._warn_once("date", f"{self.ctx.path}: time-of-day timestamps (strace -t/-tt) but no date "
+                                        "given; using 1970-01-01 UTC, so times are only relative within this "
+                                        "trace and not aligned with other streams (give the capture date)")
+        h, mi, s = int(tod[0:2]), int(tod[3:5]), int(tod[6:8])
+        sod = h * 3600 + mi * 60 + s
+        if self.last_sod is not None and sod < self.last_sod - 43200:
+            self.day += 1                    # time went back > 12 h: past midnight
+            self.tod_cache.clear()
+        self.last_sod = sod
+        extra = 0
+        if s >= 60:                          # leap second
+            s, extra = 59, s - 59
+        d = self.date + _dt.timedelta(days=self.day)
+        epoch = int(_dt.datetime(d.year, d.month, d.day, h, mi, s, tzinfo=self.tz).timestamp()) + extra
+        ns = epoch * _NS + self.off
+        self.tod_cache[tod] = ns
+        return ns
+
+    def _odd_stamp(self, num: str | None, frac: str | None) -> int:
+        """No stamp at all, or a -r relative one."""
+        ctx = self.ctx
+        if num is None:
+            self._warn_once("nostamp", f"{ctx.path}: the trace has no timestamps (strace without -t/-tt/-ttt): "
+                                       "every call starts at 0, only durations are usable")
+            ctx.uncertainty_ns = None
+            return 0
+        self._warn_once("relative", f"{ctx.path}: relative timestamps (strace -r): times are summed from the "
+                                    "first line and not aligned with other streams")
+        ctx.uncertainty_ns = None
+        self.rel_ns += int(num) * _NS + (_frac_ns(frac) if frac else 0)
+        return self.rel_ns
+
+    def _stamp(self, tod, num, frac) -> int:
+        if num is not None and len(num) >= 9:
+            return int(num) * _NS + (_frac_ns(frac) if frac else 0) + self.off
+        if tod is not None:
+            base = self.tod_cache.get(tod)
+            if base is None:
+                base = self._tod_base(tod)
+            return base + (_frac_ns(frac) if frac else 0)
+        return self._odd_stamp(num, frac)
+
+    # --- fd tables and process bookkeeping ------------------------------------------------
+    def _table(self, tgid: int) -> dict[int, FdKind]:
+        t = self.fdtab.get(tgid)
+        if t is None:
+            t = self.fdtab[tgid] = {}
+        return t
+
+    def _special(self, name, tid, tgid, args, ret, tail, fd, kind, nbytes):
+        """Calls that change the fd table or the process tree. Returns (name, fd, kind, nbytes)."""
+        ok = ret is not None and ret >= 0
+        if name in _CLONES:
+            pending_thread = self.pclone.pop(tid, None)
+            if ok and ret > 0:
+                self._register_child(tid, tgid, ret, _is_thread(name, args) or bool(pending_thread))
+        elif name in _OPENS:
+            if ok:
+                if tail.startswith("<"):
+                    k = decoration_kind(tail, 1)
+                else:
+                    q = _QUOTED.search(args)
+                    k = path_kind(q.group(1)) if q else _FILE
+                self._table(tgid)[ret] = k
+        elif name in _NEW_SOCKET:
+            if ok:
+                self._table(tgid)[ret] = _SOCKET
+        elif name in _NEW_OTHER:
+            if ok:
+                self._table(tgid)[ret] = _OTHER
+        elif name in _PAIRS:
+            if ret == 0:
+                m = _PAIR.search(args)
+                if m:
+                    t = self._table(tgid)
+                    k = _PAIRS[name]
+                    t[int(m.group(1))] = k
+                    t[int(m.group(2))] = k
+        elif name in ("dup", "dup2", "dup3"):
+            if ok:
+                self._table(tgid)[ret] = kind
+        elif name in ("fcntl", "fcntl64"):
+            if ok:
+                second = args.split(", ", 2)[1:2]
+                if second and (second[0].startswith("F_DUPFD") or second[0] in F_DUPFD_RAW):
+                    self._table(tgid)[ret] = kind
+        elif name == "close":
+            if fd is not None:
+                t = self.fdtab.get(tgid)
+                if t:
+                    t.pop(fd, None)
+        elif name == "close_range":
+            if ret == 0:
+                parts = [p.strip() for p in args.split(",")]
+                try:
+                    lo, hi = int(parts[0], 0), int(parts[1], 0)
+                    flags = parts[2] if len(parts) > 2 else "0"
+                except (ValueError, IndexError):
+                    lo = hi = -1
+                    flags = ""
+                if lo >= 0 and "CLOEXEC" not in flags and not (flags.isdigit() and int(flags) & CLOSE_RANGE_CLOEXEC):
+                    t = self.fdtab.get(tgid)
+                    if t:
+                        for f in [f for f in t if lo <= f <= hi]:
+                            del t[f]
+        elif name == "exit":
+            if ret is None:
+                self.live.pop(tid, None)
+        elif name == "exit_group":
+            if ret is None:
+                for t in [t for t in self.live if self.tgid_of.get(t) == tgid]:
+                    self.live.pop(t, None)
+        elif name in ("set_tid_address", "gettid"):
+            if tid == UNRES and self.unres and ok and ret > 0:
+                self._resolve(ret)
+        elif name == "restart_syscall":
+            m = _RESUMING.search(args)
+            if m:
+                name = sys.intern(m.group(1))
+                prev = self.last_restart.pop(tid, None)
+                a = _ACT.get(name, 0)
+                if prev is not None and prev[0] == name and a & A_FD:
+                    fm = _ARG0.match(prev[1])
+                    if fm is not None:
+                        h, d, deco = fm.groups()
+                        fd = int(d) if d is not None else int(h, 16)
+                        if deco is not None:
+                            kind = decoration_kind(prev[1], fm.end())
+                        else:
+                            kind = self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+                if a & A_NBYTES and ok:
+                    nbytes = ret
+        return name, fd, kind, nbytes
+
+    def _task_gone(self, tid: int) -> None:
+        """+++ exited/killed +++ for tid: its call in flight ends unfinished."""
+        p = self.pending.pop(tid, None)
+        if p is not None:
+            self._cut(tid, p)
+        self.live.pop(tid, None)
+        self.pclone.pop(tid, None)
+        self.last_restart.pop(tid, None)
+        self.tgid_of.pop(tid, None)
+
+    def _cut(self, tid: int, p: tuple) -> None:
+        """Emit a pending call whose end the trace does not show."""
+        name, start, args, _lineno = p
+        tgid = self.tgid_of.get(tid, tid)
+        fd, kind = self._fd_of(name, tgid, args)
+        self._emit(tgid, tid, name, start, None, None, None, fd, kind, None)
+
+    def _fd_of(self, name: str, tgid: int, args: str) -> tuple[int | None, FdKind]:
+        if not _ACT.get(name, 0) & A_FD:
+            return None, _UNKNOWN
+        fm = _ARG0.match(args)
+        if fm is None:
+            return None, _UNKNOWN
+        h, d, deco = fm.groups()
+        fd = int(d) if d is not None else int(h, 16)
+        if deco is not None:
+            return fd, decoration_kind(args, fm.end())
+        return fd, self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+
+    # --- everything but a complete call --------------------------------------------------
+    def _slow(self, lineno: int, line: str) -> None:
+        torn = self.torn
+        if torn is not None and torn[2][-1][0] != lineno - 1:
+            self._torn_bad()                 # the line after the torn one was fine on its own
+            torn = None
+        if not line.endswith("\n"):
+            # The last line of a capture cut mid-write: skipped, reported as truncation.
+            if torn is not None:
+                joined = torn[1] + line + "\n"
+                if self._line(torn[0], joined):
+                    self.torn = None
+                    self.joined += len(torn[2])
+                    return
+                self._torn_bad()
+            self.bad.bad(lineno, line)
+            return
+        if line == "\n" or line.isspace():
+            self.blank += 1
+            return
+        if self._line(lineno, line):
+            if torn is not None:
+                self._torn_bad()
+            return
+        if torn is not None:
+            # Glue: the target's output or a strace message tore the previous line.
+            joined = torn[1] + line
+            group = torn[2] + [(lineno, line)]
+            if self._line(torn[0], joined):
+                self.torn = None
+                self.joined += len(group) - 1
+                return
+            if len(group) <= MAX_JOIN:
+                self.torn = (torn[0], joined[:-1], group)
+                return
+            self._torn_bad()
+        m = _EMBEDDED_MSG.match(line)
+        if m is not None:
+            self._message(m.group(2))
+            self.torn = (lineno, m.group(1), [(lineno, line)])
+            return
+        if self.in_summary:
+            return
+        pm = _PFX_BODY.match(line)
+        if pm is not None and _STARTS_CALL.match(pm.group(6)):
+            self.torn = (lineno, line[:-1], [(lineno, line)])
+            return
+        self.bad.bad(lineno, line)
+
+    def _torn_bad(self) -> None:
+        torn = self.torn
+        self.torn = None
+        if torn is not None:
+            for ln, text in torn[2]:
+                self.bad.bad(ln, text, "incomplete strace line")
+
+    def _message(self, msg: str) -> None:
+        m = _MSG_PROC.match(msg)
+        if m is None:
+            return
+        pid = int(m.group(1))
+        if m.group(2) == "detached":
+            if pid in self.live or pid == self.base_tid:
+                self.live.pop(pid, None)
+            return
+        if not self.seen_call:
+            # strace -p N: the tracee of the unprefixed lines
+            if self.unres and not self.any_prefixed and self.base_tid == UNRES:
+                self._resolve(pid)
+            if m.group(3):
+                self.attach_threads.append([pid, int(m.group(3)) - 1])
+            self.live[pid] = None
+        else:
+            self.announced.add(pid)
+
+    def _line(self, lineno: int, text: str) -> bool:
+        """Parse one (possibly glued) line that the fast path did not take. True if it is
+        strace output (a call, a signal, an exit, a message...)."""
+        pm = _PFX_BODY.match(text)
+        if pm is None:
+            return False
+        p1, p2, tod, num, frac, body = pm.groups()
+        c = body[:1]
+        if c == "s" and body.startswith("strace: "):
+            self._message(body)
+            return True
+        if c == "-" and _SIGNAL.match(body):
+            return True
+        if c == "[" and body.startswith("[ Process PID="):
+            return True
+        if c == " " and body.startswith(" > "):
+            return True                      # -k stack frame
+        if c == "%" and body.startswith("% time"):
+            self.in_summary = True           # -c/-C summary table
+            return True
+        if c == "+":
+            if not _EXIT.match(body):
+                return False
+            tid = self._tid_of(p1, p2)
+            self._task_gone(tid)
+            return True
+        if c == "<":
+            m = _B_RESUMED.match(body)
+            if m is None:
+                return False
+            self._resumed(p1, p2, tod, num, frac, m.group(1), m.group(2))
+            return True
+        m = _B_UNFIN.match(body)
+        if m is not None:
+            self.seen_call = True
+            tid = self._tid_of(p1, p2)
+            if tid not in self.tgid_of:
+                self._new_tid(tid, False)
+            self.last_tid = tid
+            name = sys.intern(m.group(1))
+            start = self._stamp(tod, num, frac)
+            old = self.pending.pop(tid, None)
+            if old is not None:
+                self._cut(tid, old)
+            self.pending[tid] = (name, start, m.group(2), lineno)
+            if name in _CLONES:
+                self.pclone[tid] = _is_thread(name, m.group(2))
+            return True
+        m = _B_FULL.match(body)
+        if m is not None:
+            self.seen_call = True
+            name, args, ret, tail, ds, df = m.groups()
+            tid = self._tid_of(p1, p2)
+            tgid = self.tgid_of.get(tid)
+            if tgid is None:
+                tgid = self._new_tid(tid, False)
+            self.last_tid = tid
+            self._complete(tid, tgid, sys.intern(name), self._stamp(tod, num, frac), args, ret, tail,
+                           _dur(ds, df))
+            return True
+        m = _B_DETACHED.match(body)
+        if m is not None:
+            self.seen_call = True
+            tid = self._tid_of(p1, p2)
+            tgid = self.tgid_of.get(tid)
+            if tgid is None:
+                tgid = self._new_tid(tid, False)
+            self._cut(tid, (sys.intern(m.group(1)), self._stamp(tod, num, frac), m.group(2), lineno))
+            return True
+        return False
+
+    def _tid_of(self, p1, p2) -> int:
+        if p1 is not None or p2 is not None:
+            self.any_prefixed = True
+            return int(p1 or p2)
+        if self.any_prefixed:
+            return self._unprefixed_tid()
+        if self.base_tid == UNRES:
+            self.unres_used = True
+        return self.base_tid
+
+    def _resumed(self, p1, p2, tod, num, frac, name, rest) -> None:
+        self.seen_call = True
+        tid = self._tid_of(p1, p2)
+        name = sys.intern(name)
+        tgid = self.tgid_of.get(tid)
+        if tgid is None:
+            tgid = self._new_tid(tid, name in _CLONES)
+        self.last_tid = tid
+        end = self._stamp(tod, num, frac)
+        p = self.pending.pop(tid, None)
+        if p is not None and p[0] != name:
+            self._cut(tid, p)
+            p = None
+        m = _R_REST.match(rest)
+        if m is None:
+            if _R_DETACHED.match(rest) and p is not None:
+                self._cut(tid, p)
+            return
+        more, ret, tail, ds, df = m.groups()
+        dur = _dur(ds, df)
+        if p is not None:
+            start = p[1]
+            args = p[2] + more
+            if dur is None and (tod is not None or num is not None):
+                dur = end - start
+        else:
+            start = end - dur if dur is not None else end
+            args = ""                        # the first argument was before the trace began
+        self._complete(tid, tgid, name, start, args, ret, tail, dur)
+
+    def _complete(self, tid, tgid, name, start, args, ret, tail, dur) -> None:
+        """One finished call from the slow path (same rules as the fast path)."""
+        c = ret[0]
+        errno = None
+        if c == "?":
+            reti = None
+        else:
+            reti = int(ret, 16) if ret[1:2] in ("x", "X") else int(ret)
+        if (reti is None or reti == -1) and tail:
+            em = _ERRNO.search(tail)
+            if em is not None:
+                errno = em.group(1)
+                if reti is None and errno.startswith("ERESTART"):
+                    self.last_restart[tid] = (name, args)
+        a = _ACT.get(name, 0)
+        fd, kind = self._fd_of(name, tgid, args) if a & A_FD else (None, _UNKNOWN)
+        nbytes = reti if a & A_NBYTES and reti is not None and reti >= 0 else None
+        if a & A_SPECIAL:
+            name, fd, kind, nbytes = self._special(name, tid, tgid, args, reti, tail, fd, kind, nbytes)
+            tgid = self.tgid_of.get(tid, tgid)
+        self._emit(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
+
+    # --- the end ---------------------------------------------------------------------
+    def _finish(self, total: int) -> None:
+        ctx = self.ctx
+        if self.torn is not None:
+            self._torn_bad()
+        if self.pending:
+            n = len(self.pending)
+            first = min(p[3] for p in self.pending.values())
+            for tid, p in list(self.pending.items()):
+                self._cut(tid, p)
+            self.pending.clear()
+            ctx.warn(f"{ctx.path}:{first}: {n} call(s) still unfinished at the end of the trace; "
+                     "kept without a duration")
+        if self.unres and self.buf:
+            self._resolve(0)
+            ctx.warn(f"{ctx.path}: no pid in the trace (strace without -f) and none given: "
+                     "its calls are attributed to pid 0 (give the traced pid)")
+        if self.ambiguous:
+            ctx.warn(f"{ctx.path}: {self.ambiguous} line(s) could not be attributed to a thread for sure "
+                     "(no pid prefix with several tracees alive); used the last one seen")
+        if self.regrouped:
+            ctx.warn(f"{ctx.path}: {self.regrouped} thread(s) printed calls before their creating clone "
+                     "returned and were first put in the wrong process")
+        good = total - self.bad.count - self.blank
+        self.bad.finish(total, good)
+
+
+def _dur(ds: str | None, df: str | None) -> int | None:
+    if ds is None:
+        return None
+    return int(ds) * _NS + (_frac_ns(df) if df else 0)
+
+
+def _is_thread(name: str, args: str) -> bool:
+    """Does this clone/clone3 create a thread (CLONE_THREAD) rather than a process?"""
+    if name not in ("clone", "clone2", "clone3"):
+        return False
+    if "CLONE_THREAD" in args:
+        return True
+    i = args.find("flags=")
+    if i >= 0:
+        m = _HEX.match(args, i + 6)          # -X raw: flags=0x3d0f00
+    elif name != "clone3":
+        m = _HEX.match(args)                 # -e raw=clone: the flags are the first argument
+    else:
+        return False                         # -e raw=clone3: only a pointer to the flags
+    return m is not None and bool(int(m.group(1), 16) & CLONE_THREAD)
