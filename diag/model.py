@@ -124,6 +124,7 @@ class SyscallAggregate:
     log2_hist_ns: tuple[tuple[int, int], ...] = ()   # (bucket lower bound ns, count)
     bytes_total: int = 0
     source: str = "ebpf"
+    max_ns: int = 0          # largest call seen (read without locking across CPUs: indicative)
 
 
 @dataclass

@@ -39,15 +39,16 @@ class AnalysisContext:
 
     @cached_property
     def by_syscall(self):
-        return stats.per_syscall(self.data.syscalls)
+        return stats.per_syscall(self.data.syscalls, self.data.aggregates)
 
     @cached_property
     def by_family(self):
-        return stats.per_family(self.data.syscalls)
+        return stats.per_family(self.by_syscall, self.data.syscalls, self.data.aggregates)
 
     @cached_property
     def work_time_ns(self) -> int:
-        return sum(e.dur_ns or 0 for e in self.timed_syscalls if stats.is_work_call(e))
+        """Time spent in work syscalls (see stats.is_work), from the same rows as the tables."""
+        return sum(st.total_ns for (name, kind), st in self.by_syscall.items() if stats.is_work(name, kind))
 
     def samples_in(self, tid: int, t0: int, t1: int, source: str | None = None) -> list[StackSample]:
         """Timed stack samples of thread `tid` with t0 <= ts <= t1 (optionally of one source)."""

@@ -17,6 +17,9 @@ WAIT_FAMILIES = frozenset({"poll", "accept", "futex", "sleep"})
 
 @dataclass(frozen=True)
 class LatencyStats:
+    """Latency of one group of calls. `approx` is True when percentiles come from a log2
+    histogram (eBPF in-kernel aggregates: exact counts and totals, bucketed durations)."""
+
     count: int
     total_ns: int
     p50_ns: int
@@ -25,10 +28,13 @@ class LatencyStats:
     max_ns: int
     errors: int = 0
     nbytes: int = 0
+    approx: bool = False
+    source: str = "events"
 
     def to_json(self) -> dict:
         return {"count": self.count, "total_ns": self.total_ns, "p50_ns": self.p50_ns, "p90_ns": self.p90_ns,
-                "p99_ns": self.p99_ns, "max_ns": self.max_ns, "errors": self.errors, "bytes": self.nbytes}
+                "p99_ns": self.p99_ns, "max_ns": self.max_ns, "errors": self.errors, "bytes": self.nbytes,
+                "approx": self.approx, "source": self.source}
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -39,35 +45,114 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[k]
 
 
-def summarize(durations: list[int], errors: int = 0, nbytes: int = 0) -> LatencyStats:
+def summarize(durations: list[int], errors: int = 0, nbytes: int = 0, source: str = "events") -> LatencyStats:
     durations.sort()
     return LatencyStats(len(durations), sum(durations), percentile(durations, 50), percentile(durations, 90),
-                        percentile(durations, 99), durations[-1] if durations else 0, errors, nbytes)
+                        percentile(durations, 99), durations[-1] if durations else 0, errors, nbytes, False, source)
 
 
-def per_syscall(events: list[SyscallEvent]) -> dict[tuple[str, FdKind], LatencyStats]:
-    """Stats per (syscall name, fd kind) over calls whose duration is known."""
+def log2_bucket(ns: int) -> int:
+    """Lower bound of the log2 bucket holding `ns` (the eBPF histograms' buckets)."""
+    return 1 << (max(1, ns).bit_length() - 1)
+
+
+def hist_percentile(hist: dict[int, int], q: float, max_ns: int = 0) -> int:
+    """Percentile of a log2 histogram {bucket lower bound: count}, interpolated in its bucket and
+    capped by the largest value seen."""
+    total = sum(hist.values())
+    if not total:
+        return 0
+    rank = max(1, -(-q * total // 100))
+    seen = 0
+    for lo in sorted(hist):
+        n = hist[lo]
+        if seen + n >= rank:
+            est = int(lo + lo * (rank - seen) / n)       # bucket is [lo, 2*lo)
+            return min(est, max_ns) if max_ns else est
+        seen += n
+    return max_ns
+
+
+def _from_hist(hist: dict[int, int], count: int, total: int, max_ns: int, nbytes: int, source: str) -> LatencyStats:
+    return LatencyStats(count, total, hist_percentile(hist, 50, max_ns), hist_percentile(hist, 90, max_ns),
+                        hist_percentile(hist, 99, max_ns), max_ns, 0, nbytes, True, source)
+
+
+def per_syscall(events: list[SyscallEvent], aggregates=()) -> dict[tuple[str, FdKind], LatencyStats]:
+    """Stats per (syscall name, fd kind).
+
+    Where in-kernel aggregates exist for a key they are the truth (every call counted); the
+    per-call events of that source are only the slow subset and are not counted again. Other
+    sources' events (strace, perf) give exact percentiles for their keys.
+    """
+    hists: dict[tuple[str, FdKind], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    agg_tot: dict[tuple[str, FdKind], list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # count total max bytes
+    agg_sources = set()
+    for a in aggregates:
+        key = (a.name, a.fd_kind)
+        agg_sources.add(a.source)
+        for lo, n in a.log2_hist_ns:
+            hists[key][lo] += n
+        t = agg_tot[key]
+        t[0] += a.count
+        t[1] += a.total_ns
+        t[2] = max(t[2], a.max_ns)
+        t[3] += a.bytes_total
     durs: dict[tuple[str, FdKind], list[int]] = defaultdict(list)
     errs: dict[tuple[str, FdKind], int] = defaultdict(int)
     nbytes: dict[tuple[str, FdKind], int] = defaultdict(int)
+    slow_max: dict[tuple[str, FdKind], int] = defaultdict(int)
     for ev in events:
         if ev.dur_ns is None:
             continue
         key = (ev.name, ev.fd_kind)
+        if ev.source in agg_sources:
+            slow_max[key] = max(slow_max[key], ev.dur_ns)
+            continue
         durs[key].append(ev.dur_ns)
         if ev.errno is not None:
             errs[key] += 1
         if ev.nbytes:
             nbytes[key] += ev.nbytes
-    return {k: summarize(v, errs[k], nbytes[k]) for k, v in durs.items()}
+    out = {k: summarize(v, errs[k], nbytes[k], "events") for k, v in durs.items()}
+    for key, (count, total, mx, b) in agg_tot.items():
+        if key in out:      # two sources saw the same calls: keep the exact one
+            continue
+        out[key] = _from_hist(hists[key], count, total, max(mx, slow_max[key]), b, "aggregate")
+    return out
 
 
-def per_family(events: list[SyscallEvent]) -> dict[str, LatencyStats]:
+def per_family(rows: dict[tuple[str, FdKind], LatencyStats], events: list[SyscallEvent],
+               aggregates=()) -> dict[str, LatencyStats]:
+    """Stats per syscall family, from the same sources `per_syscall` chose."""
+    fam_rows: dict[str, list[tuple[tuple[str, FdKind], LatencyStats]]] = defaultdict(list)
+    for key, st in rows.items():
+        fam_rows[family(key[0])].append((key, st))
+    exact_keys = {k for k, st in rows.items() if not st.approx}
     durs: dict[str, list[int]] = defaultdict(list)
     for ev in events:
-        if ev.dur_ns is not None:
+        if ev.dur_ns is not None and (ev.name, ev.fd_kind) in exact_keys:
             durs[family(ev.name)].append(ev.dur_ns)
-    return {k: summarize(v) for k, v in durs.items()}
+    approx_keys = {k for k, st in rows.items() if st.approx}
+    hists: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for a in aggregates:
+        if (a.name, a.fd_kind) in approx_keys:
+            for lo, n in a.log2_hist_ns:
+                hists[family(a.name)][lo] += n
+    out = {}
+    for fam, members in fam_rows.items():
+        count = sum(st.count for _, st in members)
+        total = sum(st.total_ns for _, st in members)
+        mx = max(st.max_ns for _, st in members)
+        b = sum(st.nbytes for _, st in members)
+        if any(st.approx for _, st in members):
+            h = hists[fam]
+            for d in durs.get(fam, ()):
+                h[log2_bucket(d)] += 1
+            out[fam] = _from_hist(h, count, total, mx, b, "aggregate")
+        else:
+            out[fam] = summarize(durs[fam], sum(st.errors for _, st in members), b)
+    return out
 
 
 def slowest(events: list[SyscallEvent], n: int = 10, include_waits: bool = False) -> list[SyscallEvent]:
@@ -89,18 +174,22 @@ class Spike:
     total_ns: int        # their summed duration
 
 
-def is_work_call(ev: SyscallEvent) -> bool:
-    """A call whose duration is the server doing work (not waiting for a client or for work).
+def is_work(name: str, kind: FdKind) -> bool:
+    """Calls whose duration is the server doing work (not waiting for a client or for work).
 
     Reads on sockets are left out: a keep-alive worker blocks in read() until the client's next
     request, which is idle time, not latency.
     """
-    fam = family(ev.name)
+    fam = family(name)
     if fam in WAIT_FAMILIES:
         return False
-    if fam == "read" and ev.fd_kind in (FdKind.SOCKET, FdKind.PIPE, FdKind.UNKNOWN):
+    if fam == "read" and kind in (FdKind.SOCKET, FdKind.PIPE, FdKind.UNKNOWN):
         return False
     return True
+
+
+def is_work_call(ev: SyscallEvent) -> bool:
+    return is_work(ev.name, ev.fd_kind)
 
 
 def spikes(events: list[SyscallEvent], threshold_ns: int | None = None, gap_ns: int = 10_000_000,

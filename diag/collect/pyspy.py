@@ -6,8 +6,9 @@ cost ~35 % of a Python server's throughput here, against ~15 % without blocking.
 not blocking is an occasional torn stack (a frame read while the interpreter changes it).
 
 Output is chrometrace (per-sample timestamps, µs from py-spy's start, anchored by the monotonic
-time we saw py-spy start). Chrometrace names threads by pthread id; `py-spy dump`, run once at
-start, gives the OS thread id of each, recorded as the stream's `tid_map`.
+time we saw py-spy start). Chrometrace names threads by pthread id; `--threads` adds the OS tid as
+a pseudo root frame of every stack (what the parser keys samples by), and one `py-spy dump --json`
+at start records pthread id -> OS tid as the stream's `tid_map`, for threads seen without it.
 On SIGINT py-spy writes its output and exits; if diag dies, PDEATHSIG delivers SIGINT.
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ class PyspyCollector(SubprocessCollector):
         self.target = target
         out = str(writer.stream_path("py-spy.json"))
         argv = [tool_path("py-spy") or "py-spy", "record", "--pid", str(target.pid), "--nonblocking",
-                "--rate", str(self.rate), "--format", "chrometrace", "--output", out]
+                "--rate", str(self.rate), "--format", "chrometrace", "--threads", "--output", out]
         if self.idle:
             argv.append("--idle")
         if self.native:
@@ -89,7 +90,7 @@ class PyspyCollector(SubprocessCollector):
         from diag.parse.pyspy import pthread_to_tid_map_from_dump
 
         try:
-            r = subprocess.run([tool_path("py-spy") or "py-spy", "dump", "--pid", str(pid), "--nonblocking"],
+            r = subprocess.run([tool_path("py-spy") or "py-spy", "dump", "--pid", str(pid), "--nonblocking", "--json"],
                                capture_output=True, text=True, timeout=10)
         except (subprocess.TimeoutExpired, OSError):
             return {}

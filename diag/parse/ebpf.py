@@ -130,4 +130,5 @@ class EbpfParser:
         hist = tuple((int(lo), int(n)) for lo, n in obj.get("hist") or ())
         return SyscallAggregate(name=str(obj["name"]), fd_kind=_kind(obj.get("fd_kind")), count=int(obj["count"]),
                                 total_ns=int(obj["total_ns"]), log2_hist_ns=hist,
-                                bytes_total=int(obj.get("bytes_total") or 0), source="ebpf")
+                                bytes_total=int(obj.get("bytes_total") or 0), source="ebpf",
+                                max_ns=int(obj.get("max_ns") or 0))

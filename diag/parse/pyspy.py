@@ -39,7 +39,8 @@ the file holds stack *changes*, not samples. Threads not sampled (idle threads w
 `--idle`, non-GIL holders with `--gil`) emit nothing either: their last stack stays open across
 the idle time. At the end py-spy closes every open frame with `E` events stamped at write time.
 The parser replays this: after all events of one (thread, ts) are applied, the stack at that
-time is one StackSample; the final all-closing state (an empty stack) is not a sample. So a
+time is one StackSample; a state without any Python frame (the final all-closing one, or a
+thread with no Python frames, e.g. finalizing) is not a sample. So a
 chrometrace StackSample means "from ts on, until the thread's next sample, py-spy saw this stack"
 (weight 1, dur_ns None). `X` (complete) events, which py-spy does not write, are read as B+E.
 
@@ -344,6 +345,8 @@ class ChrometraceParser:
                 tid, tname = pthread_to_os[ptid]
             else:
                 tid, tname = tids.os_tid(ptid, False), None
+            if npseudo == len(st.stack):
+                return None         # no Python frame (thread starting or finalizing): nothing to attribute
             frames = tuple(_frame(n, f, ln, cache) for n, f, ln in st.stack[npseudo:])
             assert st.ts is not None
             return StackSample(tid=tid, ts_ns=round(st.ts * 1000) + offset, frames=frames, on_cpu=None,

@@ -37,7 +37,8 @@ def verdict(report: dict) -> Text:
 
 
 def render(report: dict, console: Console | None = None, top: int = 12) -> None:
-    c = console or Console()
+    # Not a terminal (CI logs, files): a fixed 120 columns rather than rich's 80 fallback.
+    c = console or Console(width=None if Console().is_terminal else 120)
     w = report["window"]
     target = report.get("target") or {}
     label = target.get("comm") or " ".join(target.get("cmdline") or []) or ", ".join(target.get("inputs") or [])
@@ -67,10 +68,14 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
         for col in ("syscall", "fd", "count", "total", "p50", "p90", "p99", "max", "err"):
             t.add_column(col, justify="left" if col in ("syscall", "fd") else "right")
         for row in lat[:top]:
-            t.add_row(row["name"], row["fd_kind"], f"{row['count']:,}", fmt_ms(row["total_ns"]), fmt_ms(row["p50_ns"]),
-                      fmt_ms(row["p90_ns"]), fmt_ms(row["p99_ns"]), fmt_ms(row["max_ns"]), str(row["errors"] or ""))
+            q = "≈" if row.get("approx") else ""
+            t.add_row(row["name"], row["fd_kind"], f"{row['count']:,}", fmt_ms(row["total_ns"]),
+                      q + fmt_ms(row["p50_ns"]), q + fmt_ms(row["p90_ns"]), q + fmt_ms(row["p99_ns"]),
+                      fmt_ms(row["max_ns"]), str(row["errors"] or ""))
+        if any(row.get("approx") for row in lat):
+            t.caption = "≈: from in-kernel log2 histograms (exact counts and totals)"
         if len(lat) > top:
-            t.caption = f"{len(lat) - top} more in --json"
+            t.caption = ((t.caption or "") + f"  {len(lat) - top} more rows in --json").strip()
         c.print(t)
 
     if report["slowest"]:

@@ -14,40 +14,46 @@ MIN_WORST_NS = 1_000_000    # a sync that never takes a millisecond is not worth
 
 
 def check(ctx: AnalysisContext) -> Finding | None:
-    syncs = [e for e in ctx.timed_syscalls if family(e.name) == "sync"]
-    if not syncs:
+    rows = {k: st for k, st in ctx.by_syscall.items() if family(k[0]) == "sync"}
+    if not rows:
         return None
-    total = sum(e.dur_ns or 0 for e in syncs)
-    worst = max(syncs, key=lambda e: e.dur_ns or 0)
-    worst_ns = worst.dur_ns or 0
+    count = sum(st.count for st in rows.values())
+    total = sum(st.total_ns for st in rows.values())
+    worst_ns = max(st.max_ns for st in rows.values())
     if worst_ns < MIN_WORST_NS:
         return None
     work = ctx.work_time_ns or total
     share = min(1.0, total / work)
-    names = sorted({e.name for e in syncs})
-    p99 = max((ctx.by_syscall[k].p99_ns for k in ctx.by_syscall if k[0] in names), default=0)
-    sources = sorted({e.source for e in syncs})
+    names = sorted({k[0] for k in rows})
+    p99 = max(st.p99_ns for st in rows.values())
+    approx = any(st.approx for st in rows.values())
+    syncs = [e for e in ctx.timed_syscalls if family(e.name) == "sync"]
+    worst = max(syncs, key=lambda e: e.dur_ns or 0, default=None)
+    sources = sorted({e.source for e in syncs}) or ["ebpf"]
+    window = (worst.start_ns, worst.end_ns) if worst else None
+    where = f" on tid {worst.tid}" if worst else ""
     evidence = [Evidence(
         source="+".join(sources),
-        text=(f"{'/'.join(names)}: {len(syncs)} calls, {fmt_ms(total)} in all ({share:.0%} of the time spent "
-              f"in work syscalls), p99 {fmt_ms(p99)}, worst {fmt_ms(worst_ns)} on tid {worst.tid}"),
-        window=(worst.start_ns, worst.end_ns))]
-    kernel = [s for s in ctx.samples_in(worst.tid, worst.start_ns, worst.end_ns)
-              if s.source in ("perf", "ebpf") and ctx.io_kernel_path(s)]
-    if kernel:
-        path = ctx.io_kernel_path(kernel[0])
-        evidence.append(Evidence(source=kernel[0].source,
-                                 text=f"kernel stack during the worst {worst.name}: {' -> '.join(path[:6])}",
-                                 window=(worst.start_ns, worst.end_ns)))
-    py = ctx.samples_in(worst.tid, worst.start_ns - 5_000_000, worst.end_ns + 5_000_000, "py-spy")
-    hot = ctx.hot_frames(py, 2, python_only=True)
-    if hot:
-        evidence.append(Evidence(source="py-spy",
-                                 text="Python frames around the worst call: " + ", ".join(f for f, _ in hot),
-                                 window=(worst.start_ns, worst.end_ns)))
+        text=(f"{'/'.join(names)}: {count:,} calls, {fmt_ms(total)} in all ({share:.0%} of the time spent "
+              f"in work syscalls), p99 {'≈' if approx else ''}{fmt_ms(p99)}, worst {fmt_ms(worst_ns)}{where}"),
+        window=window)]
+    if worst is not None:
+        kernel = [s for s in ctx.samples_in(worst.tid, worst.start_ns, worst.end_ns)
+                  if s.source in ("perf", "ebpf") and ctx.io_kernel_path(s)]
+        if kernel:
+            path = ctx.io_kernel_path(kernel[0])
+            evidence.append(Evidence(source=kernel[0].source,
+                                     text=f"kernel stack during the worst {worst.name}: {' -> '.join(path[:6])}",
+                                     window=window))
+        py = ctx.samples_in(worst.tid, worst.start_ns - 5_000_000, worst.end_ns + 5_000_000, "py-spy")
+        hot = ctx.hot_frames(py, 2, python_only=True)
+        if hot:
+            evidence.append(Evidence(source="py-spy",
+                                     text="Python frames around the worst call: " + ", ".join(f for f, _ in hot),
+                                     window=window))
     return Finding(
         id=ID, severity=severity_for(share, total, worst_ns), share=share,
-        summary=f"{worst.name} on the work path: {len(syncs)} calls take {fmt_ms(total)}, worst {fmt_ms(worst_ns)}",
+        summary=f"{'/'.join(names)} on the work path: {count:,} calls take {fmt_ms(total)}, worst {fmt_ms(worst_ns)}",
         evidence=tuple(evidence),
         recommendation=("Move fsync off the request path (a background flusher or group commit), or batch "
                         "several writes per sync; if every sync is slow, check the filesystem mount options "
