@@ -22,9 +22,11 @@ from diag.parse.base import ParseContext
 # strace stamps a call after its entry, so its times lag the true start by a few tens of µs
 # (measured 20-80 µs on the reference machine). Part of every strace stream's error bound.
 STRACE_STAMP_LAG_NS = 100_000
-# py-spy stamps a sample when it processes it; the anchor is py-spy's process start as seen by
-# the collector. Both add up to about a millisecond.
-PYSPY_ANCHOR_ERROR_NS = 1_000_000
+# py-spy's chrometrace clock starts when it begins sampling, which it announces on stdout; the
+# collector anchors the stream at the moment it sees that line (polled every 0.5 ms). Measured
+# against a marker (tests/integration/test_alignment.py): anchored at py-spy's spawn instead,
+# stamps came >= 2.8 ms early; anchored at the line, no sample was ever seen before its event.
+PYSPY_ANCHOR_ERROR_NS = 2_000_000
 
 
 @dataclass(frozen=True)

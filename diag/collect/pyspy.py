@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import psutil
 
@@ -77,13 +78,38 @@ class PyspyCollector(SubprocessCollector):
             argv.append("--native")
         if target.follow_children:
             argv.append("--subprocesses")
-        self.spawn(argv, writer)
-        if wait_for(lambda: not self.alive(), 0.5):
+        stdout_path = writer.root / "logs" / "py-spy.stdout"
+        stdout_path.parent.mkdir(exist_ok=True)
+        with open(stdout_path, "wb") as out_f:
+            self.spawn(argv, writer, stdout=out_f)
+        anchor = self._sampling_started(stdout_path)
+        if not self.alive() and anchor is None:
             raise Unavailable(f"py-spy failed: {self.stderr_tail() or 'exited at once'}")
         writer.set_collector(self.name, status=OK, stream="py-spy.json", format="pyspy-chrometrace",
-                             started_monotonic_ns=self.started_ns, tid_map=self.thread_map(target.pid),
+                             started_monotonic_ns=anchor or self.started_ns,
+                             anchor="'Sampling process' line seen" if anchor else "py-spy spawn time",
+                             tid_map=self.thread_map(target.pid),
                              settings={"rate_hz": self.rate, "nonblocking": True, "idle": self.idle,
                                        "native": self.native, "format": "chrometrace"})
+
+    def _sampling_started(self, stdout_path) -> int | None:
+        """CLOCK_MONOTONIC when py-spy printed "Sampling process": its chrometrace clock starts
+        then (measured: 2-4 ms after the spawn, which anchored the stream that much early).
+        Polled every 0.5 ms from the file py-spy writes, never a pipe: if diag dies, a pipe
+        would kill py-spy with SIGPIPE before it writes its samples."""
+        from diag.capture.clock import monotonic_ns
+
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            try:
+                if b"Sampling process" in stdout_path.read_bytes():
+                    return monotonic_ns() - 250_000     # half the polling interval
+            except OSError:
+                pass
+            if not self.alive():
+                return None
+            time.sleep(0.0005)
+        return None
 
     def thread_map(self, pid: int) -> dict[str, int]:
         """pthread id -> OS tid, from one `py-spy dump` (also non-blocking)."""
