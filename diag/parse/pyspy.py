@@ -44,6 +44,9 @@ thread with no Python frames, e.g. finalizing) is not a sample. So a
 chrometrace StackSample means "from ts on, until the thread's next sample, py-spy saw this stack"
 (weight 1, dur_ns None). `X` (complete) events, which py-spy does not write, are read as B+E.
 
+Samples that caught no frame at all (interpreter starting or finalizing; py-spy writes them as
+` 1` in raw, `thread (N): name 1` with --threads, or an empty stack) are skipped in all formats.
+
 Idle. No format marks idle vs active stacks (`--idle` just adds idle threads' stacks), nor GIL
 ownership: on_cpu is None everywhere.
 
@@ -72,6 +75,7 @@ _PROFILE_NAME = re.compile(r'^(?:Process (?P<pid>\d+) )?Thread (?P<id>\d+|0[xX][
 _SHARED_OBJECT = re.compile(r"(?:\.so(?:\.\d+)*|\.dylib|\.pyd|\.dll)$|^\[vdso\]$")
 # A folded line: frames joined by ';', a blank, the sample count.
 _FOLDED = re.compile(r"^(?P<stack>\S.*?) (?P<count>\d+)$")
+_EMPTY_STACK = re.compile(r"^ \d+$")
 # One py-spy folded frame: `name (file:line)`, `name (file)` or a bare name.
 _RAW_FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _STRACE_LIKE = re.compile(r"\w\(.*\)\s+=\s+\S|^\d+\s+\d+\.\d+\s|<\.\.\. ")
@@ -241,6 +245,8 @@ class SpeedscopeParser:
                     counts[key] = counts.get(key, 0) + n
             for stack, count in counts.items():
                 npseudo, ptid, p_is_os, ptname, ppid = _split_pseudo([names[i] for i in stack[:4]])
+                if npseudo == len(stack):
+                    continue        # a sample that caught no Python frame: nothing to attribute
                 tid_raw, is_os = (ptid, p_is_os) if ptid is not None else (prof_tid, prof_is_os)
                 if tid_raw is None:
                     if pi not in unnamed:
@@ -420,6 +426,8 @@ class PyspyRawParser:
             return False
         folded_signal = False
         for ln in lines[:2000]:
+            if _EMPTY_STACK.match(ln):      # py-spy writes ` 1` for samples without any frame
+                continue
             m = _FOLDED.match(ln)
             if not m or ln.startswith(("#", "\t", " ")):
                 return False
@@ -439,8 +447,8 @@ class PyspyRawParser:
         for lineno, line in numbered_lines(stream):
             total += 1
             text = line.rstrip("\r\n")
-            if not text.strip():
-                good += 1
+            if not text.strip() or (_EMPTY_STACK.match(text) and line.endswith("\n")):
+                good += 1           # blank, or samples that caught no frame at all
                 continue
             m = _FOLDED.match(text)
             if not m or not line.endswith("\n"):     # a cut last line may have lost count digits
@@ -466,7 +474,7 @@ class PyspyRawParser:
                     frames.append(_frame(fm.group("name"), fm.group("file"), int(ln) if ln else None, cache))
                 else:
                     frames.append(_frame(part, None, None, cache))
-            if count:
+            if count and frames:
                 yield StackSample(tid=tid, ts_ns=None, frames=tuple(frames), on_cpu=None, source="py-spy",
                                   weight=count, pid=pid if pid is not None else ctx.pid, thread_name=tname)
         bad.finish(total, good)

@@ -283,7 +283,9 @@ def test_pyspy_record_formats(tmp_path, fmt, threads):
         assert {native["busy-worker"], native["MainThread"]} <= busy_tids
         if threads:          # --idle: the sleeping thread is sampled too
             assert tids == set(native.values())
-            assert {s.thread_name for s in samples} >= {"busy-worker", "sleepy"}
+            # names are looked up by py-spy at each sample and may be missing from some
+            named = [s for s in samples if s.thread_name is not None]
+            assert named and all(s.tid == native[s.thread_name] for s in named)
             sleepy = [s for s in samples if s.tid == native["sleepy"]]
             assert any(f.function == "diag_sleeper" for s in sleepy for f in s.frames)
     if fmt != "chrometrace":

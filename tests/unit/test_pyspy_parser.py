@@ -127,6 +127,11 @@ def test_speedscope_pseudo_thread_frame_and_empty_name():
     assert s.thread_name is None
 
 
+def test_speedscope_sample_with_only_the_pseudo_frame_is_skipped():
+    recs, _ = run(SpeedscopeParser(), _speedscope([_profile('Thread 4806 "worker"', [[3], [3, 0], []])]))
+    assert [(s.tid, s.weight, [f.function for f in s.frames]) for s in recs] == [(4806, 1, ["main"])]
+
+
 def test_speedscope_pthread_ids_are_mapped_or_warned():
     text = _speedscope([_profile('Thread 0x7F95F4A40640 "w"', [[0, 1]])])
     (s,), ctx = run(SpeedscopeParser(), text, tid_map={0x7F95F4A40640: 321})
@@ -348,6 +353,18 @@ def test_raw_subprocesses_hex_ids_and_generic_folded():
     assert (a.pid, a.tid, a.thread_name, a.weight) == (11, 12, "w", 3)
     assert a.frames == (Frame("f", "x.py", 1), Frame("g", "x.py"))
     assert (b.tid, [f.function for f in b.frames], b.weight) == (UNKNOWN_TID, ["a", "b", "c"], 12)
+
+
+def test_raw_samples_without_frames_are_skipped():
+    # real py-spy output: a sample taken before the interpreter ran any frame is written as ` 1`
+    text = (" 1\n"
+            "<module> (iprog.py:19);diag_busy_function (iprog.py:8) 23\n"
+            "thread (9635): MainThread 2\n"
+            "thread (9635): MainThread;<module> (prog.py:16) 4\n")
+    assert PyspyRawParser().sniff(text, "x")
+    recs, ctx = run(PyspyRawParser(), text)
+    assert [(s.tid, s.weight, len(s.frames)) for s in recs] == [(UNKNOWN_TID, 23, 2), (9635, 4, 1)]
+    assert not any("unparseable" in w for w in ctx.warnings)
 
 
 def test_raw_malformed_truncated_empty():
