@@ -26,5 +26,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+scenarios: setup
+	$(PY) -m pytest tests/scenarios -v -s $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build *.egg-info

@@ -56,6 +56,44 @@ def _event_json(e) -> dict:
             "errno": e.errno, "source": e.source}
 
 
+MAX_FLAME_STACKS = 400
+TIMELINE_PAD_NS = 20_000_000
+
+
+def _stack_labels(frames) -> list[str]:
+    return [f.label() for f in frames]
+
+
+def flame(samples, limit: int = MAX_FLAME_STACKS) -> dict:
+    """Folded stacks (root first) with sample counts, the heaviest `limit` kept; the rest summed
+    into `dropped` so totals stay true."""
+    from collections import Counter
+
+    c: Counter[tuple[str, ...]] = Counter()
+    for s in samples:
+        if s.frames:
+            c[tuple(_stack_labels(s.frames))] += s.weight
+    top = c.most_common(limit)
+    kept = sum(n for _, n in top)
+    return {"total": sum(c.values()), "dropped": sum(c.values()) - kept,
+            "stacks": [{"frames": list(k), "count": n} for k, n in top]}
+
+
+def timeline(ctx: AnalysisContext, start_ns: int, end_ns: int, tid: int, max_events: int = 300) -> dict:
+    """Everything the streams saw on thread `tid` in a window: syscalls, stack samples (py-spy,
+    perf), off-CPU kernel stacks (eBPF). The HTML report draws them on one axis."""
+    t0, t1 = start_ns - TIMELINE_PAD_NS, end_ns + TIMELINE_PAD_NS
+    calls = [e for e in ctx.timed_syscalls if e.tid == tid and e.end_ns >= t0 and e.start_ns <= t1]
+    calls.sort(key=lambda e: e.start_ns)
+    samples = ctx.samples_in(tid, t0, t1)
+    return {
+        "tid": tid, "start_ns": t0, "end_ns": t1,
+        "syscalls": [_event_json(e) for e in calls[:max_events]],
+        "samples": [{"ts_ns": s.ts_ns, "source": s.source, "on_cpu": s.on_cpu, "dur_ns": s.dur_ns,
+                     "frames": _stack_labels(s.frames)} for s in samples[:max_events]],
+    }
+
+
 def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
     ctx = AnalysisContext(data, slow_ns=slow_ns)
     window = stream_time_range(data)
@@ -71,6 +109,7 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
     rows = matrix.evaluate(ctx)
     fired = {f.id for f in findings}
     by_syscall = sorted(ctx.by_syscall.items(), key=lambda kv: kv[1].total_ns, reverse=True)
+    spikes = stats.spikes(data.syscalls)
     return {
         "schema": SCHEMA,
         "tool": {"name": "diag", "version": __version__},
@@ -91,7 +130,9 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
         "slowest_waits": [_event_json(e) for e in stats.slowest(
             [e for e in data.syscalls if family(e.name) in stats.WAIT_FAMILIES], 5, include_waits=True)],
         "spikes": [{"start_ns": s.start_ns, "end_ns": s.end_ns, "calls": s.calls, "total_ns": s.total_ns,
-                    "worst": _event_json(s.worst)} for s in stats.spikes(data.syscalls)],
+                    "worst": _event_json(s.worst)} for s in spikes],
+        "timelines": [timeline(ctx, s.worst.start_ns, s.worst.end_ns, s.worst.tid) for s in spikes[:3]],
+        "flame": {"all": flame(data.samples)},
         "matrix": [dict(r.to_json(), findings=[f for f in r.findings if f in fired]) for r in rows],
         "findings": [_finding_json(i, f) for i, f in enumerate(findings, 1)],
         "warnings": list(dict.fromkeys(data.warnings)),
