@@ -127,6 +127,38 @@ class SyscallAggregate:
     max_ns: int = 0          # largest call seen (read without locking across CPUs: indicative)
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One server-side request on one connection, rebuilt from syscalls (diag/analyze/requests.py)
+    or summarized in the kernel (eBPF probe): from the end of the read that brought its first
+    bytes to the end of the last write of its response.
+
+    `family_ns` is time the serving thread spent in each syscall family while the request was
+    open, when the source summarized it (eBPF); None when analysis derives it from events.
+    `upstream_ns` is time in reads/writes/connects on sockets the target opened itself.
+    """
+
+    pid: int
+    tid: int                     # the thread that read the request
+    fd: int
+    start_ns: int
+    end_ns: int
+    bytes_in: int
+    bytes_out: int
+    reads: int
+    writes: int
+    first_write_ns: int | None = None    # end of the first response write (time to first byte)
+    write_tid: int | None = None         # the thread that wrote the response, if another
+    conn_start_ns: int | None = None     # accept time of its connection, when seen
+    seq: int = 0                         # index of the request on its connection (0 = first)
+    family_ns: tuple[tuple[str, int], ...] | None = None
+    source: str = "strace"
+
+    @property
+    def latency_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
 @dataclass
 class StreamInfo:
     """One parsed stream: where it came from, its clock, and how it was put on CLOCK_MONOTONIC."""
@@ -153,6 +185,7 @@ class Dataset:
     samples: list[StackSample] = field(default_factory=list)
     snapshots: list[ProcessSnapshot] = field(default_factory=list)
     aggregates: list[SyscallAggregate] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)     # summarized at the source (eBPF)
     streams: list[StreamInfo] = field(default_factory=list)
     manifest: dict | None = None
     warnings: list[str] = field(default_factory=list)
@@ -162,6 +195,7 @@ class Dataset:
         self.samples.extend(other.samples)
         self.snapshots.extend(other.snapshots)
         self.aggregates.extend(other.aggregates)
+        self.requests.extend(other.requests)
         self.streams.extend(other.streams)
         self.warnings.extend(other.warnings)
 

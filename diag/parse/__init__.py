@@ -5,7 +5,7 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
-from diag.model import (Clock, Dataset, ProcessSnapshot, StackSample, StreamInfo, SyscallAggregate,
+from diag.model import (Clock, Dataset, ProcessSnapshot, Request, StackSample, StreamInfo, SyscallAggregate,
                         SyscallEvent)
 from diag.parse.base import ParseContext, ParsedStream, Parser
 
@@ -78,6 +78,8 @@ def collect_records(records, data: Dataset) -> int:
             data.snapshots.append(r)
         elif t is SyscallAggregate:
             data.aggregates.append(r)
+        elif t is Request:
+            data.requests.append(r)
         else:  # pragma: no cover - a parser bug, not user input
             raise TypeError(f"parser yielded {t.__name__}")
     return n

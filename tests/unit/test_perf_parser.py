@@ -293,8 +293,18 @@ def test_recorded_flat_fields_and_all_cpus():
     assert len(ss) == 40 and all(len(s.frames) == 1 and s.on_cpu for s in ss)
     recs, _ = parse_data("cpu_all_cpus.txt")
     ss = samples(recs)
-    assert len(ss) == 4 and ss[0].thread_name == "swapper" and ss[0].tid == 0 and ss[0].pid == 0
-    assert ss[0].frames[-1].function == "pv_native_safe_halt"
+    idle = [s for s in ss if s.thread_name == "swapper"]
+    assert len(ss) == 4 and len(idle) == 2
+    assert all(s.tid == 0 and s.pid == 0 and s.frames[-1].function == "pv_native_safe_halt" for s in idle)
+    assert all(s.tid > 0 and s.pid > 0 for s in ss if s not in idle)
+
+
+def test_recorded_load_field_list():
+    # perf script -F comm,pid,tid,cpu,time,event,ip,sym,dso,trace: no period, a [cpu]
+    recs, ctx = parse_data("cpu_load_fields.txt")
+    ss = samples(recs)
+    assert len(ss) == 10 and ctx.warnings == []
+    assert all(s.on_cpu and s.pid is not None and s.frames for s in ss)
 
 
 def test_recorded_default_tracepoints_no_pid():

@@ -37,9 +37,13 @@ perf script --ns -F +pid -i g.data 2>/dev/null | awk 'BEGIN {RS=""; ORS="\n\n"} 
 perf script -i g.data 2>/dev/null | firstn 6 > "$OUT/cpu_callchain_default_us.txt"
 perf script --header --ns -i g.data 2>/dev/null | firstn 3 > "$OUT/cpu_callchain_header.txt"
 perf script --ns -F +srcline -i g.data 2>/dev/null | firstn 3 > "$OUT/cpu_callchain_srcline.txt"
+# the field list diag.load asks for (needs --sample-cpu when recording a launched command)
+perf record -q --sample-cpu -k CLOCK_MONOTONIC -g -e cpu-clock -F 999 -o sc.data -- python3 busy.py
+perf script --ns -F comm,pid,tid,cpu,time,event,ip,sym,dso,trace -i sc.data 2>/dev/null \
+  | awk 'BEGIN {RS=""; ORS="\n\n"} /^python3/ {if (++k > 100 && k <= 110) print}' > "$OUT/cpu_load_fields.txt"
 perf record -q -k CLOCK_MONOTONIC -e cpu-clock -F 999 -o nog.data -- python3 busy.py
 perf script --ns -F comm,pid,tid,time,period,event,ip,sym,dso -i nog.data 2>/dev/null | grep -m 40 python3 > "$OUT/cpu_flat_fields.txt"
-perf record -q -a -k CLOCK_MONOTONIC -g -e cpu-clock -F 199 -o a.data -- sleep 0.2
+perf record -q -a -k CLOCK_MONOTONIC -g -e cpu-clock -F 199 -o a.data -- python3 -c "import time; time.sleep(0.2); sum(range(10**7))"
 # 2 idle-task (swapper) samples and 2 others
 perf script --ns -F +pid -i a.data 2>/dev/null | awk 'BEGIN {RS=""; ORS="\n\n"} /^swapper/ {if (++s <= 2) print; next} {if (++o <= 2) print}' \
   > "$OUT/cpu_all_cpus.txt"
