@@ -34,6 +34,25 @@ class AnalysisContext:
             self._ts_by_tid[tid] = [s.ts_ns or 0 for s in lst]
 
     @cached_property
+    def idx(self):
+        from diag.analyze.crossing import ThreadIndex
+
+        return ThreadIndex(self.data)
+
+    @cached_property
+    def req(self):
+        """Requests and the breakdown of the slow ones (None: no request stream in the inputs)."""
+        from diag.analyze.crossing import analyze_requests
+
+        return analyze_requests(self.data, self.idx, self.slow_ns)
+
+    @cached_property
+    def polling_tids(self) -> set[int]:
+        from diag.analyze.crossing import polling_threads
+
+        return polling_threads(self.data)
+
+    @cached_property
     def timed_syscalls(self) -> list[SyscallEvent]:
         return [e for e in self.data.syscalls if e.dur_ns is not None]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from diag.model import StackSample, SyscallEvent
+from diag.model import StackSample
 from diag.parse import parse_file
 from diag.parse.base import ParseContext
 from diag.parse.pyspy import (UNKNOWN_TID, ChrometraceParser, PyspyRawParser, SpeedscopeParser,
@@ -144,7 +144,7 @@ def test_perf_cpu_clock_call_chains(tmp_path):
 
 FSYNC = """
     import os, sys
-    path = os.path.join(sys.argv[2], "f.bin")
+    path = os.path.join(sys.argv[2], f"diag-fsync-{os.getpid()}.bin")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     open(sys.argv[1], "w").write(f"{os.getpid()} {fd}")
     for i in range(10):

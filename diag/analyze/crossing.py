@@ -1,0 +1,176 @@
+"""Crossing the streams: where the wall time of each slow request went.
+
+For every slow request (slower than `--slow`, else the capture's p99), its wall time is split
+into time inside each syscall family on the serving thread (from the per-call events, or from the
+eBPF probe's in-kernel per-request sums), and the rest: user-space time (on CPU, or runnable and
+waiting for a CPU or the GIL), which the Python frames py-spy sampled on that thread in that
+window, or perf's native frames, explain.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from diag.analyze.requests import RequestSet, family_of, rebuild
+from diag.analyze.stats import percentile
+from diag.model import Dataset, Request, StackSample, SyscallEvent, family
+
+# Keys of a breakdown. "user" is what no syscall explains: on-CPU code or waiting to run.
+BREAKDOWN_KEYS = ("sync", "file", "upstream", "futex", "sleep", "poll", "socket", "connect", "accept", "close",
+                  "other", "user")
+_ALIASES = {"sock": "socket", "read": "socket", "write": "socket"}
+
+
+@dataclass
+class SlowRequest:
+    request: Request
+    breakdown: dict[str, int]           # ns per BREAKDOWN_KEYS entry, summing to the latency
+    calls: list[SyscallEvent]           # calls of the serving thread inside the request
+    samples: list[StackSample]          # stack samples of the serving thread inside it
+
+
+@dataclass
+class RequestAnalysis:
+    requests: list[Request]
+    source: str                          # "ebpf" (summarized in kernel) | "events" (rebuilt)
+    threshold_ns: int
+    threshold_from: str                  # "--slow" | "p99"
+    slow: list[SlowRequest]
+    upstream_fds: set[tuple[int, int]] = field(default_factory=set)
+    inflight: int = 0
+
+    @property
+    def slow_total_ns(self) -> int:
+        return sum(s.request.latency_ns for s in self.slow)
+
+    def total(self, key: str) -> int:
+        """Time of one breakdown key summed over the slow requests."""
+        return sum(s.breakdown.get(key, 0) for s in self.slow)
+
+    def share(self, key: str) -> float:
+        tot = self.slow_total_ns
+        return self.total(key) / tot if tot else 0.0
+
+    def latencies(self) -> list[int]:
+        return sorted(r.latency_ns for r in self.requests)
+
+
+class ThreadIndex:
+    """Syscall events and stack samples per thread, sorted by time, for window queries."""
+
+    def __init__(self, data: Dataset) -> None:
+        ev: dict[int, list[SyscallEvent]] = defaultdict(list)
+        for e in data.syscalls:
+            if e.dur_ns is not None:
+                ev[e.tid].append(e)
+        self.events = {t: sorted(v, key=lambda e: e.start_ns) for t, v in ev.items()}
+        self.starts = {t: [e.start_ns for e in v] for t, v in self.events.items()}
+        sm: dict[int, list[StackSample]] = defaultdict(list)
+        for s in data.samples:
+            if s.ts_ns is not None:
+                sm[s.tid].append(s)
+        self.samples = {t: sorted(v, key=lambda s: s.ts_ns or 0) for t, v in sm.items()}
+        self.sample_ts = {t: [s.ts_ns or 0 for s in v] for t, v in self.samples.items()}
+
+    def calls(self, tid: int, t0: int, t1: int) -> list[SyscallEvent]:
+        """Calls of `tid` that started in [t0, t1)."""
+        starts = self.starts.get(tid)
+        if not starts:
+            return []
+        return self.events[tid][bisect.bisect_left(starts, t0):bisect.bisect_left(starts, t1)]
+
+    def stacks(self, tid: int, t0: int, t1: int) -> list[StackSample]:
+        ts = self.sample_ts.get(tid)
+        if not ts:
+            return []
+        return self.samples[tid][bisect.bisect_left(ts, t0):bisect.bisect_right(ts, t1)]
+
+
+def _breakdown_from_events(req: Request, calls: list[SyscallEvent], upstream: set[tuple[int, int]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for e in calls:
+        end = min(e.end_ns, req.end_ns)
+        d = end - e.start_ns
+        if d <= 0:
+            continue
+        fam = family_of(e, upstream)
+        key = fam if fam in BREAKDOWN_KEYS else _ALIASES.get(fam, "other")
+        out[key] += d
+    return out
+
+
+def _breakdown_from_sums(req: Request) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for k, v in req.family_ns or ():
+        key = k if k in BREAKDOWN_KEYS else _ALIASES.get(k, "other")
+        out[key] += v
+    return out
+
+
+def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None) -> RequestAnalysis | None:
+    """Requests of the capture and the breakdown of the slow ones; None when no stream lets us
+    rebuild requests (eBPF slow-call events alone are a subset, not a request stream)."""
+    if data.requests:
+        requests, source, upstream, inflight = sorted(data.requests, key=lambda r: r.start_ns), "ebpf", set(), 0
+        upstream = {(e.pid, e.fd) for e in data.syscalls if e.name == "connect" and e.fd is not None}
+    else:
+        complete = [e for e in data.syscalls if e.source != "ebpf"]
+        if not complete:
+            return None
+        rs: RequestSet = rebuild(complete, source=complete[0].source)
+        requests, source, upstream, inflight = rs.requests, "events", rs.upstream_fds, rs.inflight
+    if not requests:
+        return None
+    lat = sorted(r.latency_ns for r in requests)
+    if slow_ns is not None:
+        threshold, frm = slow_ns, "--slow"
+    else:
+        threshold, frm = percentile(lat, 99), "p99"
+    slow = []
+    for r in requests:
+        if r.latency_ns < threshold or r.latency_ns <= 0:
+            continue
+        calls = idx.calls(r.tid, r.start_ns, r.end_ns)
+        if r.write_tid and r.write_tid != r.tid:
+            calls = calls + idx.calls(r.write_tid, r.start_ns, r.end_ns)
+        if r.family_ns is not None:
+            b = _breakdown_from_sums(r)
+        else:
+            b = _breakdown_from_events(r, calls, upstream)
+        used = sum(b.values())
+        b["user"] = max(0, r.latency_ns - used)
+        if used > r.latency_ns:          # overlapping calls of two threads: scale into the wall time
+            scale = r.latency_ns / used
+            b = {k: int(v * scale) if k != "user" else 0 for k, v in b.items()}
+        slow.append(SlowRequest(r, dict(b), calls, idx.stacks(r.tid, r.start_ns, r.end_ns)))
+    return RequestAnalysis(requests, source, threshold, frm, slow, upstream, inflight)
+
+
+def hot_python_frames(samples: list[StackSample], n: int = 3) -> list[tuple[str, int]]:
+    """Leaf-most Python frames (the code running or blocked) of samples, most frequent first."""
+    c: Counter[str] = Counter()
+    for s in samples:
+        py = [f for f in s.frames if f.file and not f.file.startswith("<")]
+        if py and s.source == "py-spy":
+            c[py[-1].label()] += s.weight
+    return c.most_common(n)
+
+
+def hot_frames_any(samples: list[StackSample], n: int = 3) -> list[tuple[str, int]]:
+    c: Counter[str] = Counter()
+    for s in samples:
+        if s.frames and s.source in ("py-spy", "perf"):
+            c[s.frames[-1].label()] += s.weight
+    return c.most_common(n)
+
+
+def polling_threads(data: Dataset) -> set[int]:
+    """Threads that wait in epoll/poll/select: event loops (a thread-per-connection server's
+    threads block in read instead)."""
+    tids = {e.tid for e in data.syscalls if family(e.name) == "poll"}
+    return tids
+
+
+__all__ = ["analyze_requests", "RequestAnalysis", "SlowRequest", "ThreadIndex", "hot_python_frames",
+           "polling_threads", "BREAKDOWN_KEYS"]

@@ -1,0 +1,162 @@
+"""Server-side requests rebuilt from syscalls, without instrumenting the target.
+
+Per connection (pid, fd) of a server socket, in time order:
+- `accept`/`accept4` returning the fd opens the connection (idle);
+- a read-family call returning bytes starts a request when the connection is idle or has just
+  written a response (keep-alive: a read after a write starts the next request); the request
+  starts at the END of that read, because the blocking wait before the bytes arrive is idle time,
+  not latency; further reads before any write add to the same request;
+- write-family calls returning bytes after a read are the response; the request ends at the end
+  of the last write before the next request's read, EOF (read returning 0) or close.
+Sockets the target connected itself (`connect`) are upstream connections: they open no
+requests, and time on them inside a request is "upstream" time.
+
+The eBPF probe applies the same rules in the kernel and emits one record per request; the
+rebuild here serves strace and per-event eBPF captures.
+
+Limits, by construction:
+- pipelined requests (several requests read in one read, or a read of request N+1 before the
+  response of N) are merged into one request;
+- a worker hand-off (one thread reads, another writes) is followed by fd, not thread: the request
+  is credited to the reading thread and `write_tid` names the writer;
+- UDP servers (recvfrom/sendto on one fd for many peers) are not split by peer: each datagram
+  exchange is a request only when reads and writes alternate;
+- a response written before its request was fully read (streaming) ends the request early.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diag.model import FdKind, Request, SyscallEvent, family
+
+READ_NAMES = frozenset(("read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"))
+WRITE_NAMES = frozenset(("write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg",
+                         "sendfile", "sendfile64"))
+ACCEPT_NAMES = frozenset(("accept", "accept4"))
+IDLE, READING, WRITING = 0, 1, 2
+
+
+@dataclass
+class _Conn:
+    state: int = IDLE
+    conn_start: int | None = None
+    seq: int = 0
+    tid: int = 0
+    start: int = 0
+    end: int = 0
+    first_write: int | None = None
+    write_tid: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    reads: int = 0
+    writes: int = 0
+
+
+@dataclass
+class RequestSet:
+    """Requests and what the rebuild learned about the connections."""
+
+    requests: list[Request] = field(default_factory=list)
+    upstream_fds: set[tuple[int, int]] = field(default_factory=set)     # (pid, fd) the target connected
+    connections: int = 0
+    inflight: int = 0
+
+
+def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
+    """Requests from a complete stream of syscall events (strace, or eBPF with every event)."""
+    out = RequestSet()
+    conns: dict[tuple[int, int], _Conn] = {}
+    upstream_now: set[tuple[int, int]] = set()      # connected sockets open at this point in time
+
+    def emit(key: tuple[int, int], c: _Conn) -> None:
+        out.requests.append(Request(
+            pid=key[0], tid=c.tid, fd=key[1], start_ns=c.start, end_ns=c.end, bytes_in=c.bytes_in,
+            bytes_out=c.bytes_out, reads=c.reads, writes=c.writes, first_write_ns=c.first_write,
+            write_tid=c.write_tid if c.write_tid != c.tid else None, conn_start_ns=c.conn_start, seq=c.seq,
+            source=source))
+        c.seq += 1
+        c.state = IDLE
+
+    relevant = (e for e in events if e.fd_kind is FdKind.SOCKET or e.name in ACCEPT_NAMES
+                or e.name in ("close", "connect"))
+    for ev in sorted(relevant, key=lambda e: e.end_ns):
+        name = ev.name
+        if name == "connect":
+            if ev.fd is not None:
+                upstream_now.add((ev.pid, ev.fd))
+                out.upstream_fds.add((ev.pid, ev.fd))
+                conns.pop((ev.pid, ev.fd), None)
+            continue
+        if name in ACCEPT_NAMES:
+            if ev.ret is not None and ev.ret >= 0:
+                key = (ev.pid, ev.ret)
+                old = conns.get(key)
+                if old is not None and old.state == WRITING:
+                    emit(key, old)
+                conns[key] = _Conn(conn_start=ev.end_ns)
+                out.connections += 1
+            continue
+        if ev.fd is None:
+            continue
+        key = (ev.pid, ev.fd)
+        if name == "close":
+            c = conns.pop(key, None)
+            if c is not None and c.state == WRITING:
+                emit(key, c)
+            upstream_now.discard(key)
+            continue
+        if ev.fd_kind is not FdKind.SOCKET or key in upstream_now:
+            continue
+        if name in READ_NAMES:
+            n = ev.nbytes if ev.nbytes is not None else ev.ret
+            if n is None or n < 0:
+                continue                       # EAGAIN and errors: no bytes moved
+            c = conns.get(key)
+            if n == 0:                         # EOF
+                if c is not None and c.state == WRITING:
+                    emit(key, c)
+                conns.pop(key, None)
+                continue
+            if c is None:
+                c = conns[key] = _Conn()       # a connection older than the trace
+                out.connections += 1
+            if c.state == WRITING:
+                emit(key, c)
+            if c.state == IDLE:
+                c.state, c.tid, c.start, c.end = READING, ev.tid, ev.end_ns, ev.end_ns
+                c.first_write, c.write_tid = None, None
+                c.bytes_in = c.bytes_out = c.reads = c.writes = 0
+            c.reads += 1
+            c.bytes_in += n
+            continue
+        if name in WRITE_NAMES:
+            n = ev.nbytes if ev.nbytes is not None else ev.ret
+            c = conns.get(key)
+            if c is None or c.state == IDLE or n is None or n <= 0:
+                continue
+            c.state = WRITING
+            c.writes += 1
+            c.bytes_out += n
+            c.end = ev.end_ns
+            if c.first_write is None:
+                c.first_write = ev.end_ns
+                c.write_tid = ev.tid
+    for key, c in conns.items():
+        if c.state == WRITING:
+            emit(key, c)
+        elif c.state == READING:
+            out.inflight += 1
+    out.requests.sort(key=lambda r: r.start_ns)
+    return out
+
+
+def family_of(ev: SyscallEvent, upstream_fds: set[tuple[int, int]]) -> str:
+    """The family a call counts in within a request's time breakdown."""
+    fam = family(ev.name)
+    if fam in ("read", "write", "connect") and ev.fd is not None and (ev.pid, ev.fd) in upstream_fds:
+        return "upstream"
+    if fam in ("read", "write"):
+        if ev.fd_kind is FdKind.FILE:
+            return "file"
+        return "socket"
+    return fam
