@@ -37,7 +37,7 @@ def _perf_script_from_data(perf_data: str, into: str) -> str | None:
     if not perf:
         return None
     with open(into, "w") as out:
-        r = subprocess.run([perf, "script", "--ns", "-F", "comm,pid,tid,cpu,time,event,ip,sym,dso,trace",
+        r = subprocess.run([perf, "script", "--ns", "-F", "comm,pid,tid,time,event,ip,sym,dso,trace",
                             "-i", perf_data], stdout=out, stderr=subprocess.DEVNULL)
     return into if r.returncode == 0 else None
 
