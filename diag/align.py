@@ -73,6 +73,7 @@ def context_for(path: str, fmt: str, entry: dict, start: ClockPair | None, end: 
     ctx.tid_map = {int(k): int(v) for k, v in tid_map.items()}
     if target and target.get("pid"):
         ctx.pid = int(target["pid"])
+        ctx.thread_groups = {int(t): ctx.pid for t in target.get("threads") or ()}
     ctx.stream_start_ns = entry.get("started_monotonic_ns")
     return ctx
 

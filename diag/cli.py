@@ -82,6 +82,48 @@ def emit_report(report: dict, json_out: Optional[str], quiet: bool) -> None:
             err_console.print(f"JSON report written to {json_out}")
 
 
+def _gates(fail_on: Optional[list[str]]) -> list:
+    """Parsed before any capture starts: a typo in a gate must not cost a whole load test."""
+    from diag import gates
+
+    return gates.parse_all(fail_on)
+
+
+def finish_report(report: dict, json_out: Optional[str], quiet: bool, html_out: Optional[str],
+                  md_out: Optional[str], gate_list: list) -> int:
+    """All outputs, then the gates: 1 when a gate failed (each printed on its own line), else 0."""
+    from diag import gates
+
+    emit_report(report, json_out, quiet)
+    results = gates.evaluate(gate_list, report)
+    if html_out:
+        from diag.render import html
+
+        html.write(report, html_out)
+        err_console.print(f"HTML report written to {html_out}", markup=False, highlight=False)
+    if md_out:
+        from diag.render import markdown
+
+        markdown.write(report, md_out, results, html_out)
+    _print_gates(results)
+    return 1 if gates.failed(results) else 0
+
+
+def _print_gates(results: list) -> None:
+    """One line per gate on stderr, plain text (no markup, no emoji codes: `finding:new`)."""
+    for r in results:
+        sys.stderr.write(f"diag: gate {r.line()}\n")
+    sys.stderr.flush()
+
+
+HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="Write the self-contained HTML report here.")]
+MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="Write a short Markdown summary here "
+                                                                       "(for a CI job summary).")]
+FailOnOpt = Annotated[Optional[list[str]], typer.Option("--fail-on", help="Exit 1 when this gate fails, e.g. "
+                                                        "'p99>50ms', 'finding:disk-sync', 'severity>=warning'. "
+                                                        "Repeatable. See docs/ci.md.")]
+
+
 @app.command()
 def replay(
     inputs: Annotated[list[str], typer.Argument(help="Capture directories/archives, or raw trace files "
@@ -97,17 +139,21 @@ def replay(
     pid: Annotated[Optional[int], typer.Option("--pid", help="Pid of a strace log written without -f.")] = None,
     slow: Annotated[Optional[str], typer.Option("--slow", help="Slow threshold (e.g. 50ms); default: p99.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report.")] = False,
+    html_out: HtmlOpt = None,
+    md_out: MarkdownOpt = None,
+    fail_on: FailOnOpt = None,
 ) -> None:
     """Analyse captures and raw trace files offline, and print the report."""
     from diag.analyze.report import build_report
     from diag.load import LoadOptions, load_inputs
 
+    gate_list = _gates(fail_on)
     opts = LoadOptions(fmt=fmt, date=_parse_date(date), pid=pid)
     data = load_inputs(inputs, opts)
     for w in dict.fromkeys(data.warnings):
         err_console.print(f"warning: {w}", markup=False)
     report = build_report(data, slow_ns=_parse_duration_ns(slow, "--slow"))
-    emit_report(report, json_out, quiet)
+    raise typer.Exit(finish_report(report, json_out, quiet, html_out, md_out, gate_list))
 
 
 DurationOpt = Annotated[float, typer.Option("--duration", "-d", help="Seconds to capture (0: until Ctrl-C or the "
@@ -143,13 +189,17 @@ def attach(
     strace_payload: PayloadOpt = 0,
     ebpf_slow: SlowEventOpt = "1ms",
     quiet: QuietOpt = False,
+    html_out: HtmlOpt = None,
+    md_out: MarkdownOpt = None,
+    fail_on: FailOnOpt = None,
 ) -> None:
     """Attach to a running process, capture, detach, and print the report."""
     from diag import live
 
+    gate_list = _gates(fail_on)
     result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    emit_report(live.report_for(result.capture), json_out, quiet)
+    raise typer.Exit(finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list))
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -164,14 +214,76 @@ def run(
     strace_payload: PayloadOpt = 0,
     ebpf_slow: SlowEventOpt = "1ms",
     quiet: QuietOpt = False,
+    html_out: HtmlOpt = None,
+    md_out: MarkdownOpt = None,
+    fail_on: FailOnOpt = None,
 ) -> None:
-    """Run a command under diagnosis; its exit code is passed through."""
+    """Run a command under diagnosis; its exit code is passed through, unless a --fail-on gate fails (1)."""
     from diag import live
 
+    gate_list = _gates(fail_on)
     result, rc = live.run(cmd, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    emit_report(live.report_for(result.capture), json_out, quiet)
+    if finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list):
+        raise typer.Exit(1)
     raise typer.Exit(rc if rc is not None and rc >= 0 else (128 - rc if rc is not None else 0))
+
+
+@app.command()
+def export(
+    inputs: Annotated[list[str], typer.Argument(help="A capture (or raw trace files) to export.", show_default=False)],
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="perfetto (Chrome trace JSON for "
+                                               "ui.perfetto.dev), speedscope, or folded; default: from -o's "
+                                               "extension.")] = None,
+    out: Annotated[Optional[str], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+) -> None:
+    """Export a capture's timeline or stacks for Perfetto, speedscope or flamegraph tools."""
+    from diag.analyze.report import build_report
+    from diag.export import export as do_export
+    from diag.export import format_for
+    from diag.load import LoadOptions, load_inputs
+    from diag.render.html import write_text
+
+    kind = format_for(out, fmt)
+    data = load_inputs(inputs, LoadOptions())
+    text = do_export(data, build_report(data), kind)
+    if out and out != "-":
+        write_text(text, out)
+        err_console.print(f"{kind} export written to {out}", markup=False, highlight=False)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def compare(
+    base: Annotated[str, typer.Argument(help="Baseline: a capture or a JSON report (--json).", show_default=False)],
+    current: Annotated[str, typer.Argument(help="Current: a capture or a JSON report.", show_default=False)],
+    html_out: HtmlOpt = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the comparison (diag.compare/1) here.")] = None,
+    fail_on: Annotated[Optional[list[str]], typer.Option("--fail-on", help="Exit 1 on a regression, e.g. "
+                                                         "'p99>+20%', 'p50>+2ms', 'finding:new', 'p99>50ms'. "
+                                                         "Repeatable.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Two captures or JSON reports side by side: percentiles, syscall families, findings."""
+    from diag import compare as cmp_mod
+    from diag import gates
+    from diag.render import json_report
+
+    gate_list = _gates(fail_on)
+    b, c = cmp_mod.load_report(base), cmp_mod.load_report(current)
+    result = cmp_mod.compare(b, c, base, current)
+    results = gates.evaluate_compare(gate_list, b, c)
+    result["gates"] = [r.to_json() for r in results]
+    if json_out:
+        json_report.write(result, json_out)
+    if html_out:
+        cmp_mod.write_html(result, html_out, results)
+        err_console.print(f"HTML comparison written to {html_out}", markup=False, highlight=False)
+    if not quiet:
+        cmp_mod.render_terminal(result)
+    _print_gates(results)
+    raise typer.Exit(1 if gates.failed(results) else 0)
 
 
 @app.command()

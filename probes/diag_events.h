@@ -12,6 +12,14 @@
 #define DIAG_KIND_FILE    2
 #define DIAG_KIND_PIPE    3
 #define DIAG_KIND_OTHER   4
+#define DIAG_KIND_MASK    0xff
+
+/* Role bits kept with the kind in the fd map (REQUESTS mode): which side of a connection the
+ * target is on. Never in records: fd_kind in records and aggregates is (value & DIAG_KIND_MASK). */
+#define FDR_SERVER        0x100  /* accepted, or an older socket whose first traced I/O was a read */
+#define FDR_OUT           0x200  /* the target called connect on it, or its first traced I/O was a write */
+#define FDR_PAIR          0x400  /* socketpair: a local channel, never a request */
+#define FDR_MASK          0x700
 
 /* What the probe does with one syscall number (the `sysinfo` array, filled by the agent). */
 #define SF_LAT        0x001  /* aggregate its latency; emit an event when slower than SLOW_NS */
@@ -25,6 +33,28 @@
 #define SF_PATH_ARG0  0x100  /* ret >= 0 is a new fd whose kind is decided by the path in args[0] */
 #define SF_PATH_ARG1  0x200  /* ... by the path in args[1] (openat, openat2) */
 #define SF_FCNTL      0x400  /* fcntl: F_DUPFD / F_DUPFD_CLOEXEC duplicate args[0] */
+#define SF_RD         0x800  /* read family (request summarizer) */
+#define SF_WR         0x1000 /* write family */
+#define SF_ACCEPT     0x2000 /* ret >= 0 is an accepted (server-side) connection */
+#define SF_CONNECT    0x4000 /* args[0] becomes an outbound socket */
+#define SF_ALWAYS     0x8000 /* emit a record for every call, whatever SLOW_NS (accept, connect) */
+
+/* Syscall families of a request's time breakdown (diag_request.family_ns[]; names in the agent). */
+#define FAM_SYNC      0
+#define FAM_FILE      1
+#define FAM_FUTEX     2
+#define FAM_SLEEP     3
+#define FAM_POLL      4
+#define FAM_UPSTREAM  5      /* read/write/connect on outbound sockets */
+#define FAM_SOCK      6      /* other socket I/O: the request's own socket */
+#define FAM_OTHER     7
+#define FAM_N         8
+#define FAM_IO        8      /* sysinfo.fam only: decided by the fd (file / upstream / sock / other) */
+
+/* Connection states of the request summarizer. */
+#define CONN_IDLE     0
+#define CONN_READING  1
+#define CONN_WRITING  2
 
 /* Slots of the per-CPU `counters` array. */
 #define CNT_EVENT_LOST     0  /* ring buffer full: slow-call record dropped */
@@ -32,11 +62,16 @@
 #define CNT_STACK_ERR      2  /* bpf_get_stackid failed (stack map full / collision) */
 #define CNT_FDMAP_ERR      3  /* fd-kind map full */
 #define CNT_CALLS          4  /* calls completed (all traced syscalls with SF_LAT) */
-#define CNT_MAX            8
+#define CNT_REQ_LOST       5  /* request ring buffer full: request record dropped */
+#define CNT_REQ_EMITTED    6  /* request records output (delivered + lost = emitted + CNT_REQ_LOST) */
+#define CNT_CONN_ERR       7  /* connection map full: a connection not summarized */
+#define CNT_REQ_ABANDONED  8  /* EOF/close while a request was still READING (no response) */
+#define CNT_MAX            12
 
 struct diag_sysinfo {
     u32 flags;
-    u32 kind;
+    u32 kind;       /* kind (and role bits) of the fd(s) the call creates */
+    u32 fam;        /* FAM_* of the call in a request's breakdown */
 };
 
 struct diag_event {
@@ -54,4 +89,24 @@ struct diag_event {
     u32 fd_kind;
 };
 
+/* One server-side request (REQUESTS mode): the value of the `conns` map while it is open, and
+ * the record sent to user space when its response is complete. Mirrored by the agent
+ * (-DDIAG_REQUEST_SIZE checks the size). Times: bpf_ktime_get_ns(), CLOCK_MONOTONIC. */
+struct diag_request {
+    u64 start_ns;        /* exit of the read that brought the request's first bytes */
+    u64 end_ns;          /* exit of the last response write */
+    u64 first_write_ns;  /* exit of the first response write; 0: none */
+    u64 conn_start_ns;   /* exit of the accept of its connection; 0: not seen */
+    u64 bytes_in;
+    u64 bytes_out;
+    u64 family_ns[FAM_N];/* time in each family on the serving thread inside the request */
+    u32 reads;
+    u32 writes;
+    u32 tgid;
+    u32 tid;             /* the thread that read the request */
+    u32 write_tid;       /* the thread of the first response write; 0: none */
+    s32 fd;
+    u32 seq;             /* index of the request on its connection */
+    u32 state;           /* CONN_* */
+};
 #endif

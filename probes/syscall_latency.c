@@ -13,6 +13,25 @@
  *   -DSLOW_NS=N       emit a record for calls at least this slow (0: every call)
  *   -DUSE_RINGBUF -DRINGBUF_PAGES=N   ring buffer; else a perf buffer
  *   -DDIAG_EVENT_SIZE=N   sizeof the consumer's mirror of struct diag_event
+ *   -DREQUESTS -DREQ_PAGES=N   the request summarizer (below) and its own ring buffer
+ *   -DDIAG_REQUEST_SIZE=N sizeof the consumer's mirror of struct diag_request
+ *
+ * Request summarizer (REQUESTS): server-side requests are rebuilt in the kernel, one record per
+ * request (`requests` buffer), with the same rules as diag/analyze/requests.py:
+ *   - a socket is server-side when accepted, or when its first traced I/O is a read that moved
+ *     bytes (an older connection); outbound when the target connected it or its first traced I/O
+ *     was a write; socketpair ends are neither. Roles live in the fd map next to the kind.
+ *   - per server connection (`conns`, keyed (tgid, fd)): a read returning bytes starts a request
+ *     when the connection is idle (start = that read's exit) or WRITING (the previous request is
+ *     emitted first: it ended at its last write's exit); while READING it adds to the request.
+ *     A write returning bytes while READING/WRITING makes it WRITING (end = this exit).
+ *     EOF (read returns 0), close, or an accept/connect reusing the fd emit a WRITING request
+ *     and forget the connection. The agent emits WRITING requests left at stop, and counts
+ *     READING ones as in flight.
+ *   - `serving` maps a thread to the connection whose I/O it did last while a request was open;
+ *     every traced call the thread completes while that request is open adds its duration to
+ *     the request's family_ns[FAM_*]. Calls after the last response write wait in `pending` and
+ *     count only if another response write follows, so the sums stay inside [start, end].
  */
 #include <uapi/linux/ptrace.h>
 #include "diag_events.h"
@@ -32,9 +51,17 @@
 /* sched_switch prev_state: TASK_REPORT bits; 0 (or only the preempt bit 0x100) = runnable */
 #define BLOCKED_STATE_MASK 0xff
 
+#ifndef REQ_PAGES
+#define REQ_PAGES 128
+#endif
+
 #ifdef DIAG_EVENT_SIZE
 _Static_assert(sizeof(struct diag_event) == DIAG_EVENT_SIZE,
                "struct diag_event differs from the agent's ctypes mirror");
+#endif
+#ifdef DIAG_REQUEST_SIZE
+_Static_assert(sizeof(struct diag_request) == DIAG_REQUEST_SIZE,
+               "struct diag_request differs from the agent's ctypes mirror");
 #endif
 
 /* Generic layout of syscalls:sys_enter_* / sys_exit_* (64-bit): 8 bytes of common fields,
@@ -66,6 +93,8 @@ struct diag_inflight {
     u32 newkind;        /* kind of the fd(s) the call creates */
     s32 kstack_id;      /* stack of the longest off-CPU interval */
     s32 pending_stack;  /* stack of the current off-CPU interval */
+    u32 fdv;            /* fd map value of args[0]: kind | role bits */
+    u32 fam;            /* FAM_* (sysinfo) */
     u32 pad;
 };
 
@@ -105,6 +134,20 @@ BPF_HASH(targets, u32, u8, 65536);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #else
 BPF_PERF_OUTPUT(events);
+#endif
+#ifdef REQUESTS
+struct diag_conn {
+    struct diag_request r;
+    u64 pending[FAM_N];    /* time after the last response write: counts if another write follows */
+};
+BPF_HASH(conns, struct diag_fdkey, struct diag_conn, 65536);
+BPF_HASH(serving, u32, struct diag_fdkey, 65536);
+BPF_PERCPU_ARRAY(conn_scratch, struct diag_conn, 1);
+#ifdef USE_RINGBUF
+BPF_RINGBUF_OUTPUT(requests, REQ_PAGES);
+#else
+BPF_PERF_OUTPUT(requests);
+#endif
 #endif
 
 static __always_inline void count(u32 slot)
@@ -176,17 +219,19 @@ static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)
     f.kstack_id = -1;
     f.pending_stack = -1;
     f.newkind = si->kind;
+    f.fam = si->fam;
     if (flags & (SF_FD0 | SF_NEWFD_DUP | SF_FCNTL)) {
         f.fd = (s32)ctx->args[0];
-        f.kind = kind_of(tgid, f.fd);
+        f.fdv = kind_of(tgid, f.fd);
+        f.kind = f.fdv & DIAG_KIND_MASK;
     }
     if (flags & SF_NEWFD_DUP)
-        f.newkind = f.kind;
+        f.newkind = f.fdv;
     if ((flags & SF_FCNTL) && nargs >= 2) {
         u64 cmd = ctx->args[1];
         if (cmd != 0 /* F_DUPFD */ && cmd != 1030 /* F_DUPFD_CLOEXEC */)
             return 0;
-        f.newkind = f.kind;
+        f.newkind = f.fdv;
     }
     if (flags & SF_PAIR_ARG0)
         f.arg = ctx->args[0];
@@ -220,6 +265,212 @@ static __always_inline void hist_add(int is_bytes, u32 nr, u32 kind, u64 v)
     else
         count(CNT_AGG_ERR);
 }
+
+#ifdef REQUESTS
+static __always_inline int same_key(struct diag_fdkey *a, struct diag_fdkey *b)
+{
+    return a->tgid == b->tgid && a->fd == b->fd;
+}
+
+/* The threads that served a request stop serving it. */
+static __always_inline void req_unserve(struct diag_conn *c, struct diag_fdkey *k)
+{
+    u32 t = c->r.tid;
+    struct diag_fdkey *s = serving.lookup(&t);
+    if (s && same_key(s, k))
+        serving.delete(&t);
+    t = c->r.write_tid;
+    if (t && t != c->r.tid) {
+        s = serving.lookup(&t);
+        if (s && same_key(s, k))
+            serving.delete(&t);
+    }
+}
+
+static __always_inline void req_emit(void *ctx, struct diag_conn *c, struct diag_fdkey *k)
+{
+    req_unserve(c, k);
+#ifdef USE_RINGBUF
+    if (requests.ringbuf_output(&c->r, sizeof(c->r), 0) != 0)
+        count(CNT_REQ_LOST);
+#else
+    requests.perf_submit(ctx, &c->r, sizeof(c->r));   /* losses come back through lost_cb */
+#endif
+    count(CNT_REQ_EMITTED);
+}
+
+/* Ready for the next request on the same connection. */
+static __always_inline void req_reset(struct diag_conn *c)
+{
+    c->r.seq++;
+    c->r.state = CONN_IDLE;
+    c->r.start_ns = 0;
+    c->r.end_ns = 0;
+    c->r.first_write_ns = 0;
+    c->r.bytes_in = 0;
+    c->r.bytes_out = 0;
+    c->r.reads = 0;
+    c->r.writes = 0;
+    c->r.tid = 0;
+    c->r.write_tid = 0;
+#pragma unroll
+    for (int i = 0; i < FAM_N; i++) {
+        c->r.family_ns[i] = 0;
+        c->pending[i] = 0;
+    }
+}
+
+/* EOF, close or fd reuse: emit a complete request, forget the connection. */
+static __always_inline void req_forget(void *ctx, struct diag_fdkey *k, int emit)
+{
+    struct diag_conn *c = conns.lookup(k);
+    if (!c)
+        return;
+    if (c->r.state == CONN_WRITING && emit) {
+        req_emit(ctx, c, k);
+    } else {
+        if (c->r.state == CONN_READING)
+            count(CNT_REQ_ABANDONED);
+        req_unserve(c, k);
+    }
+    conns.delete(k);
+}
+
+static __always_inline struct diag_conn *req_new(struct diag_fdkey *k, u64 conn_start)
+{
+    u32 zero = 0;
+    struct diag_conn *t = conn_scratch.lookup(&zero);
+    if (!t)
+        return NULL;
+    __builtin_memset(t, 0, sizeof(*t));
+    t->r.tgid = k->tgid;
+    t->r.fd = k->fd;
+    t->r.conn_start_ns = conn_start;
+    if (conns.update(k, t) != 0) {
+        count(CNT_CONN_ERR);
+        return NULL;
+    }
+    return conns.lookup(k);
+}
+
+static __always_inline void req_serve(u32 tid, struct diag_fdkey *k)
+{
+    struct diag_fdkey *s = serving.lookup(&tid);
+    if (!s || !same_key(s, k))
+        serving.update(&tid, k);
+}
+
+/* The request summarizer's part of a call's exit (see the top of the file). */
+static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_inflight *f, long ret, u64 now,
+                                     u64 dur)
+{
+    u32 flags = f->flags;
+    u32 fdv = f->fdv;
+    struct diag_fdkey k = {.tgid = tgid, .fd = f->fd};
+    struct diag_conn *c;
+
+    if ((flags & SF_ACCEPT) && ret >= 0) {
+        struct diag_fdkey nk = {.tgid = tgid, .fd = (s32)ret};
+        req_forget(ctx, &nk, 1);           /* a close we missed */
+        req_new(&nk, now);
+    } else if ((flags & SF_CONNECT) && f->fd >= 0) {
+        fdv = (fdv & ~FDR_MASK & ~DIAG_KIND_MASK) | DIAG_KIND_SOCKET | FDR_OUT;
+        if (fdkinds.update(&k, &fdv) != 0)
+            count(CNT_FDMAP_ERR);
+        req_forget(ctx, &k, 0);
+    } else if ((flags & (SF_RD | SF_WR)) && f->fd >= 0 && (fdv & DIAG_KIND_MASK) == DIAG_KIND_SOCKET) {
+        if (!(fdv & FDR_MASK) && ret > 0) {
+            /* an older socket: its first I/O decides its side */
+            fdv |= (flags & SF_RD) ? FDR_SERVER : FDR_OUT;
+            if (fdkinds.update(&k, &fdv) != 0)
+                count(CNT_FDMAP_ERR);
+        }
+        if ((fdv & FDR_SERVER) && ret >= 0) {
+            c = conns.lookup(&k);
+            if (flags & SF_RD) {
+                if (ret == 0) {                  /* EOF */
+                    req_forget(ctx, &k, 1);
+                    return;
+                }
+                if (!c)
+                    c = req_new(&k, 0);          /* a connection older than the attach */
+                if (!c)
+                    return;
+                if (c->r.state == CONN_WRITING) {
+                    req_emit(ctx, c, &k);
+                    req_reset(c);
+                }
+                if (c->r.state == CONN_IDLE) {
+                    /* the wait for these bytes is idle time: the request starts at this exit */
+                    c->r.state = CONN_READING;
+                    c->r.tid = tid;
+                    c->r.start_ns = now;
+                    c->r.end_ns = now;
+                    c->r.reads = 1;
+                    c->r.bytes_in = (u64)ret;
+                    req_serve(tid, &k);
+                    return;
+                }
+                c->r.reads++;
+                c->r.bytes_in += (u64)ret;
+                __sync_fetch_and_add(&c->r.family_ns[FAM_SOCK], dur);
+                req_serve(tid, &k);
+                return;
+            }
+            if (ret > 0 && c && c->r.state != CONN_IDLE) {
+                if (c->r.state == CONN_WRITING) {
+                    /* what the thread did since the previous write was inside the response */
+#pragma unroll
+                    for (int i = 0; i < FAM_N; i++) {
+                        c->r.family_ns[i] += c->pending[i];
+                        c->pending[i] = 0;
+                    }
+                }
+                __sync_fetch_and_add(&c->r.family_ns[FAM_SOCK], dur);
+                c->r.state = CONN_WRITING;
+                c->r.writes++;
+                c->r.bytes_out += (u64)ret;
+                c->r.end_ns = now;
+                if (!c->r.first_write_ns) {
+                    c->r.first_write_ns = now;
+                    c->r.write_tid = tid;
+                }
+                req_serve(tid, &k);
+                return;
+            }
+        }
+    } else if ((flags & SF_CLOSE) && (fdv & FDR_SERVER) && f->fd >= 0) {
+        req_forget(ctx, &k, 1);
+        return;
+    }
+
+    /* any other call: time of the request this thread serves */
+    struct diag_fdkey *sp = serving.lookup(&tid);
+    if (!sp)
+        return;
+    struct diag_fdkey sk = *sp;
+    c = conns.lookup(&sk);
+    if (!c || c->r.state == CONN_IDLE) {
+        serving.delete(&tid);
+        return;
+    }
+    u32 fam = f->fam;
+    if (fam == FAM_IO) {
+        u32 kind = fdv & DIAG_KIND_MASK;
+        if (kind == DIAG_KIND_FILE)
+            fam = FAM_FILE;
+        else if (kind == DIAG_KIND_SOCKET)
+            fam = (fdv & FDR_OUT) ? FAM_UPSTREAM : (fdv & FDR_PAIR) ? FAM_OTHER : FAM_SOCK;
+        else
+            fam = FAM_OTHER;
+    }
+    fam &= FAM_N - 1;
+    if (c->r.state == CONN_WRITING)
+        __sync_fetch_and_add(&c->pending[fam], dur);
+    else
+        __sync_fetch_and_add(&c->r.family_ns[fam], dur);
+}
+#endif
 
 int diag_sys_exit(struct diag_sys_exit *ctx)
 {
@@ -274,8 +525,11 @@ int diag_sys_exit(struct diag_sys_exit *ctx)
     if (nbytes)
         hist_add(1, f.nr, f.kind, nbytes);
     count(CNT_CALLS);
+#ifdef REQUESTS
+    req_exit(ctx, tgid, tid, &f, ret, now, dur);
+#endif
 
-    if (dur < SLOW_NS)
+    if (dur < SLOW_NS && !(flags & SF_ALWAYS))
         return 0;
     struct diag_event ev = {};
     ev.start_ns = f.start_ns;

@@ -22,12 +22,22 @@ BREAKDOWN_KEYS = ("sync", "file", "upstream", "futex", "sleep", "poll", "socket"
 _ALIASES = {"sock": "socket", "read": "socket", "write": "socket"}
 
 
+# A futex wait longer than CPython's GIL switch interval (5 ms, plus slack) is a lock wait.
+LONG_WAIT_NS = 6_000_000
+# Futex waits shorter than this are not worth looking behind.
+MIN_WAIT_NS = 100_000
+# What another thread can be doing while holding the lock a request waits for.
+HOLDER_FAMILIES = ("sync", "file", "sleep", "upstream")
+
+
 @dataclass
 class SlowRequest:
     request: Request
     breakdown: dict[str, int]           # ns per BREAKDOWN_KEYS entry, summing to the latency
     calls: list[SyscallEvent]           # calls of the serving thread inside the request
     samples: list[StackSample]          # stack samples of the serving thread inside it
+    behind: dict[str, int] = field(default_factory=dict)   # futex-wait time spent behind another
+                                                          # thread's blocking call, per its family
 
 
 @dataclass
@@ -48,9 +58,14 @@ class RequestAnalysis:
         """Time of one breakdown key summed over the slow requests."""
         return sum(s.breakdown.get(key, 0) for s in self.slow)
 
-    def share(self, key: str) -> float:
+    def behind_total(self, key: str) -> int:
+        """Lock-wait time of the slow requests spent behind another thread's `key` call."""
+        return sum(s.behind.get(key, 0) for s in self.slow)
+
+    def share(self, key: str, with_behind: bool = False) -> float:
         tot = self.slow_total_ns
-        return self.total(key) / tot if tot else 0.0
+        part = self.total(key) + (self.behind_total(key) if with_behind else 0)
+        return part / tot if tot else 0.0
 
     def latencies(self) -> list[int]:
         return sorted(r.latency_ns for r in self.requests)
@@ -80,6 +95,14 @@ class ThreadIndex:
             return []
         return self.events[tid][bisect.bisect_left(starts, t0):bisect.bisect_left(starts, t1)]
 
+    def overlapping(self, tid: int, t0: int, t1: int, lookback_ns: int = 2_000_000_000) -> list[SyscallEvent]:
+        """Calls of `tid` that overlap [t0, t1] (started at most `lookback_ns` before t0)."""
+        starts = self.starts.get(tid)
+        if not starts:
+            return []
+        lo, hi = bisect.bisect_left(starts, t0 - lookback_ns), bisect.bisect_right(starts, t1)
+        return [e for e in self.events[tid][lo:hi] if e.end_ns > t0]
+
     def stacks(self, tid: int, t0: int, t1: int) -> list[StackSample]:
         ts = self.sample_ts.get(tid)
         if not ts:
@@ -106,6 +129,50 @@ def _breakdown_from_sums(req: Request) -> dict[str, int]:
         key = k if k in BREAKDOWN_KEYS else _ALIASES.get(k, "other")
         out[key] += v
     return out
+
+
+def _union_ns(intervals: list[tuple[int, int]]) -> int:
+    total, cur_s, cur_e = 0, None, None
+    for a, b in sorted(intervals):
+        if cur_e is None or a > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = a, b
+        else:
+            cur_e = max(cur_e, b)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def waits_behind(sr: SlowRequest, idx: ThreadIndex, upstream: set[tuple[int, int]]) -> dict[str, int]:
+    """For each futex wait of a slow request, what the other threads of the process were
+    blocked in meanwhile: a lock held across an fsync makes every waiter's time fsync time.
+    Returns ns of wait time overlapped by other threads' calls, per holder family (each wait's
+    overlap capped at its own duration, families in HOLDER_FAMILIES order)."""
+    out: dict[str, int] = defaultdict(int)
+    me = sr.request.tid
+    for w in sr.calls:
+        if family(w.name) != "futex" or (w.dur_ns or 0) < MIN_WAIT_NS:
+            continue
+        t0, t1 = w.start_ns, min(w.end_ns, sr.request.end_ns)
+        by_fam: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for tid in idx.events:
+            if tid == me:
+                continue
+            for e in idx.overlapping(tid, t0, t1):
+                if e.pid != w.pid:
+                    break
+                fam = family_of(e, upstream)
+                if fam in HOLDER_FAMILIES:
+                    by_fam[fam].append((max(e.start_ns, t0), min(e.end_ns, t1)))
+        left = t1 - t0
+        for fam in HOLDER_FAMILIES:
+            if by_fam.get(fam) and left > 0:
+                ns = min(left, _union_ns(by_fam[fam]))
+                out[fam] += ns
+                left -= ns
+    return dict(out)
 
 
 def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None) -> RequestAnalysis | None:
@@ -143,7 +210,9 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         if used > r.latency_ns:          # overlapping calls of two threads: scale into the wall time
             scale = r.latency_ns / used
             b = {k: int(v * scale) if k != "user" else 0 for k, v in b.items()}
-        slow.append(SlowRequest(r, dict(b), calls, idx.stacks(r.tid, r.start_ns, r.end_ns)))
+        sr = SlowRequest(r, dict(b), calls, idx.stacks(r.tid, r.start_ns, r.end_ns))
+        sr.behind = waits_behind(sr, idx, upstream)
+        slow.append(sr)
     return RequestAnalysis(requests, source, threshold, frm, slow, upstream, inflight)
 
 

@@ -94,6 +94,55 @@ def timeline(ctx: AnalysisContext, start_ns: int, end_ns: int, tid: int, max_eve
     }
 
 
+def _request_json(r, breakdown: dict | None = None) -> dict:
+    d = {"start_ns": r.start_ns, "end_ns": r.end_ns, "latency_ns": r.latency_ns, "pid": r.pid, "tid": r.tid,
+         "fd": r.fd, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out, "reads": r.reads, "writes": r.writes,
+         "write_tid": r.write_tid, "seq": r.seq, "source": r.source}
+    if breakdown is not None:
+        d["breakdown"] = {k: v for k, v in sorted(breakdown.items()) if v}
+    return d
+
+
+def requests_section(ctx: AnalysisContext) -> dict | None:
+    ra = ctx.req
+    if ra is None:
+        return None
+    lat = ra.latencies()
+    hist: dict[int, int] = {}
+    for v in lat:
+        b = stats.log2_bucket(v)
+        hist[b] = hist.get(b, 0) + 1
+    breakdown: dict[str, int] = {}
+    for sr in ra.slow:
+        for k, v in sr.breakdown.items():
+            breakdown[k] = breakdown.get(k, 0) + v
+    worst = sorted(ra.slow, key=lambda s: s.request.latency_ns, reverse=True)[:10]
+    return {
+        "count": len(ra.requests), "source": ra.source, "inflight": ra.inflight,
+        "slow_threshold_ns": ra.threshold_ns, "slow_threshold_from": ra.threshold_from,
+        "slow_count": len(ra.slow), "slow_total_ns": ra.slow_total_ns,
+        "latency": {"p50_ns": stats.percentile(lat, 50), "p90_ns": stats.percentile(lat, 90),
+                    "p99_ns": stats.percentile(lat, 99), "max_ns": lat[-1] if lat else 0},
+        "histogram": sorted([lo, n] for lo, n in hist.items()),
+        "breakdown": {k: v for k, v in sorted(breakdown.items()) if v},
+        "slowest": [_request_json(s.request, s.breakdown) for s in worst],
+        "connections": len({(r.pid, r.fd, r.conn_start_ns) for r in ra.requests}),
+    }
+
+
+def _timelines(ctx: AnalysisContext, spikes) -> list[dict]:
+    """The windows the HTML draws: the worst slow requests, else the worst syscall spikes."""
+    if ctx.req is not None and ctx.req.slow:
+        worst = sorted(ctx.req.slow, key=lambda s: s.request.latency_ns, reverse=True)[:3]
+        out = []
+        for s in worst:
+            t = timeline(ctx, s.request.start_ns, s.request.end_ns, s.request.tid)
+            t["request"] = _request_json(s.request, s.breakdown)
+            out.append(t)
+        return out
+    return [timeline(ctx, s.worst.start_ns, s.worst.end_ns, s.worst.tid) for s in spikes[:3]]
+
+
 def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
     ctx = AnalysisContext(data, slow_ns=slow_ns)
     window = stream_time_range(data)
@@ -131,8 +180,10 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
             [e for e in data.syscalls if family(e.name) in stats.WAIT_FAMILIES], 5, include_waits=True)],
         "spikes": [{"start_ns": s.start_ns, "end_ns": s.end_ns, "calls": s.calls, "total_ns": s.total_ns,
                     "worst": _event_json(s.worst)} for s in spikes],
-        "timelines": [timeline(ctx, s.worst.start_ns, s.worst.end_ns, s.worst.tid) for s in spikes[:3]],
-        "flame": {"all": flame(data.samples)},
+        "requests": requests_section(ctx),
+        "timelines": _timelines(ctx, spikes),
+        "flame": {"all": flame(data.samples),
+                  **({"slow": flame([x for s in ctx.req.slow for x in s.samples])} if ctx.req and ctx.req.slow else {})},
         "matrix": [dict(r.to_json(), findings=[f for f in r.findings if f in fired]) for r in rows],
         "findings": [_finding_json(i, f) for i, f in enumerate(findings, 1)],
         "warnings": list(dict.fromkeys(data.warnings)),

@@ -42,9 +42,16 @@ class Target:
     launched: bool = False          # started by `diag run` (we own its lifetime)
     follow_children: bool = False
 
+    def threads(self) -> list[int]:
+        """The target's thread ids now (threads born later are seen by the tracers' clone events)."""
+        try:
+            return sorted(int(t) for t in os.listdir(f"/proc/{self.pid}/task"))
+        except OSError:
+            return []
+
     def to_json(self) -> dict:
         return {"pid": self.pid, "cmdline": self.cmdline, "comm": self.comm, "python": self.is_python,
-                "launched": self.launched, "follow_children": self.follow_children}
+                "launched": self.launched, "follow_children": self.follow_children, "threads": self.threads()}
 
 
 @dataclass

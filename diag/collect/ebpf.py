@@ -2,7 +2,9 @@
 
 It runs diag.collect.ebpf_agent as a subprocess (PDEATHSIG=SIGTERM: if diag dies, the agent
 detaches and finalizes its stream). The agent loads probes/syscall_latency.c with BCC, writes
-streams/ebpf.jsonl ("ebpf-jsonl") and rewrites logs/ebpf.progress.json every second.
+streams/ebpf.jsonl ("ebpf-jsonl") and rewrites logs/ebpf.progress.json every second. With
+`requests=True` (the default) the probe also summarizes server-side requests in the kernel: one
+record per request (see probes/syscall_latency.c).
 
 The agent runs under the first interpreter that can import `bcc`: ours (the venv is built with
 --system-site-packages for this), else /usr/bin/python3 with the repository on PYTHONPATH.
@@ -54,8 +56,9 @@ class EbpfCollector(SubprocessCollector):
     ready_timeout_s = 30.0
 
     def __init__(self, slow_ns: int = 1_000_000, ringbuf_pages: int = 256, no_ringbuf: bool = False,
-                 probe: str | None = None, extra_args: list[str] | None = None) -> None:
+                 probe: str | None = None, extra_args: list[str] | None = None, requests: bool = True) -> None:
         super().__init__()
+        self.requests = requests
         self.slow_ns = slow_ns
         self.ringbuf_pages = ringbuf_pages
         self.no_ringbuf = no_ringbuf
@@ -92,6 +95,8 @@ class EbpfCollector(SubprocessCollector):
             a.append("--follow")
         if self.no_ringbuf:
             a.append("--no-ringbuf")
+        if not self.requests:
+            a.append("--no-requests")
         if self.probe:
             a += ["--probe", str(self.probe)]
         return a + self.extra_args
@@ -134,6 +139,7 @@ class EbpfCollector(SubprocessCollector):
         writer.set_collector(self.name, status=OK, stream=STREAM, format="ebpf-jsonl",
                              started_monotonic_ns=self.started_ns,
                              settings={"slow_ns": self.slow_ns, "ringbuf": h.get("ringbuf"),
+                                       "requests": bool(h.get("requests")),
                                        "buffer_pages": h.get("buffer_pages"), "tracepoints": h.get("tracepoints"),
                                        "missing": h.get("missing"), "compile_ms": h.get("compile_ms"),
                                        "attach_ms": h.get("attach_ms"), "follow": target.follow_children})
@@ -192,18 +198,28 @@ class EbpfCollector(SubprocessCollector):
         progress = self._progress()
         events = int(tail.get("end", {}).get("events", progress.get("events", 0)) or 0)
         lost = int(tail.get("lost", {}).get("count", progress.get("lost", 0)) or 0)
+        lost_requests = int(tail.get("lost", {}).get("lost_requests", progress.get("lost_requests", 0)) or 0)
         self._final = {"events": events, "lost": lost}
         if "end" not in tail:
             status = DEGRADED
             reason = self._agent_error() or f"the eBPF agent ended without its aggregates (exit {rc})"
-        elif lost:
-            status, reason = DEGRADED, f"{lost} slow-call records lost (buffer full); aggregates exact"
+        elif lost or lost_requests:
+            parts = []
+            if lost:
+                parts.append(f"{lost} slow-call records lost (buffer full); aggregates exact")
+            if lost_requests:
+                parts.append(f"{lost_requests} request records lost (buffer full)")
+            status, reason = DEGRADED, "; ".join(parts)
         else:
             status, reason = OK, None
         self.status, self.reason = status, reason
         if self.writer is not None:
             fields = {"status": status, "events": events, "lost": lost,
                       "calls": int(tail.get("end", {}).get("calls", 0) or 0), "exit_code": rc}
+            if self.requests:
+                end = tail.get("end", {})
+                fields.update(requests=int(end.get("requests", progress.get("requests", 0)) or 0),
+                              lost_requests=lost_requests, inflight=int(end.get("inflight", 0) or 0))
             if reason:
                 fields["reason"] = reason
             self.writer.set_collector(self.name, **fields)

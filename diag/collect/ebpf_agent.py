@@ -10,10 +10,18 @@ diag.parse.ebpf) is:
 
     {"format": "diag.ebpf/1", "tgids": [...], "slow_ns": N, "ringbuf": true, "probes": [...], ...}
     {"type": "syscall", "tid", "pid", "name", "start_ns", "dur_ns", "fd", "fd_kind", "ret", ...}
+    {"type": "request", "pid", "tid", "fd", "start_ns", "end_ns", "bytes_in", "bytes_out", "reads",
+     "writes", "first_write_ns", "write_tid", "conn_start_ns", "seq", "family_ns": {"sync": ns, ...}}
     ...
     {"type": "aggregate", "name", "fd_kind", "count", "total_ns", "hist": [[lower_ns, n], ...], ...}
     {"type": "lost", "count": N, ...}
     {"type": "end", "events": N, ...}
+
+Request records come from the probe's in-kernel request summarizer (on by default, off with
+--no-requests): one record per server-side request, whatever --slow-ns, from their own ring
+buffer. accept/accept4/connect calls are then emitted whatever their duration (per connection,
+cheap). Requests whose response was complete when the agent stopped are emitted at the drain
+("at_stop": true); requests still being read are counted as "inflight" in the end line.
 
 The header line is written once every probe is attached: the collector waits for it. Slow-call
 lines are flushed after every ring-buffer poll (at most every 100 ms), so a capture cut by SIGKILL
@@ -43,7 +51,13 @@ KIND_NAMES = {KIND_UNKNOWN: "unknown", KIND_SOCKET: "socket", KIND_FILE: "file",
               KIND_OTHER: "other"}
 SF_LAT, SF_FD0, SF_BYTES, SF_NEWFD_RET, SF_NEWFD_DUP = 0x001, 0x002, 0x004, 0x008, 0x010
 SF_PAIR_ARG0, SF_PAIR_ARG3, SF_CLOSE, SF_PATH_ARG0, SF_PATH_ARG1, SF_FCNTL = 0x020, 0x040, 0x080, 0x100, 0x200, 0x400
+SF_RD, SF_WR, SF_ACCEPT, SF_CONNECT, SF_ALWAYS = 0x800, 0x1000, 0x2000, 0x4000, 0x8000
+KIND_MASK, FDR_SERVER, FDR_OUT, FDR_PAIR = 0xff, 0x100, 0x200, 0x400
 CNT_EVENT_LOST, CNT_AGG_ERR, CNT_STACK_ERR, CNT_FDMAP_ERR, CNT_CALLS = 0, 1, 2, 3, 4
+CNT_REQ_LOST, CNT_REQ_EMITTED, CNT_CONN_ERR, CNT_REQ_ABANDONED = 5, 6, 7, 8
+FAM_SYNC, FAM_FILE, FAM_FUTEX, FAM_SLEEP, FAM_POLL, FAM_UPSTREAM, FAM_SOCK, FAM_OTHER, FAM_IO = range(9)
+FAM_NAMES = ("sync", "file", "futex", "sleep", "poll", "upstream", "sock", "other")
+CONN_IDLE, CONN_READING, CONN_WRITING = 0, 1, 2
 
 
 class Event(ct.Structure):
@@ -55,22 +69,37 @@ class Event(ct.Structure):
                 ("kstack_id", ct.c_int32), ("fd_kind", ct.c_uint32)]
 
 
+class Request(ct.Structure):
+    """ctypes mirror of struct diag_request (size checked by the probe at compile time)."""
+
+    _fields_ = [("start_ns", ct.c_uint64), ("end_ns", ct.c_uint64), ("first_write_ns", ct.c_uint64),
+                ("conn_start_ns", ct.c_uint64), ("bytes_in", ct.c_uint64), ("bytes_out", ct.c_uint64),
+                ("family_ns", ct.c_uint64 * len(FAM_NAMES)), ("reads", ct.c_uint32), ("writes", ct.c_uint32),
+                ("tgid", ct.c_uint32), ("tid", ct.c_uint32), ("write_tid", ct.c_uint32), ("fd", ct.c_int32),
+                ("seq", ct.c_uint32), ("state", ct.c_uint32)]
+
+
 _IO = SF_LAT | SF_FD0 | SF_BYTES
-# Syscalls whose latency is measured (SF_LAT), and what each one's arguments mean.
-TRACED: dict[str, tuple[int, int]] = {
-    "accept": (SF_LAT | SF_FD0 | SF_NEWFD_RET, KIND_SOCKET),
-    "accept4": (SF_LAT | SF_FD0 | SF_NEWFD_RET, KIND_SOCKET),
-    **{n: (_IO, 0) for n in ("read", "readv", "pread64", "recvfrom", "recvmsg",
-                             "write", "writev", "pwrite64", "sendto", "sendmsg")},
-    **{n: (SF_LAT | SF_FD0, 0) for n in ("fsync", "fdatasync", "sync_file_range", "epoll_wait", "epoll_pwait",
-                                         "connect")},
-    "close": (SF_LAT | SF_FD0 | SF_CLOSE, 0),
-    **{n: (SF_LAT, 0) for n in ("poll", "ppoll", "select", "pselect6", "futex", "nanosleep", "clock_nanosleep")},
+# Syscalls whose latency is measured (SF_LAT), and what each one's arguments mean:
+# name -> (flags, kind of the new fd (with role bits), family in a request's breakdown).
+# Role bits, SF_ALWAYS and the families only matter with the request summarizer (see `sysinfo_of`).
+TRACED: dict[str, tuple[int, int, int]] = {
+    "accept": (SF_LAT | SF_FD0 | SF_NEWFD_RET | SF_ACCEPT | SF_ALWAYS, KIND_SOCKET | FDR_SERVER, FAM_OTHER),
+    "accept4": (SF_LAT | SF_FD0 | SF_NEWFD_RET | SF_ACCEPT | SF_ALWAYS, KIND_SOCKET | FDR_SERVER, FAM_OTHER),
+    **{n: (_IO | SF_RD, 0, FAM_IO) for n in ("read", "readv", "pread64", "recvfrom", "recvmsg")},
+    **{n: (_IO | SF_WR, 0, FAM_IO) for n in ("write", "writev", "pwrite64", "sendto", "sendmsg")},
+    **{n: (SF_LAT | SF_FD0, 0, FAM_SYNC) for n in ("fsync", "fdatasync", "sync_file_range")},
+    **{n: (SF_LAT | SF_FD0, 0, FAM_POLL) for n in ("epoll_wait", "epoll_pwait")},
+    "connect": (SF_LAT | SF_FD0 | SF_CONNECT | SF_ALWAYS, 0, FAM_UPSTREAM),
+    "close": (SF_LAT | SF_FD0 | SF_CLOSE, 0, FAM_OTHER),
+    **{n: (SF_LAT, 0, FAM_POLL) for n in ("poll", "ppoll", "select", "pselect6")},
+    "futex": (SF_LAT, 0, FAM_FUTEX),
+    **{n: (SF_LAT, 0, FAM_SLEEP) for n in ("nanosleep", "clock_nanosleep")},
 }
 # Syscalls traced only to learn what kind each new fd is.
 FD_TRACKING: dict[str, tuple[int, int]] = {
     "socket": (SF_NEWFD_RET, KIND_SOCKET),
-    "socketpair": (SF_PAIR_ARG3, KIND_SOCKET),
+    "socketpair": (SF_PAIR_ARG3, KIND_SOCKET | FDR_PAIR),
     "pipe": (SF_PAIR_ARG0, KIND_PIPE),
     "pipe2": (SF_PAIR_ARG0, KIND_PIPE),
     "open": (SF_PATH_ARG0, KIND_FILE),
@@ -89,6 +118,19 @@ FD_TRACKING: dict[str, tuple[int, int]] = {
 ENTER_FN = {"socketpair": "diag_sys_enter4", "openat": "diag_sys_enter2", "openat2": "diag_sys_enter2",
             "fcntl": "diag_sys_enter2"}
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def sysinfo_of(name: str, requests: bool) -> tuple[int, int, int]:
+    """(flags, new-fd kind, family) the probe gets for one syscall. Without the request summarizer
+    the probe behaves as before it existed: no role bits, every call subject to --slow-ns."""
+    if name in TRACED:
+        flags, kind, fam = TRACED[name]
+    else:
+        (flags, kind), fam = FD_TRACKING[name], FAM_OTHER
+    if not requests:
+        flags &= ~SF_ALWAYS
+        kind &= KIND_MASK
+    return flags, kind, fam
 
 
 def log(msg: str) -> None:
@@ -141,6 +183,48 @@ def fd_kind_of(path: str) -> int:
     return KIND_OTHER
 
 
+def _proc_net_lines(path: str) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            return [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return []
+
+
+def socket_roles(tgid: int) -> dict[int, int]:
+    """socket inode -> role bits for the connections a target had before the attach.
+
+    TCP: a connection whose local port is a port some socket of the namespace listens on was
+    accepted (server-side); any other connected one was connected by the target (outbound).
+    Unix stream: an accepted socket carries the listening socket's path; one without a path is a
+    socketpair end or a client: never a request. UDP and the rest stay undecided (the probe
+    decides on the first I/O: read first = server-side)."""
+    roles: dict[int, int] = {}
+    listening: set[int] = set()
+    conns: list[tuple[int, int]] = []
+    for name in ("tcp", "tcp6"):
+        for f in _proc_net_lines(f"/proc/{tgid}/net/{name}"):
+            try:
+                port, st, inode = int(f[1].rsplit(":", 1)[1], 16), f[3], int(f[9])
+            except (IndexError, ValueError):
+                continue
+            if st == "0A":
+                listening.add(port)
+            else:
+                conns.append((port, inode))
+    for port, inode in conns:
+        roles[inode] = FDR_SERVER if port in listening else FDR_OUT
+    for f in _proc_net_lines(f"/proc/{tgid}/net/unix"):
+        try:
+            flags, inode = int(f[3], 16), int(f[6])
+        except (IndexError, ValueError):
+            continue
+        if flags & 0x10000:                # __SO_ACCEPTCON: listening
+            continue
+        roles[inode] = FDR_SERVER if len(f) > 7 else FDR_PAIR
+    return roles
+
+
 def proc_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -159,6 +243,7 @@ def build(args: argparse.Namespace, ringbuf: bool) -> tuple[str, list[str]]:
     if not os.path.exists(os.path.join(incdir, "diag_events.h")):
         incdir = PROBE_DIR
     cflags = [f"-I{incdir}", f"-DSLOW_NS={int(args.slow_ns)}ULL", f"-DDIAG_EVENT_SIZE={ct.sizeof(Event)}",
+              f"-DDIAG_REQUEST_SIZE={ct.sizeof(Request)}",
               f"-DAGENT_TGID={os.getpid()}", f"-DSTACK_ENTRIES={int(args.stack_entries)}",
               "-Wno-macro-redefined"]
     if args.follow or len(args.pid) > 1:
@@ -169,6 +254,8 @@ def build(args: argparse.Namespace, ringbuf: bool) -> tuple[str, list[str]]:
         cflags.append(f"-DTARGET_TGID={args.pid[0]}")
     if ringbuf:
         cflags += ["-DUSE_RINGBUF", f"-DRINGBUF_PAGES={int(args.ringbuf_pages)}"]
+    if not args.no_requests:
+        cflags += ["-DREQUESTS", f"-DREQ_PAGES={int(args.request_pages)}"]
     return text, cflags
 
 
@@ -178,6 +265,11 @@ class Agent:
         self.stop_reason: str | None = None
         self.events = 0
         self.perf_lost = 0
+        self.requests = 0           # request records written (from the buffer and at the drain)
+        self.requests_at_stop = 0
+        self.inflight = 0
+        self.perf_lost_requests = 0
+        self.want_requests = not args.no_requests
         self.out = None
         self.b = None
         self.ringbuf = not args.no_ringbuf
@@ -212,9 +304,10 @@ class Agent:
         numbers = syscall_numbers()
         b = self.b
         info = b["sysinfo"]
-        wanted = {**FD_TRACKING, **TRACED}
+        wanted = [*FD_TRACKING, *TRACED]
         # sysinfo first, so every call seen after the attach is handled completely
-        for name, (flags, kind) in wanted.items():
+        for name in wanted:
+            flags, kind, fam = sysinfo_of(name, self.want_requests)
             nr = numbers.get(name)
             # a syscall this architecture lacks (open, select, pipe... on arm64) has no number and
             # no tracepoint: skip it and say so in the header
@@ -223,7 +316,7 @@ class Agent:
                 self.missing.append(name)
                 continue
             v = info.Leaf()
-            v.flags, v.kind = flags, kind
+            v.flags, v.kind, v.fam = flags, kind, fam
             info[ct.c_int(nr)] = v
             self.nr_name[nr] = name
         if self.args.follow or len(self.args.pid) > 1:
@@ -261,10 +354,17 @@ class Agent:
             fds = os.listdir(base)
         except OSError:
             return
+        roles = socket_roles(tgid) if self.want_requests else {}
         for name in fds:
             kind = fd_kind_of(f"{base}/{name}")
             if kind == KIND_UNKNOWN:
                 continue
+            if kind == KIND_SOCKET and roles:
+                try:
+                    link = os.readlink(f"{base}/{name}")     # socket:[INODE]
+                    kind |= roles.get(int(link[link.index("[") + 1:-1]), 0)
+                except (OSError, ValueError):
+                    pass
             k = fdk.Key()
             k.tgid, k.fd = tgid, int(name)
             try:
@@ -311,7 +411,7 @@ class Agent:
                "fd_kind": KIND_NAMES.get(ev.fd_kind, "unknown"), "ret": ev.ret}
         if -4096 < ev.ret < 0:
             rec["errno"] = _errno.errorcode.get(-ev.ret, str(-ev.ret))
-        elif ev.ret > 0 and TRACED.get(name, (0, 0))[0] & SF_BYTES:
+        elif ev.ret > 0 and TRACED.get(name, (0, 0, 0))[0] & SF_BYTES:
             rec["bytes"] = ev.ret
         rec["off_cpu_ns"] = ev.off_cpu_ns
         if ev.kstack_id >= 0:
@@ -323,6 +423,50 @@ class Agent:
 
     def on_perf_event(self, cpu, data, size) -> None:
         self.on_event(None, data, size)
+
+    def request_record(self, r, at_stop: bool = False) -> dict:
+        rec = {"type": "request", "pid": r.tgid, "tid": r.tid, "fd": r.fd, "start_ns": r.start_ns,
+               "end_ns": r.end_ns, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out, "reads": r.reads,
+               "writes": r.writes, "first_write_ns": r.first_write_ns or None, "write_tid": r.write_tid or None,
+               "conn_start_ns": r.conn_start_ns or None, "seq": r.seq,
+               "family_ns": {n: int(v) for n, v in zip(FAM_NAMES, r.family_ns) if v}}
+        if at_stop:
+            rec["at_stop"] = True
+        return rec
+
+    def on_request(self, ctx, data, size) -> None:
+        r = ct.cast(data, ct.POINTER(Request)).contents
+        self.out.write(json.dumps(self.request_record(r), separators=(",", ":")) + "\n")
+        self.requests += 1
+
+    def on_perf_request(self, cpu, data, size) -> None:
+        self.on_request(None, data, size)
+
+    def on_perf_lost_requests(self, n) -> None:
+        self.perf_lost_requests += n
+
+    def lost_requests(self) -> int:
+        return self.perf_lost_requests + self.counter(CNT_REQ_LOST)
+
+    def drain_connections(self) -> None:
+        """At stop: requests whose response is complete are emitted, those still being read are
+        in flight (counted, not emitted)."""
+        try:
+            items = list(self.b["conns"].items())
+        except Exception as e:  # pragma: no cover
+            log(f"cannot read the connection map: {e}")
+            return
+        recs = []
+        for _, c in items:
+            r = c.r
+            if r.state == CONN_WRITING:
+                recs.append(self.request_record(r, at_stop=True))
+            elif r.state == CONN_READING:
+                self.inflight += 1
+        for rec in sorted(recs, key=lambda x: x["start_ns"]):
+            self.write(rec)
+        self.requests += len(recs)
+        self.requests_at_stop = len(recs)
 
     def on_perf_lost(self, n) -> None:
         self.perf_lost += n
@@ -342,6 +486,7 @@ class Agent:
         tmp = self.args.progress + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"events": self.events, "lost": self.lost(), "calls": self.counter(CNT_CALLS),
+                       "requests": self.requests, "lost_requests": self.lost_requests(),
                        "ts_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC), "tgids": self.tgids}, f)
         os.replace(tmp, self.args.progress)
 
@@ -365,7 +510,7 @@ class Agent:
             rec = {"type": "aggregate", "name": self.nr_name.get(k.nr, f"syscall_{k.nr}"),
                    "fd_kind": KIND_NAMES.get(k.kind, "unknown"), "count": int(v.count),
                    "total_ns": int(v.total_ns), "max_ns": int(v.max_ns), "hist": lat.get(key, [])}
-            if TRACED.get(rec["name"], (0, 0))[0] & SF_BYTES:
+            if TRACED.get(rec["name"], (0, 0, 0))[0] & SF_BYTES:
                 rec["bytes_total"] = int(v.bytes_total)
                 rec["bytes_hist"] = nbytes.get(key, [])
             recs.append(rec)
@@ -384,17 +529,22 @@ class Agent:
         t2 = time.monotonic()
         if self.ringbuf:
             self.b["events"].open_ring_buffer(self.on_event)
+            if self.want_requests:
+                self.b["requests"].open_ring_buffer(self.on_request)
             poll = self.b.ring_buffer_poll
         else:
             # wakeup_events > 1: waking the consumer per event costs ~10x the ring buffer
             self.b["events"].open_perf_buffer(self.on_perf_event, page_cnt=args.perf_pages,
                                               lost_cb=self.on_perf_lost)
+            if self.want_requests:
+                self.b["requests"].open_perf_buffer(self.on_perf_request, page_cnt=args.perf_pages,
+                                                    lost_cb=self.on_perf_lost_requests)
             poll = self.b.perf_buffer_poll
         kallsyms_ok = _kallsyms_visible()
         self.out = open(args.out, "w", encoding="utf-8") if args.out != "-" else sys.stdout
         started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         self.write({"format": FORMAT_TAG, "tgids": list(args.pid), "follow": bool(args.follow),
-                    "slow_ns": int(args.slow_ns), "ringbuf": self.ringbuf,
+                    "slow_ns": int(args.slow_ns), "ringbuf": self.ringbuf, "requests": self.want_requests,
                     "buffer_pages": args.ringbuf_pages if self.ringbuf else args.perf_pages,
                     "probes": self.attached, "tracepoints": self.tracepoints, "missing": self.missing, "clock": "monotonic", "started_monotonic_ns": started,
                     "compile_ms": round((t1 - t0) * 1000, 1), "attach_ms": round((t2 - t1) * 1000, 1),
@@ -431,25 +581,35 @@ class Agent:
                 log(f"detach {tp!r}: {e}")
         # drain what the probes wrote before the detach
         for _ in range(1000):
-            before = self.events
+            before = self.events + self.requests
             if self.ringbuf:
                 b.ring_buffer_consume()
             else:
                 b.perf_buffer_poll(0)
-            if self.events == before:
+            if self.events + self.requests == before:
                 break
+        if self.want_requests:
+            self.drain_connections()
         for rec in self.aggregates():
             self.write(rec)
-        self.write({"type": "lost", "count": self.lost(), "agg_errors": self.counter(CNT_AGG_ERR),
-                    "stack_errors": self.counter(CNT_STACK_ERR), "fd_map_errors": self.counter(CNT_FDMAP_ERR)})
+        lost = {"type": "lost", "count": self.lost(), "agg_errors": self.counter(CNT_AGG_ERR),
+                "stack_errors": self.counter(CNT_STACK_ERR), "fd_map_errors": self.counter(CNT_FDMAP_ERR)}
+        end = {"type": "end", "events": self.events, "calls": self.counter(CNT_CALLS)}
+        if self.want_requests:
+            lost.update(lost_requests=self.lost_requests(), conn_map_errors=self.counter(CNT_CONN_ERR))
+            end.update(requests=self.requests, requests_at_stop=self.requests_at_stop, inflight=self.inflight,
+                       requests_emitted=self.counter(CNT_REQ_EMITTED),
+                       abandoned=self.counter(CNT_REQ_ABANDONED))
+        self.write(lost)
         ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        self.write({"type": "end", "events": self.events, "calls": self.counter(CNT_CALLS),
-                    "reason": self.stop_reason, "duration_ns": ended - started})
+        self.write({**end, "reason": self.stop_reason, "duration_ns": ended - started})
         self.out.flush()
         self.write_progress()
         if self.out is not sys.stdout:
             self.out.close()
-        log(f"stopped ({self.stop_reason}): {self.events} events, {self.lost()} lost")
+        log(f"stopped ({self.stop_reason}): {self.events} events, {self.lost()} lost"
+            + (f"; {self.requests} requests, {self.lost_requests()} lost, {self.inflight} in flight"
+               if self.want_requests else ""))
         return 0
 
 
@@ -475,6 +635,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer size in pages (power of 2)")
     p.add_argument("--perf-pages", type=int, default=64, help="perf buffer pages per CPU (power of 2)")
     p.add_argument("--no-ringbuf", action="store_true", help="use the perf buffer even if a ring buffer works")
+    p.add_argument("--no-requests", action="store_true",
+                   help="no in-kernel request summarizer (and accept/connect only when slower than --slow-ns)")
+    p.add_argument("--request-pages", type=int, default=128, help="request ring buffer size in pages (power of 2)")
     p.add_argument("--stack-entries", type=int, default=16384, help="kernel stack map size")
     p.add_argument("--probe", default=None, help="probe C source (default probes/syscall_latency.c)")
     p.add_argument("--tracepoints", choices=("raw", "syscall"), default="raw",
@@ -482,7 +645,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-running", action="store_true", help="do not stop when every target has exited")
     p.add_argument("--dump-probe", action="store_true", help="print the probe source with its cflags, exit")
     a = p.parse_args(argv)
-    for name in ("ringbuf_pages", "perf_pages"):
+    for name in ("ringbuf_pages", "perf_pages", "request_pages"):
         v = getattr(a, name)
         if v <= 0 or v & (v - 1):
             p.error(f"--{name.replace('_', '-')} must be a power of two")

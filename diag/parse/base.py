@@ -30,6 +30,7 @@ class ParseContext:
     tz: _dt.tzinfo | None = None       # timezone of time-of-day stamps (default: local)
     pid: int | None = None             # pid to assume when lines carry none (strace without -f)
     tid_map: dict[int, int] = field(default_factory=dict)   # sampler thread id -> OS tid
+    thread_groups: dict[int, int] = field(default_factory=dict)   # OS tid -> tgid, known threads
     stream_start_ns: int | None = None  # CLOCK_MONOTONIC when the collector started (py-spy)
     warnings: list[str] = field(default_factory=list)
 

@@ -2,19 +2,22 @@
 
 First line: a header `{"format": "diag.ebpf/1", "tgids": [...], "slow_ns": N, ...}`. Then one JSON
 object per line: `"type": "syscall"` (a call slower than slow_ns, with its off-CPU time and the
-kernel stack of its longest blocked interval, root first), `"aggregate"` (in-kernel totals per
+kernel stack of its longest blocked interval, root first), `"request"` (one server-side request
+summarized in the kernel: start/end, bytes, reads/writes, time per syscall family on the serving
+thread), `"aggregate"` (in-kernel totals per
 syscall and fd kind: exact even when per-call records were lost), `"lost"` and `"end"`. Times are
 bpf_ktime_get_ns(): CLOCK_MONOTONIC. A cut last line (capture killed) is a warning.
 
 Yields SyscallEvent (source "ebpf"), StackSample (off-CPU kernel stack of a slow call: ts_ns is
-the call start, dur_ns its total off-CPU time, frames root first) and SyscallAggregate.
+the call start, dur_ns its total off-CPU time, frames root first), Request (source "ebpf";
+write_tid None when the reading thread also wrote) and SyscallAggregate.
 """
 from __future__ import annotations
 
 import json
 from typing import IO, Iterator
 
-from diag.model import Clock, FdKind, Frame, StackSample, SyscallAggregate, SyscallEvent, family
+from diag.model import Clock, FdKind, Frame, Request, StackSample, SyscallAggregate, SyscallEvent, family
 from diag.parse.base import BadLines, ParseContext
 
 FORMAT_TAG = "diag.ebpf/1"
@@ -52,7 +55,7 @@ class EbpfParser:
         total = good = 0
         offset = ctx.offset_ns
         header_seen = end_seen = False
-        lost = 0
+        lost = lost_requests = 0
         stack_cache: dict[tuple[str, ...], tuple[Frame, ...]] = {}
         for lineno, line in enumerate(stream, 1):
             if not line.strip():
@@ -77,10 +80,13 @@ class EbpfParser:
             try:
                 if kind == "syscall":
                     yield from self._syscall(obj, offset, stack_cache)
+                elif kind == "request":
+                    yield self._request(obj, offset)
                 elif kind == "aggregate":
                     yield self._aggregate(obj)
                 elif kind == "lost":
                     lost += int(obj.get("count") or 0)
+                    lost_requests += int(obj.get("lost_requests") or 0)
                 elif kind == "end":
                     end_seen = True
                 else:
@@ -95,6 +101,9 @@ class EbpfParser:
         if lost:
             ctx.warn(f"{ctx.path}: the eBPF agent lost {lost} slow-call record(s) (buffer full); "
                      "the aggregates are still exact")
+        if lost_requests:
+            ctx.warn(f"{ctx.path}: the eBPF agent lost {lost_requests} request record(s) (buffer full); "
+                     "request counts and latency percentiles miss them")
         if total and header_seen and not end_seen:
             ctx.warn(f"{ctx.path}: no end record: the eBPF agent was cut off before writing its aggregates")
         bad.finish(total, good)
@@ -124,6 +133,28 @@ class EbpfParser:
         yield ev
         if sample is not None:
             yield sample
+
+    @staticmethod
+    def _request(obj: dict, offset: int) -> Request:
+        def t(v) -> int | None:
+            return None if v is None else int(v) + offset
+
+        start, end = int(obj["start_ns"]) + offset, int(obj["end_ns"]) + offset
+        if end < start:
+            raise ValueError("end_ns before start_ns")
+        fam = obj.get("family_ns") or {}
+        if not isinstance(fam, dict):
+            raise TypeError("family_ns is not an object")
+        family_ns = tuple(sorted((str(k), int(v)) for k, v in fam.items() if v))
+        tid = int(obj["tid"])
+        write_tid = _opt_int(obj.get("write_tid"))
+        return Request(pid=int(obj.get("pid") or tid), tid=tid, fd=int(obj["fd"]), start_ns=start, end_ns=end,
+                       bytes_in=int(obj.get("bytes_in") or 0), bytes_out=int(obj.get("bytes_out") or 0),
+                       reads=int(obj.get("reads") or 0), writes=int(obj.get("writes") or 0),
+                       first_write_ns=t(obj.get("first_write_ns")),
+                       write_tid=write_tid if write_tid != tid else None,
+                       conn_start_ns=t(obj.get("conn_start_ns")), seq=int(obj.get("seq") or 0),
+                       family_ns=family_ns, source="ebpf")
 
     @staticmethod
     def _aggregate(obj: dict) -> SyscallAggregate:

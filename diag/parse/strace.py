@@ -15,7 +15,9 @@ Rules chosen (what a reader of the records may rely on):
   and starts with a copy of its parent's fd table. A task that appears before its parent's
   clone returned (strace prints it whenever it likes) is attributed to the one clone then in
   flight; `strace -p N -f` "attached with K threads" makes the next K-1 unknown tids threads
-  of N. Tids are forgotten on `+++ exited/killed +++`, so reused tids start fresh.
+  of N; ctx.thread_groups (tid -> tgid of the threads the capture saw, which `strace -p -f`
+  attaches without any clone in the trace) is used first. Tids are forgotten on
+  `+++ exited/killed +++`, so reused tids start fresh.
 * Lines without a pid prefix. In a file named `NAME.PID` (strace -ff -o NAME) they belong to
   PID (the file name wins over ctx.pid, which can only name one of the -ff files); else to
   ctx.pid. Without either, the pid is learned from the trace itself (the `strace: Process N
@@ -53,9 +55,11 @@ Rules chosen (what a reader of the records may rely on):
   Process N attached/detached` message is glued back together with the next line(s) first.
   A last line without its newline is a truncated capture: it is skipped with a warning.
 
-Known gaps: with -ff, a thread's own file cannot show it is a thread (its clone is in another
-file), so its pid is its tid, and fds inherited from another file's process are UNKNOWN;
-`clone3` under `-e raw=clone3` hides its flags (treated as a process). `-c` summaries are skipped.
+Known gaps: a thread whose creation the trace does not show (a -ff file of a thread: its clone
+is in another file; a thread alive before `strace -p` attached) is its own process unless
+ctx.thread_groups names it; fds inherited from outside the trace are UNKNOWN (use -y);
+`clone3` under `-e raw=clone3` hides its flags (treated as a process); `-c` summaries are
+skipped; -k stack frames are skipped, not kept.
 """
 from __future__ import annotations
 
@@ -77,16 +81,19 @@ _SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIP
 # (-ttt, format:unix, any precision), "   0.000123" (-r). Then -t -r's "(+ 0.000123) ",
 # -n's "[ 0] " and -i's "[00007f..] ".
 _PFX = (r"(?:\[pid +(\d+)\] |(\d{1,7}) +)?"
-        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d+))(?:\.(\d+))? )?"
+        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d+))(?:\.(\d{1,9}))? )?"
         r"(?:\(\+ *\d+\.\d+\) )?(?:\[[^\]\n]*\] )*")
 _RET = r"(-?\d+|0x[0-9a-fA-F]+|\?)"
 # After the value: an fd decoration (-y: "= 3</path>"), then errno / annotations:
 # " EAGAIN (Resource ...)", " (Timeout)", " (flags O_RDONLY)", " (INJECTED)", " <unavailable>".
 _TAIL = r'((?:<(?:[^"\\\n]|\\.)*?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
-_DUR = r"(?: <(\d+)(?:\.(\d+))?>)?"
-# The fast path: one complete call. The greedy args make the LAST ") = " that leaves a valid
-# tail the split point, so ") = " inside a string argument does no harm.
-_FULL = re.compile(_PFX + r"(\w+)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\n")
+_DUR = r"(?: <(\d+)(?:\.(\d{1,9}))?>)?"
+# The fast path, one regex for the three common lines: a complete call, an unfinished one
+# ("read(3,  <unfinished ...>") and its resumption ("<... read resumed>"..., 1) = 1 <0.1>").
+# The greedy args make the LAST ") = " that leaves a valid tail the split point, so ") = "
+# inside a string argument does no harm.
+_FAST = re.compile(_PFX + r"(?:(\w+)\((.*)(?:\) +=\ " + _RET + _TAIL + _DUR + r"| ?<unfinished \.\.\.>)"
+                   r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
 _PFX_BODY = re.compile(_PFX + r"(.*)\n")
 _B_FULL = re.compile(r"(\w+|\?\?\?)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
 _B_UNFIN = re.compile(r"(\w+|\?\?\?)\((.*?) ?<unfinished \.\.\.>\Z")
@@ -145,15 +152,14 @@ CLONE_THREAD = 0x00010000
 F_DUPFD_RAW = ("0", "1030", "0x406")
 CLOSE_RANGE_CLOEXEC = 4
 
-_SCALE = tuple(10 ** (9 - i) if i <= 9 else 0 for i in range(19))
+_SCALE = tuple(10 ** (9 - i) for i in range(10))   # by digits after the point (regexes allow <= 9)
 _NS = 1_000_000_000
 UNRES = -1          # placeholder tid of the unprefixed tracee while its pid is not known
 MAX_JOIN = 4        # continuation lines a torn strace line may be glued from
 
 
 def _frac_ns(frac: str) -> int:
-    n = len(frac)
-    return int(frac) * _SCALE[n] if n <= 9 else int(frac[:9])
+    return int(frac) * _SCALE[len(frac)]
 
 
 def decoration_kind(text: str, pos: int = 0) -> FdKind:
@@ -254,6 +260,8 @@ class _Run:
         self.live: dict[int, None] = {}      # ordered set of live tids
         self.announced: set[int] = set()     # tids from "strace: Process N attached" mid-trace
         self.attach_threads: list[list[int]] = []  # [[tgid, threads left]] from -p -f
+        # tid -> tgid of threads the capture knew (strace -p attaches them without a clone)
+        self.known_groups: dict[int, int] = dict(getattr(ctx, "thread_groups", None) or {})
         self.last_restart: dict[int, tuple] = {}
         self.last_tid = 0
         self.buf: list[tuple] = []           # held-back events while the pid is unknown
@@ -276,11 +284,12 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------
     def run(self, stream: IO[str]) -> Iterator[SyscallEvent]:
-        full = _FULL.match
+        fast = _FAST.match
         act_get = _ACT.get
         intern = sys.intern
         out = self.out
         tgid_get = self.tgid_of.get
+        pending = self.pending
         fdtab = self.fdtab
         tod_cache = self.tod_cache
         off = self.off
@@ -291,47 +300,87 @@ class _Run:
         Ev = SyscallEvent
         UNKNOWN = _UNKNOWN
         lineno = 0
+        anyp = self.any_prefixed
+        unres = self.unres
+        last_tid = self.last_tid
         for lineno, line in enumerate(stream, 1):
-            m = full(line)
+            m = fast(line)
             if m is None:
+                self.last_tid = last_tid
                 self._slow(lineno, line)
+                last_tid, anyp, unres = self.last_tid, self.any_prefixed, self.unres
                 if out:
                     yield from out
                     out.clear()
                 continue
-            p1, p2, tod, num, frac, name, args, ret, tail, ds, df = m.groups()
+            (p1, p2, tod, num, frac, name, args, ret, tail, ds, df,
+             rname, rargs, rret, rtail, rds, rdf) = m.groups()
             # who
-            if p1 is not None or p2 is not None:
-                tid = int(p1 or p2)
-                if not self.any_prefixed:
-                    self.any_prefixed = True
-            elif self.any_prefixed:
+            if p1 is not None:
+                tid = int(p1)
+            elif p2 is not None:
+                tid = int(p2)
+            elif anyp:
+                self.last_tid = last_tid
                 tid = self._unprefixed_tid()
             else:
                 tid = self.base_tid
                 if tid == UNRES:
                     self.unres_used = True
+            if not anyp and (p1 is not None or p2 is not None):
+                anyp = self.any_prefixed = True
             tgid = tgid_get(tid)
             if tgid is None:
-                tgid = self._new_tid(tid, False)
-            self.last_tid = tid
+                tgid = self._new_tid(tid, rname is not None and rname in _CLONES)
+                unres = self.unres
+            last_tid = tid
             # when
-            if num is not None and len(num) >= 9:
-                start = int(num) * NS + off
-                if frac is not None:
-                    start += int(frac) * SCALE[len(frac)] if len(frac) <= 9 else int(frac[:9])
-            elif tod is not None:
+            if tod is not None:
                 start = tod_cache.get(tod)
                 if start is None:
                     start = self._tod_base(tod)
                 if frac is not None:
-                    start += int(frac) * SCALE[len(frac)] if len(frac) <= 9 else int(frac[:9])
+                    start += int(frac) * SCALE[len(frac)]
+            elif num is not None and len(num) >= 9:
+                start = int(num) * NS + off
+                if frac is not None:
+                    start += int(frac) * SCALE[len(frac)]
             else:
                 start = self._odd_stamp(num, frac)
-            if ds is not None:
-                dur = int(ds) * NS
-                if df is not None:
-                    dur += int(df) * SCALE[len(df)] if len(df) <= 9 else int(df[:9])
+            if name is None:
+                # <... NAME resumed>: the end of a call whose start is pending
+                name, ret, tail = rname, rret, rtail
+                if rds is not None:
+                    dur = int(rds + rdf) * SCALE[len(rdf)] if rdf is not None else int(rds) * NS
+                else:
+                    dur = None
+                p = pending.pop(tid, None)
+                if p is not None and p[0] == name:
+                    if dur is None and (tod is not None or num is not None):
+                        dur = start - p[1]
+                    start = p[1]
+                    args = p[2] + rargs
+                else:
+                    if p is not None:
+                        self._cut(tid, p)
+                    if dur is not None:
+                        start -= dur
+                    args = ""                # its first argument was before the trace began
+            elif ret is None:
+                # NAME(args <unfinished ...>
+                name = intern(name)
+                old = pending.pop(tid, None)
+                if old is not None:
+                    self._cut(tid, old)
+                    if out:
+                        yield from out
+                        out.clear()
+                pending[tid] = (name, start, args, lineno)
+                if name in _CLONES:
+                    self.pclone[tid] = _is_thread(name, args)
+                continue
+            elif ds is not None:
+                dur = int(ds + df) * SCALE[len(df)] if df is not None else int(ds) * NS
             else:
                 dur = None
             # result
@@ -377,13 +426,15 @@ class _Run:
                 if a & A_SPECIAL:
                     name, fd, kind, nbytes = self._special(name, tid, tgid, args, reti, tail, fd, kind, nbytes)
                     tgid = tgid_get(tid, tgid)
-            if self.unres:
+                    unres = self.unres
+            if out:
+                yield from out
+                out.clear()
+            if unres:
                 self._emit(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
-                if out:
-                    yield from out
-                    out.clear()
             else:
                 yield Ev(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
+        self.last_tid = last_tid
         self._finish(lineno)
         if out:
             yield from out
@@ -421,7 +472,10 @@ class _Run:
         tgid = tid
         parent = None
         pc = self.pclone
-        if pc:
+        known = self.known_groups.pop(tid, None) if self.known_groups else None
+        if known is not None:
+            tgid = known
+        elif pc:
             # Created by a clone still in flight (strace may print the child first).
             groups = {(self.tgid_of.get(p, p) if th else None) for p, th in pc.items()}
             if len(groups) == 1:
@@ -906,7 +960,7 @@ class _Run:
 def _dur(ds: str | None, df: str | None) -> int | None:
     if ds is None:
         return None
-    return int(ds) * _NS + (_frac_ns(df) if df else 0)
+    return int(ds) * _NS + (int(df) * _SCALE[len(df)] if df else 0)
 
 
 def _is_thread(name: str, args: str) -> bool:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from diag.errors import ParseError
-from diag.model import FdKind, StackSample, SyscallAggregate, SyscallEvent
+from diag.model import FdKind, Request, StackSample, SyscallAggregate, SyscallEvent
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
 
@@ -122,3 +122,59 @@ def test_header_only_capture_cut_before_end():
     recs, ctx = parse(jsonl(HEADER))
     assert recs == []
     assert any("no end record" in w for w in ctx.warnings)
+
+
+# --- request records (the probe's in-kernel request summarizer) ---------------------------------
+
+REQ = {"type": "request", "pid": 42, "tid": 44, "fd": 7, "start_ns": 2_000_000, "end_ns": 9_000_000,
+       "bytes_in": 68, "bytes_out": 157, "reads": 1, "writes": 1, "first_write_ns": 8_500_000, "write_tid": 44,
+       "conn_start_ns": 1_000_000, "seq": 3, "family_ns": {"sync": 5_000_000, "sock": 20_000, "futex": 100}}
+
+
+def test_request_record():
+    recs, ctx = parse(jsonl(HEADER, REQ, READ, *TAIL), offset=100)
+    reqs = [r for r in recs if isinstance(r, Request)]
+    assert len(reqs) == 1 and sum(isinstance(r, SyscallEvent) for r in recs) == 1
+    r = reqs[0]
+    assert (r.pid, r.tid, r.fd, r.seq, r.source) == (42, 44, 7, 3, "ebpf")
+    assert (r.start_ns, r.end_ns, r.first_write_ns, r.conn_start_ns) == (2_000_100, 9_000_100, 8_500_100, 1_000_100)
+    assert r.latency_ns == 7_000_000
+    assert (r.bytes_in, r.bytes_out, r.reads, r.writes) == (68, 157, 1, 1)
+    assert r.write_tid is None                       # the reading thread wrote the response
+    assert r.family_ns == (("futex", 100), ("sock", 20_000), ("sync", 5_000_000))   # sorted
+    assert ctx.warnings == []
+
+
+def test_request_handed_off_and_optional_fields():
+    minimal = {k: v for k, v in REQ.items() if k not in ("first_write_ns", "conn_start_ns", "family_ns", "seq")}
+    recs, _ = parse(jsonl(HEADER, dict(REQ, write_tid=45), minimal, dict(REQ, family_ns={"sync": 0}, at_stop=True),
+                          *TAIL))
+    a, b, c = recs
+    assert a.write_tid == 45
+    assert b.first_write_ns is None and b.conn_start_ns is None and b.family_ns == () and b.seq == 0
+    assert c.family_ns == ()                          # zero entries dropped; unknown keys ignored
+
+
+def test_malformed_request_records_are_bad_lines():
+    no_start = {k: v for k, v in REQ.items() if k != "start_ns"}
+    backwards = dict(REQ, end_ns=1)
+    bad_fam = dict(REQ, family_ns=[1, 2])
+    bad_num = dict(REQ, bytes_in="many")
+    recs, ctx = parse(jsonl(HEADER, REQ, no_start, backwards, bad_fam, bad_num, *TAIL))
+    assert len(recs) == 1
+    assert any("skipped 4 unparseable" in w for w in ctx.warnings), ctx.warnings
+
+
+def test_truncated_request_line_and_lost_requests():
+    text = jsonl(HEADER, REQ, {"type": "lost", "count": 0, "lost_requests": 5}) + json.dumps(REQ)[:40]
+    recs, ctx = parse(text)
+    assert [type(r) for r in recs] == [Request]
+    assert any("lost 5 request record" in w for w in ctx.warnings)
+    assert any("truncated" in w for w in ctx.warnings)
+    assert not any("slow-call" in w for w in ctx.warnings)
+
+
+def test_requests_land_in_the_dataset():
+    from diag.parse import parse_stream
+    ps = parse_stream(io.StringIO(jsonl(HEADER, REQ, READ, *TAIL)), EbpfParser(), ParseContext(path="ebpf.jsonl"))
+    assert len(ps.data.requests) == 1 and len(ps.data.syscalls) == 1

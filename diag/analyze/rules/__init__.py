@@ -15,9 +15,12 @@ SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 
 def all_rules():
-    from diag.analyze.rules import disk_sync
+    from diag.analyze.rules import (accept_backlog, cpu_bound, cpu_stall, disk_sync, event_loop_blocked,
+                                    explicit_sleep, file_io, gc_pause, gil_contention, lock_contention,
+                                    slow_upstream, small_reads, small_writes, time_wait)
 
-    return [disk_sync]
+    return [disk_sync, file_io, small_reads, small_writes, cpu_bound, cpu_stall, event_loop_blocked,
+            lock_contention, gil_contention, gc_pause, explicit_sleep, slow_upstream, accept_backlog, time_wait]
 
 
 def run_rules(ctx: AnalysisContext) -> list[Finding]:
@@ -28,7 +31,9 @@ def run_rules(ctx: AnalysisContext) -> list[Finding]:
         if f is not None:
             assert f.id in TAXONOMY, f.id
             found.append(f)
-    found.sort(key=lambda f: (f.share, SEVERITY_ORDER[f.severity], f.impact_ns), reverse=True)
+    # By share of the time explained; findings below the harm thresholds (info) come after the
+    # ones that are not, so a large share of something harmless never hides a real cause.
+    found.sort(key=lambda f: (f.severity != "info", f.share, SEVERITY_ORDER[f.severity], f.impact_ns), reverse=True)
     return found
 
 

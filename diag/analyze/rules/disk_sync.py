@@ -13,7 +13,52 @@ ID = "disk-sync"
 MIN_WORST_NS = 1_000_000    # a sync that never takes a millisecond is not worth a finding
 
 
+RECOMMENDATION = ("Move fsync off the request path (a background flusher or group commit), or batch "
+                  "several writes per sync; if every sync is slow, check the filesystem mount options "
+                  "(barrier, data=ordered/journal) and the device's I/O scheduler.")
+
+
 def check(ctx: AnalysisContext) -> Finding | None:
+    if ctx.req is not None and ctx.req.slow:
+        return _from_requests(ctx)
+    return _from_syscalls(ctx)
+
+
+def _from_requests(ctx: AnalysisContext) -> Finding | None:
+    from diag.analyze.rules.common import (MIN_SHARE, behind_line, calls_line, calls_of, frames_line, kernel_line,
+                                           requests_line, severity, share_with_behind)
+
+    ra = ctx.req
+    share, part = share_with_behind(ctx, "sync")
+    if share < MIN_SHARE:
+        return None
+    per_req = part / len(ra.slow)
+    evidence = [requests_line(ctx, "sync", "fsync-family calls")]
+    b = behind_line(ctx, "sync", "fsync")
+    if b:
+        evidence.append(b)
+    calls = calls_of(ra.slow, lambda c: family(c.name) == "sync")
+    line = calls_line(calls, "")
+    if line:
+        evidence.append(line)
+    worst = max(calls, key=lambda c: c.dur_ns or 0, default=None)
+    if worst is not None:
+        k = kernel_line(ctx, worst)
+        if k:
+            evidence.append(k)
+    f = frames_line(ra.slow, "Python frames of the serving threads")
+    if f:
+        evidence.append(f)
+    return Finding(id=ID, severity=severity(share, per_req), share=share,
+                   summary=(f"fsync on the request path: {share:.0%} of slow-request time, "
+                            f"{fmt_ms(per_req)} per slow request"),
+                   evidence=tuple(evidence), recommendation=RECOMMENDATION + (
+                       " Never hold a lock across the fsync: other requests queue behind it." if b else ""),
+                   impact_ns=part)
+
+
+def _from_syscalls(ctx: AnalysisContext) -> Finding | None:
+    """No request stream: the share of time spent in work syscalls."""
     rows = {k: st for k, st in ctx.by_syscall.items() if family(k[0]) == "sync"}
     if not rows:
         return None
@@ -55,7 +100,4 @@ def check(ctx: AnalysisContext) -> Finding | None:
         id=ID, severity=severity_for(share, total, worst_ns), share=share,
         summary=f"{'/'.join(names)} on the work path: {count:,} calls take {fmt_ms(total)}, worst {fmt_ms(worst_ns)}",
         evidence=tuple(evidence),
-        recommendation=("Move fsync off the request path (a background flusher or group commit), or batch "
-                        "several writes per sync; if every sync is slow, check the filesystem mount options "
-                        "(barrier, data=ordered/journal) and the device's I/O scheduler."),
-        impact_ns=total)
+        recommendation=RECOMMENDATION, impact_ns=total)

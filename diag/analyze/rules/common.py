@@ -1,0 +1,112 @@
+"""What the request-time rules share: share of slow-request time, evidence lines, severity."""
+from __future__ import annotations
+
+from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.crossing import SlowRequest, hot_python_frames
+from diag.model import Evidence, SyscallEvent
+
+# A finding must explain at least this share of slow-request time to be reported at all.
+MIN_SHARE = 0.10
+
+
+def slow_window(slow: list[SlowRequest]) -> tuple[int, int] | None:
+    if not slow:
+        return None
+    worst = max(slow, key=lambda s: s.request.latency_ns)
+    return worst.request.start_ns, worst.request.end_ns
+
+
+def requests_line(ctx: AnalysisContext, key: str, label: str) -> Evidence:
+    """'In N slow requests (>= T, p99), X of Y (Z%) was inside LABEL; worst request ...'."""
+    ra = ctx.req
+    tot, part = ra.slow_total_ns, ra.total(key)
+    worst = max(ra.slow, key=lambda s: s.breakdown.get(key, 0))
+    r = worst.request
+    src = "ebpf (in-kernel request sums)" if ra.source == "ebpf" else "syscalls (requests rebuilt)"
+    return Evidence(source=src, text=(
+        f"{len(ra.slow)} slow requests (≥ {fmt_ms(ra.threshold_ns)}, {ra.threshold_from}) of {len(ra.requests):,}: "
+        f"{fmt_ms(part)} of their {fmt_ms(tot)} ({part / tot:.0%}) inside {label}; worst: "
+        f"{fmt_ms(worst.breakdown.get(key, 0))} of a {fmt_ms(r.latency_ns)} request on tid {r.tid} fd {r.fd}"),
+        window=(r.start_ns, r.end_ns))
+
+
+def calls_line(calls: list[SyscallEvent], label: str) -> Evidence | None:
+    timed = [c for c in calls if c.dur_ns]
+    if not timed:
+        return None
+    worst = max(timed, key=lambda c: c.dur_ns or 0)
+    srcs = "+".join(sorted({c.source for c in timed}))
+    names = "/".join(sorted({c.name for c in timed}))
+    return Evidence(source=srcs, text=(f"{names}: {len(timed)} calls in slow requests, {fmt_ms(sum(c.dur_ns or 0 for c in timed))} "
+                                       f"in all, worst {fmt_ms(worst.dur_ns)} (fd {worst.fd}, {worst.fd_kind.value})"
+                                       f"{' — ' + label if label else ''}"),
+                    window=(worst.start_ns, worst.end_ns))
+
+
+def kernel_line(ctx: AnalysisContext, call: SyscallEvent) -> Evidence | None:
+    """The off-CPU kernel stack (eBPF) or perf kernel frames while `call` ran."""
+    for s in ctx.samples_in(call.tid, call.start_ns - 1_000_000, call.end_ns + 1_000_000):
+        if s.source == "ebpf" and s.frames:
+            names = [f.function for f in s.frames if not f.function.startswith(("entry_SYSCALL", "do_syscall"))]
+            blocked = f", off CPU {fmt_ms(s.dur_ns)}" if s.dur_ns else ""
+            return Evidence("ebpf", f"{call.name} {fmt_ms(call.dur_ns)} blocked in "
+                                    f"{' -> '.join(names[:7])}{blocked}", (call.start_ns, call.end_ns))
+        if s.source == "perf" and ctx.io_kernel_path(s):
+            return Evidence("perf", f"kernel stack during {call.name}: {' -> '.join(ctx.io_kernel_path(s)[:7])}",
+                            (call.start_ns, call.end_ns))
+    return None
+
+
+def frames_line(slow: list[SlowRequest], what: str = "Python frames in slow requests") -> Evidence | None:
+    samples = [s for sr in slow for s in sr.samples]
+    hot = hot_python_frames(samples, 3)
+    if not hot:
+        return None
+    total = sum(s.weight for s in samples if s.source == "py-spy") or 1
+    text = ", ".join(f"{f} ({n / total:.0%})" for f, n in hot)
+    w = slow_window(slow)
+    return Evidence("py-spy", f"{what}: {text}", w)
+
+
+def severity(share: float, per_request_ns: float) -> str:
+    """critical: most of the slow time and tens of ms per slow request; warning: a real share and
+    at least a few ms per slow request; info otherwise."""
+    if share >= 0.5 and per_request_ns >= 20_000_000:
+        return "critical"
+    if share >= 0.25 and per_request_ns >= 2_000_000:
+        return "warning"
+    return "info"
+
+
+def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:
+    return [c for sr in slow for c in sr.calls if pred(c)]
+
+
+def behind_line(ctx: AnalysisContext, key: str, label: str) -> Evidence | None:
+    """'Other requests waited X on a lock while its holder was in LABEL'."""
+    ra = ctx.req
+    ns = ra.behind_total(key)
+    if ns <= 0:
+        return None
+    n = sum(1 for s in ra.slow if s.behind.get(key))
+    return Evidence("syscalls", f"{n} slow requests also waited {fmt_ms(ns)} on a lock (long futex waits) while "
+                                f"another thread of the process was inside {label}: the lock spreads that "
+                                f"latency to every waiter", slow_window(ra.slow))
+
+
+def share_with_behind(ctx: AnalysisContext, key: str) -> tuple[float, int]:
+    ra = ctx.req
+    part = ra.total(key) + ra.behind_total(key)
+    return (part / ra.slow_total_ns if ra.slow_total_ns else 0.0), part
+
+
+STRACE_NOTE = Evidence("strace", "strace stops every thread on each traced call, which stretches lock and GIL "
+                                 "waits: contention measured under strace is capped at info (use the eBPF "
+                                 "collector to confirm)")
+
+
+def strace_inflated(ctx: AnalysisContext) -> bool:
+    """Were the slow requests measured through strace (which inflates waits between threads)?"""
+    ra = ctx.req
+    return ra is not None and ra.source == "events" and any(
+        c.source == "strace" for s in ra.slow for c in s.calls)

@@ -1,0 +1,57 @@
+"""`cpu-bound`: user-space code dominates slow requests (no syscall explains their time).
+
+The time of a slow request that no syscall of its thread covers is user-space time: running on a
+CPU, or runnable and waiting for one. The sampled frames of that thread in that window name the
+code. Requests served by an event loop are `event-loop-blocked`'s, not this rule's.
+"""
+from __future__ import annotations
+
+from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.crossing import hot_frames_any
+from diag.analyze.rules.common import frames_line, slow_window
+from diag.model import Evidence, Finding
+
+ID = "cpu-bound"
+MIN_SHARE = 0.5
+
+
+def check(ctx: AnalysisContext) -> Finding | None:
+    ra = ctx.req
+    if ra is None or not ra.slow:
+        return None
+    slow = [s for s in ra.slow if s.request.tid not in ctx.polling_tids]
+    user = sum(s.breakdown.get("user", 0) for s in slow)
+    share = user / ra.slow_total_ns if ra.slow_total_ns else 0.0
+    if share < MIN_SHARE:
+        return None
+    per_req = user / len(ra.slow)
+    evidence = [Evidence("syscalls", f"{fmt_ms(user)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) of slow-request "
+                                     f"time outside any syscall: {fmt_ms(per_req)} of user-space time per slow request",
+                         slow_window(slow))]
+    f = frames_line(slow, "hottest Python frames in slow requests")
+    if f:
+        evidence.append(f)
+    else:
+        hot = hot_frames_any([x for s in slow for x in s.samples])
+        if hot:
+            evidence.append(Evidence("perf", "hottest frames in slow requests: " + ", ".join(h for h, _ in hot),
+                                     slow_window(slow)))
+    snaps = ctx.data.snapshots
+    if len(snaps) >= 2:
+        dt = (snaps[-1].ts_ns - snaps[0].ts_ns) / 1e9
+        cpu = (snaps[-1].cpu_user_s + snaps[-1].cpu_system_s - snaps[0].cpu_user_s - snaps[0].cpu_system_s)
+        if dt > 0:
+            evidence.append(Evidence("process", f"target used {cpu / dt:.0%} of a CPU over the capture "
+                                                f"({cpu:.2f} CPU-s in {dt:.1f} s)"))
+    if per_req >= 50_000_000 and share >= 0.5:
+        sev = "critical"
+    elif per_req >= 5_000_000:
+        sev = "warning"
+    else:
+        sev = "info"
+    return Finding(ID, sev, share,
+                   f"on-CPU code dominates slow requests: {share:.0%} of their time, {fmt_ms(per_req)} each",
+                   tuple(evidence),
+                   "Profile the functions named above and make them cheaper (algorithm, caching, fewer "
+                   "allocations), or move the work off the request path; for CPU-heavy Python, consider more "
+                   "worker processes.", user)

@@ -1,0 +1,375 @@
+"""The HTML report: one self-contained file (inline CSS, JS, data; no network), from the report dict.
+
+Templates live in `reports/templates`, assets in `reports/static`. Every string from the target
+reaches the page through Jinja autoescape (markup) or `|tojson` (data read by our script, which
+writes it with textContent only). A Content-Security-Policy with the hashes of our own inline
+scripts makes the browser refuse any script a hostile name might still smuggle in, and any fetch.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+EXTENSION = ".html"
+NAME = "html"
+
+# reports/ sits beside the package in a source checkout / editable install; DIAG_REPORTS_DIR
+# points elsewhere (e.g. a wheel's data dir).
+REPORTS_DIR = Path(os.environ.get("DIAG_REPORTS_DIR") or Path(__file__).resolve().parents[2] / "reports")
+
+MAX_SYSCALL_ROWS = 40
+MAX_SAMPLE_MARKS = 300
+FAMILY_COLORS = {"read": "#4e79a7", "write": "#f28e2b", "sync": "#e15759", "poll": "#9c9c9c", "accept": "#76b7b2",
+                 "connect": "#59a14f", "close": "#b07aa1", "futex": "#edc948", "sleep": "#bab0ac",
+                 "other": "#7f7f7f"}
+
+
+# ---------------------------------------------------------------- formatting (Jinja filters)
+
+def dur(ns) -> str:
+    if ns is None:
+        return "n/a"
+    ns = float(ns)
+    if ns >= 1e9:
+        return f"{ns / 1e9:.2f} s"
+    if ns >= 1e8:
+        return f"{ns / 1e6:.0f} ms"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.1f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.0f} µs"
+    return f"{ns:.0f} ns"
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{float(x) * 100:.0f}%"
+
+
+def num(x) -> str:
+    return "n/a" if x is None else f"{x:,}"
+
+
+# ---------------------------------------------------------------- view model (pure functions)
+
+def verdict(report: dict) -> dict:
+    findings = report.get("findings") or []
+    bad = [f for f in findings if f.get("severity") in ("warning", "critical")]
+    counts = report.get("counts") or {}
+    if bad:
+        top = bad[0]
+        return {"level": top["severity"], "head": f"{top['severity'].upper()}: {top['id']} explains "
+                                                  f"{pct(top.get('share'))} of the time",
+                "text": top.get("summary", "")}
+    if not counts.get("timed_syscalls") and not counts.get("stack_samples") and not (report.get("requests") or {}).get("count"):
+        return {"level": "empty", "head": "Nothing to diagnose",
+                "text": "no timed events were captured: check the collector status below"}
+    return {"level": "healthy", "head": "Healthy", "text": "no warning or critical finding"}
+
+
+def _log_axis(values: list[float]) -> tuple[float, float]:
+    pos = [v for v in values if v and v > 0]
+    if not pos:
+        return 1e3, 1e9
+    lo = 10 ** math.floor(math.log10(min(pos)))
+    hi = 10 ** math.ceil(math.log10(max(pos)))
+    return lo, hi if hi > lo else lo * 10
+
+
+def _x(v: float, lo: float, hi: float) -> float:
+    v = min(max(v or lo, lo), hi)
+    return round((math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * 1000, 1)
+
+
+def distributions(report: dict) -> dict:
+    """Percentile ladders on one shared log axis: requests (if any) then each syscall family."""
+    lat = report.get("latency") or {}
+    fams = lat.get("families") or {}
+    req = report.get("requests") or {}
+    rows = []
+    if req.get("count"):
+        rows.append({"name": "requests", "kind": "requests", "count": req.get("count"),
+                     "approx": False, **{k: (req.get("latency") or {}).get(f"{k}_ns") for k in ("p50", "p90", "p99", "max")}})
+    for name, st in sorted(fams.items(), key=lambda kv: -(kv[1].get("total_ns") or 0)):
+        rows.append({"name": name, "kind": "family", "count": st.get("count"), "total_ns": st.get("total_ns"),
+                     "approx": bool(st.get("approx")), **{k: st.get(f"{k}_ns") for k in ("p50", "p90", "p99", "max")}})
+    lo, hi = _log_axis([r[k] for r in rows for k in ("p50", "max")])
+    for r in rows:
+        r["x"] = {k: _x(r[k], lo, hi) for k in ("p50", "p90", "p99", "max")}
+        r["color"] = FAMILY_COLORS.get(r["name"], "#333") if r["kind"] == "family" else "#222"
+    ticks = []
+    t = lo
+    while t <= hi * 1.0001:
+        ticks.append({"x": _x(t, lo, hi), "label": dur(t)})
+        t *= 10
+    return {"rows": rows, "ticks": ticks}
+
+
+def request_histogram(report: dict) -> dict | None:
+    req = report.get("requests") or {}
+    hist = [b for b in (req.get("histogram") or []) if isinstance(b, (list, tuple)) and len(b) == 2]
+    if not hist:
+        return None
+    top = max(c for _, c in hist) or 1
+    w = 1000 / len(hist)
+    slow = req.get("slow_threshold_ns")
+    bars = [{"x": round(i * w, 1), "w": round(w - 2, 1), "h": round(c / top * 140, 1), "count": c,
+             "label": dur(lo), "slow": slow is not None and lo >= slow} for i, (lo, c) in enumerate(hist)]
+    return {"bars": bars, "label_every": max(1, len(bars) // 10)}
+
+
+def breakdown(report: dict) -> list[dict]:
+    b = (report.get("requests") or {}).get("breakdown") or {}
+    total = sum(v for v in b.values() if isinstance(v, (int, float)) and v > 0)
+    if not total:
+        return []
+    out, x = [], 0.0
+    palette = list(FAMILY_COLORS.values())
+    for i, (name, ns) in enumerate(sorted(b.items(), key=lambda kv: -(kv[1] or 0))):
+        if not ns or ns <= 0:
+            continue
+        w = ns / total * 1000
+        out.append({"name": name, "ns": ns, "share": ns / total, "x": round(x, 1), "w": round(w, 1),
+                    "color": FAMILY_COLORS.get(name, palette[i % len(palette)])})
+        x += w
+    return out
+
+
+def _leaf(frames: list[str]) -> str:
+    return frames[-1] if frames else "(no frames)"
+
+
+def timeline_view(report: dict, i: int, tl: dict) -> dict:
+    """One spike: lanes on one time axis (request, syscalls, py-spy, perf, off-CPU) in SVG units."""
+    t0, t1 = tl.get("start_ns") or 0, tl.get("end_ns") or 0
+    span = max(t1 - t0, 1)
+    W = 1000
+
+    def x(ns):
+        return round(min(max((ns - t0) / span * W, 0), W), 2)
+
+    def wd(a, b):
+        return round(max(x(b) - x(a), 0.8), 2)
+
+    spikes = report.get("spikes") or []
+    worst = (spikes[i].get("worst") if i < len(spikes) else None) or {}
+    tid = tl.get("tid")
+    lanes: list[dict] = []
+    reqs = [r for r in (report.get("requests") or {}).get("slowest") or []
+            if (r.get("tid") in (None, tid)) and (r.get("end_ns") or 0) >= t0 and (r.get("start_ns") or 0) <= t1]
+    if reqs:
+        lanes.append({"name": "request", "marks": [
+            {"x": x(r["start_ns"]), "w": wd(r["start_ns"], r["end_ns"]), "cls": "req",
+             "title": f"request {dur(r.get('latency_ns') or (r['end_ns'] - r['start_ns']))}"
+                      + (f" {r.get('method', '')} {r.get('path', '')}".rstrip() if r.get("path") else "")}
+            for r in reqs]})
+    calls = tl.get("syscalls") or []
+    lanes.append({"name": "syscalls", "marks": [
+        {"x": x(e["start_ns"]), "w": wd(e["start_ns"], e["start_ns"] + (e.get("dur_ns") or 0)),
+         "cls": "sc", "color": FAMILY_COLORS.get(e.get("family"), "#7f7f7f"),
+         "title": f"{e.get('name')} {dur(e.get('dur_ns'))}"
+                  + (f" fd {e['fd']} ({e.get('fd_kind')})" if e.get("fd") is not None else "")
+                  + (f" {e['bytes']:,} B" if e.get("bytes") is not None else "")
+                  + (f" {e['errno']}" if e.get("errno") else "")} for e in calls]})
+    samples = tl.get("samples") or []
+    by_lane: dict[str, list] = {}
+    stacks: list[list[str]] = []
+    for s in samples[:MAX_SAMPLE_MARKS]:
+        off = s.get("on_cpu") is False and s.get("dur_ns")
+        lane = f"{s.get('source')} off-CPU (kernel)" if off else f"{s.get('source')} stacks"
+        ts = s.get("ts_ns") or t0
+        idx = len(stacks)
+        stacks.append(list(s.get("frames") or []))
+        by_lane.setdefault(lane, []).append(
+            {"x": x(ts), "w": wd(ts, ts + s["dur_ns"]) if off else 1.6, "cls": "off" if off else "smp", "i": idx,
+             "title": (f"off-CPU {dur(s['dur_ns'])}: " if off else "") + _leaf(s.get("frames") or [])})
+    order = sorted(by_lane, key=lambda n: (0 if "py-spy" in n else 1 if "off-CPU" not in n else 2, n))
+    lanes.extend({"name": n, "marks": by_lane[n]} for n in order)
+    for k, lane in enumerate(lanes):
+        lane["y"] = 20 + k * 30
+
+    # The stacks at the worst call: the py-spy sample nearest its middle, the off-CPU stack inside it.
+    focus = []
+    if worst.get("start_ns") is not None:
+        mid = worst["start_ns"] + (worst.get("dur_ns") or 0) // 2
+        py = [s for s in samples if s.get("source") == "py-spy" and s.get("ts_ns") is not None]
+        if py:
+            s = min(py, key=lambda s: abs(s["ts_ns"] - mid))
+            focus.append({"what": f"py-spy, {dur(abs(s['ts_ns'] - mid))} from the middle of the call",
+                          "frames": list(s.get("frames") or [])})
+        off = [s for s in samples if s.get("on_cpu") is False and s.get("ts_ns") is not None
+               and s["ts_ns"] <= worst["start_ns"] + (worst.get("dur_ns") or 0)
+               and s["ts_ns"] + (s.get("dur_ns") or 0) >= worst["start_ns"]]
+        if off:
+            s = max(off, key=lambda s: s.get("dur_ns") or 0)
+            focus.append({"what": f"off-CPU kernel stack ({s.get('source')}), blocked {dur(s.get('dur_ns'))}",
+                          "frames": list(s.get("frames") or [])})
+    ticks = [{"x": round(k * W / 5, 1), "label": f"{(t0 + k * span / 5 - t0) / 1e6:.1f} ms"} for k in range(6)]
+    hi = None
+    if worst.get("start_ns") is not None:
+        hi = {"x": x(worst["start_ns"]), "w": wd(worst["start_ns"], worst["start_ns"] + (worst.get("dur_ns") or 0))}
+    return {"n": i + 1, "tid": tid, "start_ns": t0, "end_ns": t1, "lanes": lanes, "ticks": ticks,
+            "height": 30 + len(lanes) * 30, "worst": worst, "highlight": hi, "focus": focus, "stacks": stacks,
+            "empty": not calls and not samples and not reqs}
+
+
+def flame_tree(flame: dict | None, name: str) -> dict | None:
+    """Folded stacks -> the nested {name, value, children} tree d3-flame-graph draws (values inclusive)."""
+    if not flame or not flame.get("stacks"):
+        return None
+    root: dict = {"name": name, "value": 0, "children": {}}
+    for st in flame["stacks"]:
+        n = int(st.get("count") or 0)
+        root["value"] += n
+        node = root
+        for fr in st.get("frames") or []:
+            node = node["children"].setdefault(fr, {"name": fr, "value": 0, "children": {}})
+            node["value"] += n
+    dropped = int(flame.get("dropped") or 0)
+    if dropped:
+        root["children"]["(other stacks)"] = {"name": "(other stacks)", "value": dropped, "children": {}}
+        root["value"] += dropped
+
+    def listify(node):
+        kids = [listify(c) for _, c in sorted(node["children"].items())]
+        out = {"name": node["name"], "value": node["value"]}
+        if kids:
+            out["children"] = kids
+        return out
+
+    return listify(root)
+
+
+def top_leaves(flame: dict | None, n: int = 8) -> list[dict]:
+    if not flame or not flame.get("stacks"):
+        return []
+    from collections import Counter
+
+    c: Counter[str] = Counter()
+    for st in flame["stacks"]:
+        c[_leaf(st.get("frames") or [])] += int(st.get("count") or 0)
+    total = flame.get("total") or sum(c.values()) or 1
+    return [{"frame": f, "count": k, "share": k / total} for f, k in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+def environment(report: dict) -> list[tuple[str, str]]:
+    t = report.get("target") or {}
+    h = report.get("host") or {}
+    tool = report.get("tool") or {}
+    rows = []
+    if t.get("cmdline"):
+        rows.append(("target command", " ".join(str(a) for a in t["cmdline"])))
+    for k in ("comm", "pid"):
+        if t.get(k) is not None:
+            rows.append((f"target {k}", str(t[k])))
+    if t.get("pids"):
+        rows.append(("pids", ", ".join(str(p) for p in t["pids"])))
+    if t.get("inputs"):
+        rows.append(("inputs", ", ".join(str(p) for p in t["inputs"])))
+    if h:
+        rows.append(("kernel", f"{h.get('os', '')} {h.get('kernel', '?')} {h.get('machine', '')}".strip()))
+        rows.append(("host", f"{h.get('hostname', '?')}, {h.get('cpus', '?')} CPUs"))
+    rows.append(("diag", f"{tool.get('name', 'diag')} {tool.get('version', '?')}, schema {report.get('schema', '?')}"))
+    for name, c in sorted((report.get("collectors") or {}).items()):
+        v = c.get("version") or (c.get("settings") or {}).get("version")
+        if v:
+            rows.append((f"{name} version", str(v)))
+    w = report.get("window") or {}
+    if w:
+        rows.append(("window", f"{w.get('duration_s', 0):.3f} s (CLOCK_MONOTONIC {w.get('start_ns')} .. {w.get('end_ns')})"))
+    return rows
+
+
+def _settings(s) -> str:
+    if not isinstance(s, dict):
+        return str(s or "")
+    return ", ".join(f"{k}={v if not isinstance(v, (list, tuple)) else '+'.join(map(str, v))}" for k, v in sorted(s.items()))
+
+
+def view(report: dict) -> dict:
+    lat = report.get("latency") or {}
+    flame = report.get("flame") or {}
+    w = report.get("window") or {}
+    t = report.get("target") or {}
+    label = t.get("comm") or " ".join(t.get("cmdline") or []) or ", ".join(t.get("inputs") or []) or "capture"
+    timelines = [timeline_view(report, i, tl) for i, tl in enumerate(report.get("timelines") or [])]
+    slow_tree = flame_tree(flame.get("slow"), "slow requests")
+    all_tree = flame_tree(flame.get("all"), "all samples")
+    return {
+        "r": report, "label": label, "verdict": verdict(report), "window": w,
+        "findings": report.get("findings") or [], "matrix": report.get("matrix") or [],
+        "dist": distributions(report), "hist": request_histogram(report), "breakdown": breakdown(report),
+        "requests": report.get("requests") or None,
+        "syscalls": (lat.get("syscalls") or [])[:MAX_SYSCALL_ROWS],
+        "syscalls_more": max(len(lat.get("syscalls") or []) - MAX_SYSCALL_ROWS, 0),
+        "timelines": timelines,
+        "flames": [f for f in (
+            {"id": "flame-slow", "title": "Stacks during slow requests", "flame": flame.get("slow"), "tree": slow_tree,
+             "leaves": top_leaves(flame.get("slow"))} if slow_tree else None,
+            {"id": "flame-all", "title": "Whole capture", "flame": flame.get("all"), "tree": all_tree,
+             "leaves": top_leaves(flame.get("all"))} if all_tree else None) if f],
+        "collectors": [dict(c, name=n, settings_text=_settings(c.get("settings")))
+                       for n, c in sorted((report.get("collectors") or {}).items())],
+        "alignment": report.get("alignment") or {},
+        "env": environment(report),
+        "warnings": report.get("warnings") or [],
+        "colors": FAMILY_COLORS,
+    }
+
+
+# ---------------------------------------------------------------- rendering
+
+def _env(directory: Path = REPORTS_DIR):
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(directory / "templates")),
+                             autoescape=True, undefined=jinja2.ChainableUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(dur=dur, pct=pct, num=num)
+    env.globals.update(dur=dur, pct=pct, num=num)
+    return env
+
+
+def _asset(name: str) -> str:
+    return (REPORTS_DIR / "static" / name).read_text(encoding="utf-8")
+
+
+def _csp_hash(script: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode() + "'"
+
+
+def render_template(template: str, context: dict, scripts: list[str]) -> str:
+    """Render with our CSS and the given inline scripts; the CSP allows exactly those scripts."""
+    for s in scripts:
+        if "</script" in s.lower():
+            raise ValueError("an inline script may not contain '</script'")
+    csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src "
+           + (" ".join(_csp_hash(s) for s in scripts) or "'none'") + "; base-uri 'none'; form-action 'none'")
+    return _env().get_template(template).render(css=_asset("report.css"), scripts=scripts, csp=csp, **context)
+
+
+def render(report: dict) -> str:
+    """The HTML report as one string."""
+    v = view(report)
+    scripts = [_asset("vendor/d3.min.js"), _asset("vendor/d3-flamegraph.umd.min.js"), _asset("report.js")] \
+        if v["flames"] or v["timelines"] else [_asset("report.js")]
+    data = {"flames": [{"id": f["id"], "tree": f["tree"]} for f in v["flames"]],
+            "stacks": {f"tl-{t['n']}": t["stacks"] for t in v["timelines"]}}
+    return render_template("report.html.j2", {"v": v, "data": data}, scripts)
+
+
+def write_text(text: str, path: str) -> None:
+    """Write atomically: a CI job never uploads a half-written report."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".report.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write(report: dict, path: str) -> None:
+    write_text(render(report), path)
