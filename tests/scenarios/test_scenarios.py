@@ -97,10 +97,7 @@ def start_target(sc: Scenario, tmp):
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             p = st.enter_context(_proc([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                        "--dir", str(tmp), "--logfile", "", *(sc.redis_args or ("--appendonly", "no"))],
-                                       stdout=subprocess.DEVNULL) if False else _proc(
-                [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp),
-                 *(sc.redis_args or ("--appendonly", "no"))]))
+                                        "--dir", str(tmp), *(sc.redis_args or ("--appendonly", "no"))]))
             deadline = time.time() + 10
             while time.time() < deadline:
                 try:
@@ -180,3 +177,10 @@ def test_scenario(sc: Scenario, round_: int, tmp_path):
                    "share": top["share"] if top else 0.0, "seconds": seconds, "pass": passed})
     summary = [(f["rank"], f["id"], f["severity"], f["share"]) for f in findings]
     assert passed, f"{sc.name}: expected {sc.expected or 'no warning'}, got {summary}"
+    # the replay of the same capture says the same
+    r = subprocess.run([sys.executable, "-m", "diag", "replay", str(tmp_path / "c.diag"), "--json",
+                        str(tmp_path / "replay.json"), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "replay.json").read_text())["findings"]
+    assert [(f["id"], f["severity"], f["share"]) for f in again] == [(f["id"], f["severity"], f["share"])
+                                                                       for f in findings]
