@@ -55,6 +55,8 @@ def classify(cmdline: list[str]) -> str:
     if base == "py-spy":
         sub = cmdline[1] if len(cmdline) > 1 else ""
         return f"py-spy {sub}".strip()
+    if base.startswith("python") and "import bcc" in joined:
+        return "diag (orchestrator, process sampler, analysis)"     # the collector's bcc probe
     if "-m diag" in joined or base == "diag":
         return "diag (orchestrator, process sampler, analysis)"
     if base == "env":
@@ -96,7 +98,11 @@ class CpuMonitor:
             except psutil.Error:
                 continue
             with self._lock:
-                self.last[p.pid] = (label, t.user + t.system)
+                prev = self.last.get(p.pid)
+                if prev and prev[0] != "other" and label in ("other", "env"):
+                    label = prev[0]          # a zombie's empty cmdline must not relabel it
+                cpu = max(t.user + t.system, prev[1] if prev else 0.0)
+                self.last[p.pid] = (label, cpu)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -329,6 +335,16 @@ class EbpfNoRequests(EbpfAgent):
         return super().command(target, out) + ["--no-requests"]
 
 
+class EbpfSyscallTracepoints(EbpfAgent):
+    """Extra (not in `all`): one syscalls:sys_enter_X/sys_exit_X pair per traced syscall instead of
+    raw_syscalls (which run the probe on every syscall of every process of the machine)."""
+    name = "ebpf-tp-syscall"
+    label = "eBPF agent --tracepoints syscall --no-requests (per-syscall tracepoints)"
+
+    def command(self, target, out):
+        return super().command(target, out) + ["--tracepoints", "syscall", "--no-requests"]
+
+
 def agent_supports(flag: str) -> bool:
     try:
         r = subprocess.run(["/usr/bin/python3", "-m", "diag.collect.ebpf_agent", "--help"], capture_output=True,
@@ -421,5 +437,32 @@ def all_modes() -> list[Mode]:
             DiagAttach("py-spy"), DiagAttach("process")]
 
 
+class EbpfNoStack(EbpfAgent):
+    """Extra experiment: the shipped probe with the kernel stack walk at switch-out removed
+    (a patched copy of probes/syscall_latency.c written next to the run's output)."""
+    name = "ebpf-nostack"
+    label = "eBPF agent --no-requests, probe without get_stackid at sched_switch (experiment)"
+    patch = ("            int sid = stacks.get_stackid(args, 0);", "            int sid = -1;")
+
+    def command(self, target, out):
+        src = (REPO / "probes" / "syscall_latency.c").read_text()
+        if self.patch[0] not in src:
+            raise RuntimeError(f"{self.name}: the probe changed; patch does not apply")
+        probe = out.parent / f"{self.name}.c"
+        if isinstance(target.pid, int):
+            probe.write_text(src.replace(*self.patch))
+            shutil.copy(REPO / "probes" / "diag_events.h", out.parent / "diag_events.h")
+        return super().command(target, out) + ["--no-requests", "--probe", str(probe)]
+
+
+class EbpfNoSwitch(EbpfNoStack):
+    name = "ebpf-noswitch"
+    label = "eBPF agent --no-requests, probe with an empty sched_switch program (experiment)"
+    patch = ("TRACEPOINT_PROBE(sched, sched_switch)\n{", "TRACEPOINT_PROBE(sched, sched_switch)\n{\n    return 0;")
+
+
+EXTRA_MODES = (EbpfSyscallTracepoints, EbpfNoStack, EbpfNoSwitch)
+
+
 def modes_by_name() -> dict[str, Mode]:
-    return {m.name: m for m in all_modes()}
+    return {m.name: m for m in all_modes() + [c() for c in EXTRA_MODES]}

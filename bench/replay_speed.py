@@ -240,11 +240,14 @@ def summarize_speedscope(path: Path, top: int = 15) -> dict:
         return {"self": [], "total": [], "text": "no samples\n"}
     s = sorted(self_t.items(), key=lambda kv: -kv[1])[:top]
     t = sorted(((k, v) for k, v in total_t.items() if "(diag/" in k), key=lambda kv: -kv[1])[:top]
-    lines = [f"profile {path.name}: {int(all_w)} samples", "", "top self time (function (file)):"]
+    n_samples = sum(len(p["samples"]) for p in d["profiles"])
+    unit = d["profiles"][0].get("unit", "") if d["profiles"] else ""
+    lines = [f"profile {path.name}: {n_samples} samples ({all_w:.1f} {unit}); % of all samples",
+             "", "top self time (function (file)):"]
     lines += [f"  {100 * v / all_w:5.1f} %  {k}" for k, v in s]
     lines += ["", "top inclusive time, diag functions:"]
     lines += [f"  {100 * v / all_w:5.1f} %  {k}" for k, v in t]
-    return {"samples": int(all_w), "self": [(k, round(100 * v / all_w, 1)) for k, v in s],
+    return {"samples": n_samples, "self": [(k, round(100 * v / all_w, 1)) for k, v in s],
             "total": [(k, round(100 * v / all_w, 1)) for k, v in t], "text": "\n".join(lines) + "\n"}
 
 

@@ -7,9 +7,9 @@
 Method (observer effect). Each target is started once and driven to saturation by a real load
 generator on 127.0.0.1 for a fixed time (wrk -t2 -c8 -dS --latency; redis-benchmark -c 8 -t get
 with a request count sized to last S seconds). In each round every mode runs once, in a shuffled
-order, and every mode run is bracketed by baseline runs (B M1 B M2 B ... Mn B): the mode's
-throughput and p99 are divided by the mean of the two baselines measured just before and just
-after it. Ratios are reported as the median and min-max over the rounds (>= 3 in a full run).
+order, interleaved with baseline runs as B M1 M2 B M3 M4 B ...: every mode run sits next to exactly
+one baseline run (its pair, measured seconds before or after it), and the mode's throughput and
+p99 are divided by that baseline's. Ratios are reported as the median and min-max over the rounds (>= 3 in a full run).
 The load generator, the target and the tools share the machine's 2 cores, as they would on a
 busy host.
 """
@@ -99,9 +99,12 @@ def observer(targets: list[str], mode_names: list[str], rounds: int, duration: f
             for r in range(rounds):
                 order = modes[:]
                 rng.shuffle(order)
+                # B M1 M2 B M3 M4 B ...: every mode run is next to exactly one baseline run (its pair)
                 seq = [base]
-                for m in order:
-                    seq += [m, base]
+                for j, m in enumerate(order):
+                    seq.append(m)
+                    if j % 2 == 1 or j == len(order) - 1:
+                        seq.append(base)
                 for i, m in enumerate(seq):
                     if not t.alive():
                         log(f"  {t.name} died; restarting it")
@@ -112,7 +115,7 @@ def observer(targets: list[str], mode_names: list[str], rounds: int, duration: f
                     if m.name != "baseline":
                         log(f"  r{r} {m.name:18s} {rec.get('rps', 0):9.0f} req/s p99 {rec.get('p99_ms', 0):7.2f} ms"
                             f"{'  ' + rec['note'] if rec.get('note') else ''}")
-                    time.sleep(0.2)
+                    time.sleep(0.1)
         finally:
             t.stop()
         out["targets"][t.name] = {"label": t.label, "kind": t.kind, "runs": runs,
@@ -130,7 +133,7 @@ def _med(xs: list[float]) -> tuple[float, float, float] | None:
 
 
 def ratios(tres: dict) -> dict[str, dict]:
-    """Per mode: throughput and p99 ratios against the bracketing baselines, per round."""
+    """Per mode: throughput and p99 ratios against the paired baseline, per round."""
     runs = tres["runs"]
     by_round: dict[int, list[dict]] = {}
     for rec in runs:
@@ -264,17 +267,18 @@ def write_results(path: Path, data: dict, args) -> None:
     obs = data.get("observer")
     if obs:
         L.append("## Observer effect\n")
-        L.append(f"Method: each target is started once; every mode runs once per round in a shuffled order, each "
-                 f"mode run bracketed by baseline runs (B M1 B M2 ... B). A mode's ratio = its value / the mean of "
-                 f"the two baselines just before and after it. {obs['rounds']} round(s), {obs['duration_s']:g} s of "
+        L.append(f"Method: each target is started once; every mode runs once per round in a shuffled order, interleaved "
+                 f"with baseline runs as B M1 M2 B M3 M4 B ... so that every mode run is paired with the baseline "
+                 f"run next to it (measured seconds before or after it); a mode's ratio = its value / its pair's "
+                 f"baseline. {obs['rounds']} round(s), {obs['duration_s']:g} s of "
                  f"load per run; median (min-max) over rounds. Throughput ratio: higher is better (100 % = no "
                  f"cost); p99 ratio: lower is better (1.00x = no cost). `tool CPU` = CPU used by the observer's "
                  f"processes during the load window, in cores (1.0 = one core busy); `target CPU/req` = the "
                  f"target's CPU µs per request (includes in-kernel probe and ptrace-stop costs charged to it), "
-                 f"vs the bracketing baselines.\n")
+                 f"vs its pair's baseline.\n")
         L.append("Loads: " + "; ".join(f"{k}: `{v['load_cmd']}`" for k, v in obs["targets"].items()) + "\n")
         L.append("Modes (the exact commands):\n")
-        for mo in M.all_modes():
+        for mo in M.modes_by_name().values():
             if mo.name == "baseline":
                 continue
             cmd = mo.command(type("T", (), {"pid": "PID"})(), Path("OUT"))
@@ -295,7 +299,7 @@ def write_results(path: Path, data: dict, args) -> None:
             L.append("| mode | throughput vs baseline | p99 vs baseline | req/s (median) | p99 ms (median) | "
                      "tool CPU, cores | target CPU/req vs baseline | notes |")
             L.append("|---|---|---|---|---|---|---|---|")
-            for mo in M.all_modes():
+            for mo in M.modes_by_name().values():
                 if mo.name not in rs:
                     continue
                 d = rs[mo.name]
@@ -354,25 +358,59 @@ def write_results(path: Path, data: dict, args) -> None:
             L.append(f"| {text} | {'; '.join(parts)} | {verdict} |")
         L.append("")
 
+        # summary matrix (for the README)
+        L.append("### Summary: throughput and p99 vs baseline, per mode and target (medians)\n")
+        tn = list(obs["targets"])
+        L.append("| mode | " + " | ".join(tn) + " |")
+        L.append("|---|" + "---|" * len(tn))
+        for mo in M.modes_by_name().values():
+            if mo.name == "baseline":
+                continue
+            cells = []
+            for t in tn:
+                d = data["ratios"][t].get(mo.name)
+                if not d or not d["tput"]:
+                    cells.append("n/a")
+                    continue
+                p9 = _med(d["p99"])
+                cells.append(f"{100 * _med(d['tput'])[0]:.0f} %, p99 {p9[0]:.2f}x" if p9 else
+                             f"{100 * _med(d['tput'])[0]:.0f} %")
+            L.append(f"| {mo.name} | " + " | ".join(cells) + " |")
+        L.append("")
+
         # per-collector CPU during diag attach
         L.append("### Observer cost: CPU used by each collector process during `diag attach`\n")
         L.append("CPU seconds per second of load window (cores), median over rounds, from psutil polling of the "
                  "`diag attach` process tree every 50 ms (a process's CPU is attributed by its command line). "
                  "`whole run` = CPU seconds over the tool's whole life (start, capture, stop, and for diag the "
                  "analysis and report), median.\n")
-        L.append("| target | diag attach mode | process | CPU during load (cores) | CPU s, whole run |")
-        L.append("|---|---|---|---|---|")
+        cols = [("ebpf agent", ("ebpf agent",)), ("py-spy", ("py-spy record", "py-spy dump")),
+                ("perf record + stat", ("perf record", "perf stat")), ("strace", ("strace",)),
+                ("diag process", ("diag (orchestrator, process sampler, analysis)",))]
+        L.append("| target | diag attach mode | " + " | ".join(c for c, _ in cols) +
+                 " | all, during load | all, whole run (CPU s) |")
+        L.append("|---|---|" + "---|" * (len(cols) + 2))
         for tname in obs["targets"]:
-            for mo in M.all_modes():
+            for mo in M.modes_by_name().values():
                 if not mo.name.startswith("attach-") or mo.name not in data["ratios"][tname]:
                     continue
                 d = data["ratios"][tname][mo.name]
-                labels = sorted({k for c in d["cpu_by"] for k in c} | {k for c in d["cpu_total_by"] for k in c})
-                for lab in labels:
-                    w = _med([c.get(lab, 0.0) for c in d["cpu_by"]])
-                    tot = _med([c.get(lab, 0.0) for c in d["cpu_total_by"]])
-                    L.append(f"| {tname} | {mo.name} | {lab} | {w[0]:.3f} | {tot[0]:.2f} |")
+                if not d["cpu_by"]:
+                    continue
+                cells = []
+                for _, labs in cols:
+                    v = _med([sum(c.get(x, 0.0) for x in labs) for c in d["cpu_by"]])
+                    present = any(x in c for c in d["cpu_by"] + d["cpu_total_by"] for x in labs)
+                    cells.append(f"{v[0]:.3f}" if present else "-")
+                allw = _med([sum(c.values()) for c in d["cpu_by"]])
+                allt = _med([sum(c.values()) for c in d["cpu_total_by"]])
+                L.append(f"| {tname} | {mo.name} | " + " | ".join(cells) + f" | {allw[0]:.3f} | {allt[0]:.2f} |")
         L.append("")
+        L.append("`diag process` runs the orchestrator and the process sampler (a thread) during the capture, then "
+                 "the analysis; `whole run` also counts compile/attach of the probe, `perf script` at stop, and the "
+                 "report. The eBPF programs' in-kernel cost is not in the agent's CPU: it is charged to every "
+                 "process that makes syscalls (the tracepoints are global), the target's share shows in the "
+                 "`target CPU/req` column above.\n")
 
     rep = data.get("replay")
     if rep:
@@ -492,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     if "replay" in parts:
         log("analysis speed: diag replay of strace logs")
         sizes = [100_000, 1_000_000] + ([] if a.quick else [5_000_000])
-        repeats = {100_000: 3, 1_000_000: 1 if a.quick else 3, 5_000_000: 1}
+        repeats = {100_000: 3, 1_000_000: 1 if a.quick else 2, 5_000_000: 1}
         data["replay"] = R.replay_speed(WORK / "replay", sizes, repeats, a.regen, log=log)
         log("profiling the replay of 1M lines with py-spy")
         data["profile"] = R.profile_replay(WORK / "replay" / "strace-1000k.log", BENCH / "profiles", log=log)

@@ -17,7 +17,8 @@ syscall rows outside the wait families (poll, accept, futex, sleep) and the proc
 (wait4, waitid, pause, rt_sigsuspend, rt_sigtimedwait), which block by design.
 
 `diag compare` also accepts a change against the baseline as VALUE: `p99>+20%` (relative) or
-`p99>+5ms` (absolute), and `finding:new` (fails when any finding appeared).
+`p99>+5ms` (absolute), and `finding:new` (fails when a warning or critical finding appeared;
+info-level findings come and go with load and do not fail a job).
 
 A latency gate whose metric is absent from the report (no requests and no timed syscalls) fails
 with "not measurable": a CI job should not pass because the capture saw nothing.
@@ -188,8 +189,10 @@ def evaluate_compare(gates: list[Gate], base: dict, current: dict) -> list[GateR
     for g in gates:
         if g.kind == "finding" and g.finding == "new":
             before = {f["id"] for f in base.get("findings") or []}
-            new = [f["id"] for f in current.get("findings") or [] if f["id"] not in before]
-            out.append(GateResult(g, bool(new), ("appeared: " + ", ".join(new)) if new else "no new finding"))
+            new = [f"{f['id']} ({f.get('severity')})" for f in current.get("findings") or []
+                   if f["id"] not in before and SEVERITY_LEVEL.get(f.get("severity"), 0) >= SEVERITY_LEVEL["warning"]]
+            out.append(GateResult(g, bool(new), ("appeared: " + ", ".join(new)) if new
+                                  else "no new warning or critical finding"))
             continue
         if g.kind != "latency" or not g.change:
             out.extend(evaluate([g], current))

@@ -52,7 +52,7 @@
 #define BLOCKED_STATE_MASK 0xff
 
 #ifndef REQ_PAGES
-#define REQ_PAGES 128
+#define REQ_PAGES 256
 #endif
 
 #ifdef DIAG_EVENT_SIZE
@@ -291,7 +291,9 @@ static __always_inline void req_emit(void *ctx, struct diag_conn *c, struct diag
 {
     req_unserve(c, k);
 #ifdef USE_RINGBUF
-    if (requests.ringbuf_output(&c->r, sizeof(c->r), 0) != 0)
+    /* no wake-up per record: the agent consumes the buffer after every poll (<= 100 ms), so a
+     * busy server does not wake it thousands of times a second */
+    if (requests.ringbuf_output(&c->r, sizeof(c->r), BPF_RB_NO_WAKEUP) != 0)
         count(CNT_REQ_LOST);
 #else
     requests.perf_submit(ctx, &c->r, sizeof(c->r));   /* losses come back through lost_cb */

@@ -48,9 +48,10 @@ class AnalysisContext:
 
     @cached_property
     def polling_tids(self) -> set[int]:
-        from diag.analyze.crossing import polling_threads
+        """Event-loop threads (serving several connections at once), from the requests."""
+        from diag.analyze.crossing import event_loop_threads
 
-        return polling_threads(self.data)
+        return event_loop_threads(self.req.requests) if self.req is not None else set()
 
     @cached_property
     def timed_syscalls(self) -> list[SyscallEvent]:

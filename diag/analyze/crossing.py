@@ -205,6 +205,10 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
             b = _breakdown_from_sums(r)
         else:
             b = _breakdown_from_events(r, calls, upstream)
+        if b.get("upstream") and b.get("poll"):
+            # a worker that polls inside a request that talks to an upstream is waiting for it
+            # (clients with timeouts wait in poll before each recv)
+            b["upstream"] += b.pop("poll")
         used = sum(b.values())
         b["user"] = max(0, r.latency_ns - used)
         if used > r.latency_ns:          # overlapping calls of two threads: scale into the wall time
@@ -234,12 +238,29 @@ def hot_frames_any(samples: list[StackSample], n: int = 3) -> list[tuple[str, in
     return c.most_common(n)
 
 
-def polling_threads(data: Dataset) -> set[int]:
-    """Threads that wait in epoll/poll/select: event loops (a thread-per-connection server's
-    threads block in read instead)."""
-    tids = {e.tid for e in data.syscalls if family(e.name) == "poll"}
-    return tids
+def event_loop_threads(requests: list[Request]) -> set[int]:
+    """Threads that serve several connections at once: event loops.
+
+    A thread-per-connection worker serves one connection at a time (keep-alive or not); a loop
+    thread keeps reading from several connections whose lifetimes overlap. A worker that polls
+    (a client with a timeout inside the handler) is not a loop."""
+    spans: dict[int, dict[tuple[int, int | None], list[int]]] = defaultdict(dict)
+    for r in requests:
+        key = (r.fd, r.conn_start_ns)
+        sp = spans[r.tid].get(key)
+        if sp is None:
+            spans[r.tid][key] = [r.start_ns, r.end_ns]
+        else:
+            sp[0], sp[1] = min(sp[0], r.start_ns), max(sp[1], r.end_ns)
+    loops = set()
+    for tid, conns in spans.items():
+        if len(conns) < 2:
+            continue
+        ordered = sorted(conns.values())
+        if any(b[0] < a[1] for a, b in zip(ordered, ordered[1:])):
+            loops.add(tid)
+    return loops
 
 
 __all__ = ["analyze_requests", "RequestAnalysis", "SlowRequest", "ThreadIndex", "hot_python_frames",
-           "polling_threads", "BREAKDOWN_KEYS"]
+           "event_loop_threads", "BREAKDOWN_KEYS"]

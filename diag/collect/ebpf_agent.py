@@ -435,8 +435,15 @@ class Agent:
         return rec
 
     def on_request(self, ctx, data, size) -> None:
+        # formatted by hand: one record per request of a busy server, ~3x cheaper than json.dumps
         r = ct.cast(data, ct.POINTER(Request)).contents
-        self.out.write(json.dumps(self.request_record(r), separators=(",", ":")) + "\n")
+        fam = ",".join(f'"{n}":{v}' for n, v in zip(FAM_NAMES, r.family_ns) if v)
+        self.out.write(
+            f'{{"type":"request","pid":{r.tgid},"tid":{r.tid},"fd":{r.fd},"start_ns":{r.start_ns},'
+            f'"end_ns":{r.end_ns},"bytes_in":{r.bytes_in},"bytes_out":{r.bytes_out},"reads":{r.reads},'
+            f'"writes":{r.writes},"first_write_ns":{r.first_write_ns or "null"},'
+            f'"write_tid":{r.write_tid or "null"},"conn_start_ns":{r.conn_start_ns or "null"},"seq":{r.seq},'
+            f'"family_ns":{{{fam}}}}}\n')
         self.requests += 1
 
     def on_perf_request(self, cpu, data, size) -> None:
@@ -557,6 +564,8 @@ class Agent:
         self.write_progress()
         while self.stop_reason is None:
             poll(100)
+            if self.ringbuf and self.want_requests:
+                self.b.ring_buffer_consume()     # request records do not wake us up
             self.out.flush()
             now = time.monotonic()
             if deadline and now >= deadline:
@@ -637,7 +646,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-ringbuf", action="store_true", help="use the perf buffer even if a ring buffer works")
     p.add_argument("--no-requests", action="store_true",
                    help="no in-kernel request summarizer (and accept/connect only when slower than --slow-ns)")
-    p.add_argument("--request-pages", type=int, default=128, help="request ring buffer size in pages (power of 2)")
+    p.add_argument("--request-pages", type=int, default=256, help="request ring buffer size in pages (power of 2)")
     p.add_argument("--stack-entries", type=int, default=16384, help="kernel stack map size")
     p.add_argument("--probe", default=None, help="probe C source (default probes/syscall_latency.c)")
     p.add_argument("--tracepoints", choices=("raw", "syscall"), default="raw",

@@ -27,7 +27,7 @@ Rules chosen (what a reader of the records may rely on):
   left: such lines go to the only live tid (or, if the exits were not shown, the last one).
 * Timestamps -> `start_ns` (int ns since the epoch, plus ctx.offset_ns). Time-of-day stamps
   (-t/-tt) use ctx.date in ctx.tz (default: local time); a stamp more than 12 h earlier than
-  the previous one is on the next day. Without ctx.date they are put on 1970-01-01 UTC with a
+  the previous one is on the next day (and one more than 12 h later, on the day before). Without ctx.date they are put on 1970-01-01 UTC with a
   warning: times are then only relative within the trace. No timestamps at all: start_ns is
   0 for every call (durations only), with a warning. -r (relative) stamps are summed from 0.
   In these three cases ctx.uncertainty_ns is set to None: the stream is not on the common
@@ -35,8 +35,8 @@ Rules chosen (what a reader of the records may rely on):
 * `dur_ns` from -T; for an unfinished/resumed pair the start is the unfinished line's stamp
   and the duration the resumed line's -T (or the stamp difference without -T). A call still
   pending when its task exits, when strace detaches (`<detached ...>`), or at the end of the
-  trace (warned, with a count) is emitted with dur_ns None; so are calls that never return
-  (`exit_group(0) = ?`).
+  trace (warned, with a count) is emitted with dur_ns None; so are calls that never returned
+  (`= ?` without an errno: `exit_group(0) = ?`, a call cut by the task's death).
 * `ret` is the return value (hex decoded, -1 on error); `= ?` gives None. `errno` is the
   error name, including ERESTARTSYS / ERESTART_RESTARTBLOCK etc. for interrupted calls.
   `restart_syscall(<... resuming interrupted NAME ...>)` is emitted under NAME.
@@ -92,7 +92,10 @@ _DUR = r"(?: <(\d+)(?:\.(\d{1,9}))?>)?"
 # ("read(3,  <unfinished ...>") and its resumption ("<... read resumed>"..., 1) = 1 <0.1>").
 # The greedy args make the LAST ") = " that leaves a valid tail the split point, so ") = "
 # inside a string argument does no harm.
-_FAST = re.compile(_PFX + r"(?:(\w+)\((.*)(?:\) +=\ " + _RET + _TAIL + _DUR + r"| ?<unfinished \.\.\.>)"
+# The lookahead after "NAME(" captures a decimal first argument and whether a -y decoration
+# follows it, so that fd calls need no second match.
+_FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d+)(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
+                   r"| ?<unfinished \.\.\.>)"
                    r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
 _PFX_BODY = re.compile(_PFX + r"(.*)\n")
 _B_FULL = re.compile(r"(\w+|\?\?\?)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
@@ -104,7 +107,7 @@ _R_DETACHED = re.compile(r"(.*?) *<detached \.\.\.>\Z")
 _SIGNAL = re.compile(r"--- .* ---\Z")
 _EXIT = re.compile(r"\+\+\+ (?:exited with|killed by|superseded by) .*\+\+\+\Z")
 _MSG_PROC = re.compile(r"strace: Process (\d+) (attached|detached)(?: with (\d+) threads)?")
-_EMBEDDED_MSG = re.compile(r"(.*?\S)(strace: Process (\d+) (?:attached|detached)[^\n]*)\n")
+_EMBEDDED_MSG = re.compile(r"(\s*\S.*?)(strace: Process (\d+) (?:attached|detached)[^\n]*)\n")
 _STARTS_CALL = re.compile(r"(?:\w+|\?\?\?)\(|<\.\.\. \w+ resumed>")
 _ERRNO = re.compile(r" (E[A-Z0-9_]+) \(")
 _ARG0 = re.compile(r"(?:0x([0-9a-fA-F]+)|(-?\d+))(<)?")
@@ -143,11 +146,11 @@ _CLONES = frozenset(("clone", "clone2", "clone3", "fork", "vfork"))
 _SPECIAL = (_OPENS | _NEW_SOCKET | _NEW_OTHER | frozenset(_PAIRS) | _CLONES | frozenset((
     "dup", "dup2", "dup3", "fcntl", "fcntl64", "close", "close_range", "exit", "exit_group",
     "set_tid_address", "gettid", "restart_syscall")))
-A_FD, A_NBYTES, A_SPECIAL = 1, 2, 4
+A_FD, A_NBYTES, A_SPECIAL, A_CLONE = 1, 2, 4, 8
 _ACT: dict[str, int] = {}
 for _n in FD_FIRST | NBYTES | _SPECIAL:
     _ACT[_n] = (A_FD if _n in FD_FIRST else 0) | (A_NBYTES if _n in NBYTES else 0) | \
-        (A_SPECIAL if _n in _SPECIAL else 0)
+        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in _CLONES else 0)
 CLONE_THREAD = 0x00010000
 F_DUPFD_RAW = ("0", "1030", "0x406")
 CLOSE_RANGE_CLOEXEC = 4
@@ -255,7 +258,8 @@ class _Run:
         self.seen_call = False               # a syscall line was seen (for attach messages)
         self.tgid_of: dict[int, int] = {}
         self.fdtab: dict[int, dict[int, FdKind]] = {}
-        self.pending: dict[int, tuple] = {}  # tid -> (name, start_ns, args, lineno)
+        # tid -> (name, start_ns, args so far, lineno, first argument if decimal, "<" if decorated)
+        self.pending: dict[int, tuple] = {}
         self.pclone: dict[int, bool] = {}    # tid -> is_thread, for clones in flight
         self.live: dict[int, None] = {}      # ordered set of live tids
         self.announced: set[int] = set()     # tids from "strace: Process N attached" mid-trace
@@ -274,19 +278,19 @@ class _Run:
         self.tz = ctx.tz
         self.rel_ns = 0
         self.warned: set[str] = set()
-        # torn lines: (first lineno, text without newline, [(lineno, line), ...])
-        self.torn: tuple[int, str, list] | None = None
+        # a torn line: (first lineno, its text so far, [(lineno, line) of its pieces], last lineno)
+        self.torn: tuple[int, str, list, int] | None = None
         self.in_summary = False
+        self.names: dict[str, tuple[str, int]] = {}
         self.ambiguous = 0
         self.regrouped = 0
         self.blank = 0
-        self.joined = 0
 
     # --- the loop ----------------------------------------------------------------------
     def run(self, stream: IO[str]) -> Iterator[SyscallEvent]:
         fast = _FAST.match
-        act_get = _ACT.get
-        intern = sys.intern
+        names = self.names                   # name -> (interned name, action bits)
+        names_get = names.get
         out = self.out
         tgid_get = self.tgid_of.get
         pending = self.pending
@@ -299,6 +303,8 @@ class _Run:
         SCALE = _SCALE
         Ev = SyscallEvent
         UNKNOWN = _UNKNOWN
+        FILE = _FILE
+        deco_cache: dict[str, FdKind] = {}    # first 8 chars of a non-path decoration -> kind
         lineno = 0
         anyp = self.any_prefixed
         unres = self.unres
@@ -313,7 +319,7 @@ class _Run:
                     yield from out
                     out.clear()
                 continue
-            (p1, p2, tod, num, frac, name, args, ret, tail, ds, df,
+            (p1, p2, tod, num, frac, name, fdn, fdd, args, ret, tail, ds, df,
              rname, rargs, rret, rtail, rds, rdf) = m.groups()
             # who
             if p1 is not None:
@@ -342,9 +348,7 @@ class _Run:
                 if frac is not None:
                     start += int(frac) * SCALE[len(frac)]
             elif num is not None and len(num) >= 9:
-                start = int(num) * NS + off
-                if frac is not None:
-                    start += int(frac) * SCALE[len(frac)]
+                start = (int(num + frac) * SCALE[len(frac)] if frac is not None else int(num) * NS) + off
             else:
                 start = self._odd_stamp(num, frac)
             if name is None:
@@ -356,33 +360,41 @@ class _Run:
                     dur = None
                 p = pending.pop(tid, None)
                 if p is not None and p[0] == name:
-                    if dur is None and (tod is not None or num is not None):
-                        dur = start - p[1]
+                    if dur is None and (tod is not None or num is not None) and (ret != "?" or tail):
+                        dur = start - p[1]           # no -T: the stamps' difference
                     start = p[1]
-                    args = p[2] + rargs
+                    args = p[2]                      # the arguments are args + more
+                    more = rargs
+                    fdn = p[4]
+                    fdd = p[5]
                 else:
                     if p is not None:
                         self._cut(tid, p)
                     if dur is not None:
                         start -= dur
-                    args = ""                # its first argument was before the trace began
+                    args = more = ""             # its first argument was before the trace began
             elif ret is None:
                 # NAME(args <unfinished ...>
-                name = intern(name)
+                na = names_get(name)
+                if na is None:
+                    na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                name = na[0]
                 old = pending.pop(tid, None)
                 if old is not None:
                     self._cut(tid, old)
                     if out:
                         yield from out
                         out.clear()
-                pending[tid] = (name, start, args, lineno)
-                if name in _CLONES:
+                pending[tid] = (name, start, args, lineno, fdn, fdd)
+                if na[1] & A_CLONE:
                     self.pclone[tid] = _is_thread(name, args)
                 continue
-            elif ds is not None:
-                dur = int(ds + df) * SCALE[len(df)] if df is not None else int(ds) * NS
             else:
-                dur = None
+                more = ""
+                if ds is not None:
+                    dur = int(ds + df) * SCALE[len(df)] if df is not None else int(ds) * NS
+                else:
+                    dur = None
             # result
             c = ret[0]
             if c == "?":
@@ -402,21 +414,37 @@ class _Run:
                     if em is not None:
                         errno = em.group(1)
             else:
-                reti = int(ret, 16) if ret[1:2] in ("x", "X") else int(ret)
+                reti = int(ret, 16) if "x" in ret else int(ret)
                 errno = None
-            name = intern(name)
-            a = act_get(name, 0)
+            na = names_get(name)
+            if na is None:
+                na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+            name, a = na
             fd = None
             kind = UNKNOWN
             nbytes = None
             if a:
                 if a & A_FD:
-                    fm = arg0(args)
-                    if fm is not None:
-                        h, d, deco = fm.groups()
-                        fd = int(d) if d is not None else int(h, 16)
-                        if deco is not None:
-                            kind = decoration_kind(args, fm.end())
+                    if fdn is not None:
+                        fd = int(fdn)
+                        e = len(fdn) + 1 if fdd is not None else 0
+                    else:
+                        fm = arg0(args)          # "0x3" (-e raw), -1, or a resumed call's args
+                        if fm is not None:
+                            h, d, deco = fm.groups()
+                            fd = int(d) if d is not None else int(h, 16)
+                            e = fm.end() if deco is not None else 0
+                    if fd is not None:
+                        if e:
+                            c = args[e]
+                            if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
+                                kind = FILE
+                            else:
+                                kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
+                                if kind is None:
+                                    kind = decoration_kind(args, e)
+                                    if c != "/":
+                                        deco_cache[args[e:e + 8]] = kind
                         else:
                             t = fdtab.get(tgid)
                             if t is not None:
@@ -424,9 +452,12 @@ class _Run:
                 if a & A_NBYTES and reti is not None and reti >= 0:
                     nbytes = reti
                 if a & A_SPECIAL:
-                    name, fd, kind, nbytes = self._special(name, tid, tgid, args, reti, tail, fd, kind, nbytes)
-                    tgid = tgid_get(tid, tgid)
+                    name, fd, kind, nbytes = self._special(name, tid, tgid, args + more, reti, tail, fd, kind,
+                                                           nbytes)
                     unres = self.unres
+                    if tid == UNRES and not unres:   # set_tid_address/gettid named the tracee
+                        tid = last_tid = self.base_tid
+                    tgid = tgid_get(tid, tgid)
             if out:
                 yield from out
                 out.clear()
@@ -448,10 +479,13 @@ class _Run:
         if len(live) == 1:
             for t in live:
                 return t
-        if not live:
-            return self.last_tid             # e.g. "+++ exited" after exit_group(0) = ?
+        last = self.last_tid
+        if not live or last in live:
+            # no one else printed since (e.g. the parent right after `clone() = N`, before
+            # strace attached N), or "+++ exited" after exit_group(0) = ?
+            return last
         self.ambiguous += 1
-        return self.last_tid
+        return last
 
     def _new_tid(self, tid: int, clone_resume: bool) -> int:
         """First sight of `tid`: decide its thread group. Returns the tgid."""
@@ -564,17 +598,25 @@ class _Run:
                                         "trace and not aligned with other streams (give the capture date)")
         h, mi, s = int(tod[0:2]), int(tod[3:5]), int(tod[6:8])
         sod = h * 3600 + mi * 60 + s
-        if self.last_sod is not None and sod < self.last_sod - 43200:
-            self.day += 1                    # time went back > 12 h: past midnight
-            self.tod_cache.clear()
-        self.last_sod = sod
+        day = self.day
+        cache = True
+        if self.last_sod is not None:
+            if sod < self.last_sod - 43200:
+                day = self.day = self.day + 1    # time went back > 12 h: past midnight
+                self.tod_cache.clear()
+            elif sod > self.last_sod + 43200 and day > 0:
+                day -= 1                         # a late line from just before midnight
+                cache = False
+        if cache:
+            self.last_sod = sod
         extra = 0
-        if s >= 60:                          # leap second
+        if s >= 60:                              # leap second
             s, extra = 59, s - 59
-        d = self.date + _dt.timedelta(days=self.day)
+        d = self.date + _dt.timedelta(days=day)
         epoch = int(_dt.datetime(d.year, d.month, d.day, h, mi, s, tzinfo=self.tz).timestamp()) + extra
         ns = epoch * _NS + self.off
-        self.tod_cache[tod] = ns
+        if cache:
+            self.tod_cache[tod] = ns
         return ns
 
     def _odd_stamp(self, num: str | None, frac: str | None) -> int:
@@ -705,7 +747,7 @@ class _Run:
 
     def _cut(self, tid: int, p: tuple) -> None:
         """Emit a pending call whose end the trace does not show."""
-        name, start, args, _lineno = p
+        name, start, args = p[0], p[1], p[2]
         tgid = self.tgid_of.get(tid, tid)
         fd, kind = self._fd_of(name, tgid, args)
         self._emit(tgid, tid, name, start, None, None, None, fd, kind, None)
@@ -724,17 +766,16 @@ class _Run:
 
     # --- everything but a complete call --------------------------------------------------
     def _slow(self, lineno: int, line: str) -> None:
+        # A torn line is (first lineno, its text so far, [(lineno, line) of its pieces], last lineno).
         torn = self.torn
-        if torn is not None and torn[2][-1][0] != lineno - 1:
+        if torn is not None and torn[3] != lineno - 1:
             self._torn_bad()                 # the line after the torn one was fine on its own
             torn = None
         if not line.endswith("\n"):
             # The last line of a capture cut mid-write: skipped, reported as truncation.
             if torn is not None:
-                joined = torn[1] + line + "\n"
-                if self._line(torn[0], joined):
+                if self._line(torn[0], torn[1] + line + "\n"):
                     self.torn = None
-                    self.joined += len(torn[2])
                     return
                 self._torn_bad()
             self.bad.bad(lineno, line)
@@ -742,32 +783,45 @@ class _Run:
         if line == "\n" or line.isspace():
             self.blank += 1
             return
+        if torn is not None and line.startswith("strace: "):
+            self._message(line[:-1])         # "strace: Process N attached" inside a torn line
+            self.torn = (torn[0], torn[1], torn[2], lineno)
+            return
         if self._line(lineno, line):
             if torn is not None:
                 self._torn_bad()
             return
+        if torn is None and self.pending:
+            # strace -z/-Z/-e status=...: the end of the call just left unfinished comes as a
+            # bare "...) = ret" line, without "<... NAME resumed>"
+            m = _R_REST.match(line[:-1])
+            if m is not None:
+                for tid, p in self.pending.items():
+                    if p[3] == lineno - 1:
+                        del self.pending[tid]
+                        self._finish_pending(tid, p, None, m)
+                        return
         if torn is not None:
             # Glue: the target's output or a strace message tore the previous line.
             joined = torn[1] + line
             group = torn[2] + [(lineno, line)]
             if self._line(torn[0], joined):
                 self.torn = None
-                self.joined += len(group) - 1
                 return
             if len(group) <= MAX_JOIN:
-                self.torn = (torn[0], joined[:-1], group)
+                self.torn = (torn[0], joined[:-1], group, lineno)
                 return
             self._torn_bad()
         m = _EMBEDDED_MSG.match(line)
         if m is not None:
             self._message(m.group(2))
-            self.torn = (lineno, m.group(1), [(lineno, line)])
+            self.torn = (lineno, m.group(1), [(lineno, line)], lineno)
             return
         if self.in_summary:
             return
         pm = _PFX_BODY.match(line)
         if pm is not None and _STARTS_CALL.match(pm.group(6)):
-            self.torn = (lineno, line[:-1], [(lineno, line)])
+            self.torn = (lineno, line[:-1], [(lineno, line)], lineno)
             return
         self.bad.bad(lineno, line)
 
@@ -841,7 +895,7 @@ class _Run:
             old = self.pending.pop(tid, None)
             if old is not None:
                 self._cut(tid, old)
-            self.pending[tid] = (name, start, m.group(2), lineno)
+            self.pending[tid] = (name, start, m.group(2), lineno, None, None)
             if name in _CLONES:
                 self.pclone[tid] = _is_thread(name, m.group(2))
             return True
@@ -864,7 +918,7 @@ class _Run:
             tgid = self.tgid_of.get(tid)
             if tgid is None:
                 tgid = self._new_tid(tid, False)
-            self._cut(tid, (sys.intern(m.group(1)), self._stamp(tod, num, frac), m.group(2), lineno))
+            self._cut(tid, (sys.intern(m.group(1)), self._stamp(tod, num, frac), m.group(2), lineno, None, None))
             return True
         return False
 
@@ -882,9 +936,8 @@ class _Run:
         self.seen_call = True
         tid = self._tid_of(p1, p2)
         name = sys.intern(name)
-        tgid = self.tgid_of.get(tid)
-        if tgid is None:
-            tgid = self._new_tid(tid, name in _CLONES)
+        if tid not in self.tgid_of:
+            self._new_tid(tid, name in _CLONES)
         self.last_tid = tid
         end = self._stamp(tod, num, frac)
         p = self.pending.pop(tid, None)
@@ -896,17 +949,23 @@ class _Run:
             if _R_DETACHED.match(rest) and p is not None:
                 self._cut(tid, p)
             return
+        if p is None:
+            # its start was before the trace began: placed by its duration, first argument unknown
+            more, ret, tail, ds, df = m.groups()
+            dur = _dur(ds, df)
+            start = end - dur if dur is not None else end
+            self._complete(tid, self.tgid_of.get(tid, tid), name, start, "", ret, tail, dur)
+            return
+        self._finish_pending(tid, p, end if (tod is not None or num is not None) else None, m)
+
+    def _finish_pending(self, tid: int, p: tuple, end: int | None, m: re.Match) -> None:
+        """The end (`_R_REST` match `m`, at stamp `end` if any) of the pending call `p`."""
+        name, start, args = p[0], p[1], p[2]
         more, ret, tail, ds, df = m.groups()
         dur = _dur(ds, df)
-        if p is not None:
-            start = p[1]
-            args = p[2] + more
-            if dur is None and (tod is not None or num is not None):
-                dur = end - start
-        else:
-            start = end - dur if dur is not None else end
-            args = ""                        # the first argument was before the trace began
-        self._complete(tid, tgid, name, start, args, ret, tail, dur)
+        if dur is None and end is not None and (ret != "?" or tail):
+            dur = end - start                # no -T: the stamps' difference
+        self._complete(tid, self.tgid_of.get(tid, tid), name, start, args + more, ret, tail, dur)
 
     def _complete(self, tid, tgid, name, start, args, ret, tail, dur) -> None:
         """One finished call from the slow path (same rules as the fast path)."""
@@ -927,6 +986,8 @@ class _Run:
         nbytes = reti if a & A_NBYTES and reti is not None and reti >= 0 else None
         if a & A_SPECIAL:
             name, fd, kind, nbytes = self._special(name, tid, tgid, args, reti, tail, fd, kind, nbytes)
+            if tid == UNRES and not self.unres:
+                tid = self.last_tid = self.base_tid
             tgid = self.tgid_of.get(tid, tgid)
         self._emit(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
 
@@ -945,8 +1006,8 @@ class _Run:
                      "kept without a duration")
         if self.unres and self.buf:
             self._resolve(0)
-            ctx.warn(f"{ctx.path}: no pid in the trace (strace without -f) and none given: "
-                     "its calls are attributed to pid 0 (give the traced pid)")
+            ctx.warn(f"{ctx.path}: lines without a pid prefix and no pid given or found in the trace: "
+                     "their calls are attributed to pid 0 (give the traced pid)")
         if self.ambiguous:
             ctx.warn(f"{ctx.path}: {self.ambiguous} line(s) could not be attributed to a thread for sure "
                      "(no pid prefix with several tracees alive); used the last one seen")

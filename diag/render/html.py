@@ -22,6 +22,9 @@ NAME = "html"
 REPORTS_DIR = Path(os.environ.get("DIAG_REPORTS_DIR") or Path(__file__).resolve().parents[2] / "reports")
 
 MAX_SYSCALL_ROWS = 40
+# Request breakdown keys (docs/report-schema.md) that are not syscall families.
+BREAKDOWN_COLORS = {"user": "#59a14f", "file": "#ff9da7", "upstream": "#9467bd", "socket": "#4e79a7",
+                    "cpu": "#59a14f"}
 MAX_SAMPLE_MARKS = 300
 FAMILY_COLORS = {"read": "#4e79a7", "write": "#f28e2b", "sync": "#e15759", "poll": "#9c9c9c", "accept": "#76b7b2",
                  "connect": "#59a14f", "close": "#b07aa1", "futex": "#edc948", "sleep": "#bab0ac",
@@ -122,28 +125,59 @@ def request_histogram(report: dict) -> dict | None:
 
 
 def breakdown(report: dict) -> list[dict]:
-    b = (report.get("requests") or {}).get("breakdown") or {}
-    total = sum(v for v in b.values() if isinstance(v, (int, float)) and v > 0)
-    if not total:
-        return []
-    out, x = [], 0.0
-    palette = list(FAMILY_COLORS.values())
-    for i, (name, ns) in enumerate(sorted(b.items(), key=lambda kv: -(kv[1] or 0))):
-        if not ns or ns <= 0:
-            continue
-        w = ns / total * 1000
-        out.append({"name": name, "ns": ns, "share": ns / total, "x": round(x, 1), "w": round(w, 1),
-                    "color": FAMILY_COLORS.get(name, palette[i % len(palette)])})
-        x += w
-    return out
+    return _bar((report.get("requests") or {}).get("breakdown") or {})
 
 
 def _leaf(frames: list[str]) -> str:
     return frames[-1] if frames else "(no frames)"
 
 
-def timeline_view(report: dict, i: int, tl: dict) -> dict:
-    """One spike: lanes on one time axis (request, syscalls, py-spy, perf, off-CPU) in SVG units."""
+def _bar(parts: dict, palette_key=None) -> list[dict]:
+    """A stacked bar (0..1000) of {name: ns}, largest first."""
+    total = sum(v for v in parts.values() if isinstance(v, (int, float)) and v > 0)
+    if not total:
+        return []
+    out, x = [], 0.0
+    palette = list(FAMILY_COLORS.values())
+    for i, (name, ns) in enumerate(sorted(parts.items(), key=lambda kv: (-(kv[1] or 0), kv[0]))):
+        if not isinstance(ns, (int, float)) or ns <= 0:
+            continue
+        w = ns / total * 1000
+        out.append({"name": name, "ns": ns, "share": ns / total, "x": round(x, 1), "w": round(w, 1),
+                    "color": BREAKDOWN_COLORS.get(name) or FAMILY_COLORS.get(name) or palette[i % len(palette)]})
+        x += w
+    return out
+
+
+class StackTable:
+    """Identical stacks stored once (frames as indices into one label list): the timelines of a
+    busy capture repeat the same deep stacks hundreds of times."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.stacks: list[list[int]] = []
+        self._frame_ix: dict[str, int] = {}
+        self._stack_ix: dict[tuple[int, ...], int] = {}
+
+    def add(self, frames) -> int:
+        ids = []
+        for f in frames or []:
+            f = str(f)
+            ix = self._frame_ix.get(f)
+            if ix is None:
+                ix = self._frame_ix[f] = len(self.frames)
+                self.frames.append(f)
+            ids.append(ix)
+        key = tuple(ids)
+        if key not in self._stack_ix:
+            self._stack_ix[key] = len(self.stacks)
+            self.stacks.append(list(key))
+        return self._stack_ix[key]
+
+
+def timeline_view(report: dict, i: int, tl: dict, table: StackTable | None = None) -> dict:
+    """One slow request (or syscall spike): lanes on one time axis (request, syscalls, py-spy,
+    perf, off-CPU kernel stacks) in SVG units, and the stacks at its worst moment."""
     t0, t1 = tl.get("start_ns") or 0, tl.get("end_ns") or 0
     span = max(t1 - t0, 1)
     W = 1000
@@ -154,35 +188,48 @@ def timeline_view(report: dict, i: int, tl: dict) -> dict:
     def wd(a, b):
         return round(max(x(b) - x(a), 0.8), 2)
 
-    spikes = report.get("spikes") or []
-    worst = (spikes[i].get("worst") if i < len(spikes) else None) or {}
     tid = tl.get("tid")
+    req = tl.get("request") if isinstance(tl.get("request"), dict) else None
+    calls = tl.get("syscalls") or []
+    samples = tl.get("samples") or []
+    if req and req.get("start_ns") is not None and req.get("end_ns") is not None:
+        inside = [e for e in calls if e.get("dur_ns") and e["start_ns"] < req["end_ns"]
+                  and e["start_ns"] + e["dur_ns"] > req["start_ns"]]
+        worst = max(inside, key=lambda e: e["dur_ns"], default={})
+        focus_window = (req["start_ns"], req["end_ns"])
+    else:
+        spikes = report.get("spikes") or []
+        worst = (spikes[i].get("worst") if i < len(spikes) else None) or {}
+        if worst.get("start_ns") is None:
+            worst = max((e for e in calls if e.get("dur_ns")), key=lambda e: e["dur_ns"], default={})
+        focus_window = ((worst["start_ns"], worst["start_ns"] + (worst.get("dur_ns") or 0))
+                        if worst.get("start_ns") is not None else None)
     lanes: list[dict] = []
-    reqs = [r for r in (report.get("requests") or {}).get("slowest") or []
-            if (r.get("tid") in (None, tid)) and (r.get("end_ns") or 0) >= t0 and (r.get("start_ns") or 0) <= t1]
+    reqs = [req] if req else [
+        r for r in (report.get("requests") or {}).get("slowest") or []
+        if r.get("tid") in (None, tid) and (r.get("end_ns") or 0) >= t0 and (r.get("start_ns") or 0) <= t1]
+    reqs = [r for r in reqs if r.get("start_ns") is not None and r.get("end_ns") is not None]
     if reqs:
         lanes.append({"name": "request", "marks": [
             {"x": x(r["start_ns"]), "w": wd(r["start_ns"], r["end_ns"]), "cls": "req",
              "title": f"request {dur(r.get('latency_ns') or (r['end_ns'] - r['start_ns']))}"
-                      + (f" {r.get('method', '')} {r.get('path', '')}".rstrip() if r.get("path") else "")}
-            for r in reqs]})
-    calls = tl.get("syscalls") or []
+                      + (f" fd {r['fd']}" if r.get("fd") is not None else "")
+                      + (f", {r['bytes_in']:,} B in / {r.get('bytes_out') or 0:,} B out"
+                         if isinstance(r.get("bytes_in"), int) else "")} for r in reqs]})
     lanes.append({"name": "syscalls", "marks": [
         {"x": x(e["start_ns"]), "w": wd(e["start_ns"], e["start_ns"] + (e.get("dur_ns") or 0)),
          "cls": "sc", "color": FAMILY_COLORS.get(e.get("family"), "#7f7f7f"),
          "title": f"{e.get('name')} {dur(e.get('dur_ns'))}"
                   + (f" fd {e['fd']} ({e.get('fd_kind')})" if e.get("fd") is not None else "")
-                  + (f" {e['bytes']:,} B" if e.get("bytes") is not None else "")
-                  + (f" {e['errno']}" if e.get("errno") else "")} for e in calls]})
-    samples = tl.get("samples") or []
+                  + (f" {e['bytes']:,} B" if isinstance(e.get("bytes"), int) else "")
+                  + (f" {e['errno']}" if e.get("errno") else "")} for e in calls if e.get("start_ns") is not None]})
     by_lane: dict[str, list] = {}
-    stacks: list[list[str]] = []
+    table = table if table is not None else StackTable()
     for s in samples[:MAX_SAMPLE_MARKS]:
-        off = s.get("on_cpu") is False and s.get("dur_ns")
+        off = s.get("on_cpu") is False and bool(s.get("dur_ns"))
         lane = f"{s.get('source')} off-CPU (kernel)" if off else f"{s.get('source')} stacks"
-        ts = s.get("ts_ns") or t0
-        idx = len(stacks)
-        stacks.append(list(s.get("frames") or []))
+        ts = s.get("ts_ns") if s.get("ts_ns") is not None else t0
+        idx = table.add(s.get("frames"))
         by_lane.setdefault(lane, []).append(
             {"x": x(ts), "w": wd(ts, ts + s["dur_ns"]) if off else 1.6, "cls": "off" if off else "smp", "i": idx,
              "title": (f"off-CPU {dur(s['dur_ns'])}: " if off else "") + _leaf(s.get("frames") or [])})
@@ -191,56 +238,44 @@ def timeline_view(report: dict, i: int, tl: dict) -> dict:
     for k, lane in enumerate(lanes):
         lane["y"] = 20 + k * 30
 
-    # The stacks at the worst call: the py-spy sample nearest its middle, the off-CPU stack inside it.
+    # The stacks at the worst moment: the py-spy sample nearest the middle of the worst call (or of
+    # the request), and the longest off-CPU kernel stack overlapping that call (or the request).
     focus = []
-    if worst.get("start_ns") is not None:
-        mid = worst["start_ns"] + (worst.get("dur_ns") or 0) // 2
+    if focus_window:
+        a, b = (worst["start_ns"], worst["start_ns"] + (worst.get("dur_ns") or 0)) \
+            if worst.get("start_ns") is not None else focus_window
+        mid = (a + b) // 2
         py = [s for s in samples if s.get("source") == "py-spy" and s.get("ts_ns") is not None]
         if py:
             s = min(py, key=lambda s: abs(s["ts_ns"] - mid))
-            focus.append({"what": f"py-spy, {dur(abs(s['ts_ns'] - mid))} from the middle of the call",
-                          "frames": list(s.get("frames") or [])})
+            focus.append({"what": f"py-spy frames of tid {tid}, {dur(abs(s['ts_ns'] - mid))} from the middle of "
+                                  + (f"the {worst.get('name')}" if worst.get("name") else "the request"),
+                          "frames": [str(f) for f in s.get("frames") or []]})
         off = [s for s in samples if s.get("on_cpu") is False and s.get("ts_ns") is not None
-               and s["ts_ns"] <= worst["start_ns"] + (worst.get("dur_ns") or 0)
-               and s["ts_ns"] + (s.get("dur_ns") or 0) >= worst["start_ns"]]
+               and s["ts_ns"] <= b and s["ts_ns"] + (s.get("dur_ns") or 0) >= a]
         if off:
             s = max(off, key=lambda s: s.get("dur_ns") or 0)
             focus.append({"what": f"off-CPU kernel stack ({s.get('source')}), blocked {dur(s.get('dur_ns'))}",
-                          "frames": list(s.get("frames") or [])})
-    ticks = [{"x": round(k * W / 5, 1), "label": f"{(t0 + k * span / 5 - t0) / 1e6:.1f} ms"} for k in range(6)]
+                          "frames": [str(f) for f in s.get("frames") or []]})
+    ticks = [{"x": round(k * W / 5, 1), "label": f"{k * span / 5 / 1e6:.1f} ms"} for k in range(6)]
     hi = None
     if worst.get("start_ns") is not None:
         hi = {"x": x(worst["start_ns"]), "w": wd(worst["start_ns"], worst["start_ns"] + (worst.get("dur_ns") or 0))}
     return {"n": i + 1, "tid": tid, "start_ns": t0, "end_ns": t1, "lanes": lanes, "ticks": ticks,
-            "height": 30 + len(lanes) * 30, "worst": worst, "highlight": hi, "focus": focus, "stacks": stacks,
+            "height": 30 + len(lanes) * 30, "worst": worst, "highlight": hi, "focus": focus,
+            "request": req, "breakdown": _bar((req or {}).get("breakdown") or {}),
             "empty": not calls and not samples and not reqs}
 
 
-def flame_tree(flame: dict | None, name: str) -> dict | None:
-    """Folded stacks -> the nested {name, value, children} tree d3-flame-graph draws (values inclusive)."""
+def flame_data(flame: dict | None, table: StackTable) -> list[list[int]] | None:
+    """Folded stacks as [[stack id, count], ...] in the shared table; the script builds the tree
+    d3-flame-graph draws. Stacks the analysis summed into `dropped` stay visible as one block."""
     if not flame or not flame.get("stacks"):
         return None
-    root: dict = {"name": name, "value": 0, "children": {}}
-    for st in flame["stacks"]:
-        n = int(st.get("count") or 0)
-        root["value"] += n
-        node = root
-        for fr in st.get("frames") or []:
-            node = node["children"].setdefault(fr, {"name": fr, "value": 0, "children": {}})
-            node["value"] += n
-    dropped = int(flame.get("dropped") or 0)
-    if dropped:
-        root["children"]["(other stacks)"] = {"name": "(other stacks)", "value": dropped, "children": {}}
-        root["value"] += dropped
-
-    def listify(node):
-        kids = [listify(c) for _, c in sorted(node["children"].items())]
-        out = {"name": node["name"], "value": node["value"]}
-        if kids:
-            out["children"] = kids
-        return out
-
-    return listify(root)
+    out = [[table.add(st.get("frames")), int(st.get("count") or 0)] for st in flame["stacks"]]
+    if flame.get("dropped"):
+        out.append([table.add(["(other stacks)"]), int(flame["dropped"])])
+    return out
 
 
 def top_leaves(flame: dict | None, n: int = 8) -> list[dict]:
@@ -295,9 +330,10 @@ def view(report: dict) -> dict:
     w = report.get("window") or {}
     t = report.get("target") or {}
     label = t.get("comm") or " ".join(t.get("cmdline") or []) or ", ".join(t.get("inputs") or []) or "capture"
-    timelines = [timeline_view(report, i, tl) for i, tl in enumerate(report.get("timelines") or [])]
-    slow_tree = flame_tree(flame.get("slow"), "slow requests")
-    all_tree = flame_tree(flame.get("all"), "all samples")
+    table = StackTable()
+    timelines = [timeline_view(report, i, tl, table) for i, tl in enumerate(report.get("timelines") or [])]
+    slow_tree = flame_data(flame.get("slow"), table)
+    all_tree = flame_data(flame.get("all"), table)
     return {
         "r": report, "label": label, "verdict": verdict(report), "window": w,
         "findings": report.get("findings") or [], "matrix": report.get("matrix") or [],
@@ -307,16 +343,16 @@ def view(report: dict) -> dict:
         "syscalls_more": max(len(lat.get("syscalls") or []) - MAX_SYSCALL_ROWS, 0),
         "timelines": timelines,
         "flames": [f for f in (
-            {"id": "flame-slow", "title": "Stacks during slow requests", "flame": flame.get("slow"), "tree": slow_tree,
+            {"id": "flame-slow", "root": "slow requests", "title": "Stacks during slow requests", "flame": flame.get("slow"), "tree": slow_tree,
              "leaves": top_leaves(flame.get("slow"))} if slow_tree else None,
-            {"id": "flame-all", "title": "Whole capture", "flame": flame.get("all"), "tree": all_tree,
+            {"id": "flame-all", "root": "all samples", "title": "Whole capture", "flame": flame.get("all"), "tree": all_tree,
              "leaves": top_leaves(flame.get("all"))} if all_tree else None) if f],
         "collectors": [dict(c, name=n, settings_text=_settings(c.get("settings")))
                        for n, c in sorted((report.get("collectors") or {}).items())],
         "alignment": report.get("alignment") or {},
         "env": environment(report),
         "warnings": report.get("warnings") or [],
-        "colors": FAMILY_COLORS,
+        "colors": FAMILY_COLORS, "stack_table": table,
     }
 
 
@@ -356,8 +392,8 @@ def render(report: dict) -> str:
     v = view(report)
     scripts = [_asset("vendor/d3.min.js"), _asset("vendor/d3-flamegraph.umd.min.js"), _asset("report.js")] \
         if v["flames"] or v["timelines"] else [_asset("report.js")]
-    data = {"flames": [{"id": f["id"], "tree": f["tree"]} for f in v["flames"]],
-            "stacks": {f"tl-{t['n']}": t["stacks"] for t in v["timelines"]}}
+    data = {"flames": [{"id": f["id"], "root": f["root"], "stacks": f["tree"]} for f in v["flames"]],
+            "frames": v["stack_table"].frames, "stacks": v["stack_table"].stacks}
     return render_template("report.html.j2", {"v": v, "data": data}, scripts)
 
 

@@ -12,13 +12,18 @@ from diag.render.html import dur, pct, verdict, write_text
 EXTENSION = ".md"
 NAME = "markdown"
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 def esc(s) -> str:
     """Plain text in Markdown: HTML-escaped, Markdown punctuation backslashed, one line."""
     text = html.escape(str(s), quote=True).replace("\r", " ").replace("\n", " ")
     return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def code(s) -> str:
+    """Inline code: GitHub shows it verbatim (no entity decoding), so only ` and | need care."""
+    return "`" + str(s).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
 
 
 def render(report: dict, gates: list | None = None, html_path: str | None = None, top: int = 5) -> str:
@@ -29,7 +34,7 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
     out = [f"### diag: {esc(v['head'])}", ""]
     if v.get("text"):
         out += [esc(v["text"]), ""]
-    out.append(f"Target `{esc(label).replace('`', '')}` · {w.get('duration_s', 0):.1f} s window"
+    out.append(f"Target {code(label)} · {w.get('duration_s', 0):.1f} s window"
                + (f" · HTML report: {esc(html_path)}" if html_path else ""))
     out.append("")
     req = report.get("requests") or {}
@@ -41,13 +46,13 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
     if gates:
         out += ["| gate | result | detail |", "|---|---|---|"]
         for g in gates:
-            out.append(f"| `{esc(g.gate.expr).replace('`', '')}` | {'❌ failed' if g.failed else '✅ passed'} | {esc(g.detail)} |")
+            out.append(f"| {code(g.gate.expr)} | {'❌ failed' if g.failed else '✅ passed'} | {esc(g.detail)} |")
         out.append("")
     findings = report.get("findings") or []
     if findings:
         out += ["| # | finding | severity | share | summary |", "|---:|---|---|---:|---|"]
         for f in findings[:top]:
-            out.append(f"| {f.get('rank')} | `{esc(f.get('id'))}` | {esc(f.get('severity'))} | {pct(f.get('share'))} "
+            out.append(f"| {f.get('rank')} | {code(f.get('id'))} | {esc(f.get('severity'))} | {pct(f.get('share'))} "
                        f"| {esc(f.get('summary'))} |")
         if len(findings) > top:
             out.append(f"\n{len(findings) - top} more findings in the HTML/JSON report.")
@@ -65,7 +70,7 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
         out.append("Collectors not ok: " + ", ".join(f"{esc(n)} ({esc(report['collectors'][n].get('status'))})"
                                                   for n in bad))
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def write(report: dict, path: str, gates: list | None = None, html_path: str | None = None) -> None:

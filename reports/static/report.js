@@ -9,12 +9,32 @@
   var data;
   try { data = JSON.parse(el.textContent); } catch (e) { return; }
 
+  // [[stack id, count], ...] -> {name, value (inclusive), children}, frames from the shared table.
+  function buildTree(rootName, list) {
+    var stacks = data.stacks || [], names = data.frames || [];
+    var root = {name: rootName, value: 0, children: []};
+    var index = new Map();
+    list.forEach(function (entry) {
+      var ids = stacks[entry[0]] || [], n = entry[1], node = root;
+      root.value += n;
+      ids.forEach(function (k) {
+        var kids = index.get(node);
+        if (!kids) { kids = new Map(); index.set(node, kids); }
+        var name = String(names[k]), child = kids.get(name);
+        if (!child) { child = {name: name, value: 0, children: []}; kids.set(name, child); node.children.push(child); }
+        child.value += n;
+        node = child;
+      });
+    });
+    return root;
+  }
+
   function drawFlames() {
     var lib = window.flamegraph && (window.flamegraph["default"] || window.flamegraph.flamegraph);
     if (!lib || !window.d3 || !data.flames) return;
     data.flames.forEach(function (f) {
       var host = document.getElementById(f.id);
-      if (!host || !f.tree) return;
+      if (!host || !f.stacks) return;
       var width = Math.max(host.clientWidth || 600, 300);
       var chart = lib()
         .width(width)
@@ -26,21 +46,19 @@
         .selfValue(false);
       // No tooltip: d3-flame-graph's tooltip writes HTML. Frames carry an SVG <title> (text).
       while (host.firstChild) host.removeChild(host.firstChild);
-      window.d3.select(host).datum(f.tree).call(chart);
+      window.d3.select(host).datum(buildTree(f.root, f.stacks)).call(chart);
     });
   }
 
   function wireTimelines() {
-    var stacks = data.stacks || {};
+    var stacks = data.stacks || [], names = data.frames || [];
     Array.prototype.forEach.call(document.querySelectorAll("svg.tl"), function (svg) {
-      var key = svg.getAttribute("data-tl");
-      var list = stacks[key] || [];
       var box = svg.parentNode.querySelector(".stack.picked");
       if (!box) return;
       function show(ev) {
         var t = ev.target;
         if (!t || !t.hasAttribute || !t.hasAttribute("data-i")) return;
-        var frames = list[parseInt(t.getAttribute("data-i"), 10)] || [];
+        var frames = (stacks[parseInt(t.getAttribute("data-i"), 10)] || []).map(function (k) { return names[k]; });
         var ol = box.querySelector("ol");
         while (ol.firstChild) ol.removeChild(ol.firstChild);
         frames.forEach(function (fr) {

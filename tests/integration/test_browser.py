@@ -143,6 +143,17 @@ class Browser:
         self.pump(0.8)   # late errors, transitions
         return url
 
+    def open_static(self, path: Path) -> str:
+        """A page without our script (the compare page): wait for the load event only."""
+        url = path.resolve().as_uri()
+        self.events.clear()
+        self.call("Page.navigate", session=True, url=url)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(e["method"] == "Page.loadEventFired" for e in self.events):
+            self.pump(0.2)
+        self.pump(0.5)
+        return url
+
     def eval(self, expr: str):
         r = self.call("Runtime.evaluate", session=True, expression=expr, returnByValue=True)
         return r.get("result", {}).get("value")
@@ -318,3 +329,22 @@ def test_empty_report_renders_without_script_errors(browser, tmp_path):
     url = browser.open(out)
     _assert_clean(browser, url, scripts_expected=1)
     assert "Nothing to diagnose" in browser.eval("document.body.innerText")
+
+
+def test_compare_page_is_inert_in_chromium(browser, tmp_path):
+    from diag import compare as cmp_mod
+    from diag import gates
+
+    base = {"schema": "diag.report/1", "target": {"comm": HOSTILE[0]}, "window": {"duration_s": 1.0},
+            "latency": {"syscalls": [], "families": {"sync" + HOSTILE[1]: {"count": 1, "total_ns": 5, "p99_ns": 5,
+                                                                          "max_ns": 5}}},
+            "findings": [{"id": "disk-sync", "severity": "warning", "share": 0.5, "summary": HOSTILE[2]}]}
+    cur = copy.deepcopy(base)
+    cur["findings"] = [{"id": "file-io", "severity": "critical", "share": 0.7, "summary": HOSTILE[4]}]
+    c = cmp_mod.compare(base, cur, HOSTILE[5], HOSTILE[6])
+    out = tmp_path / "compare.html"
+    cmp_mod.write_html(c, str(out), gates.evaluate_compare(gates.parse_all(["finding:new"]), base, cur))
+    url = browser.open_static(out)
+    _assert_clean(browser, url, scripts_expected=0)
+    assert "1 of 1 gates failed" in browser.eval("document.body.innerText")
+    browser.screenshot(ARTIFACTS / "compare.png")

@@ -92,7 +92,8 @@ def make_handler(fault: str, args) -> type[BaseHTTPRequestHandler]:
                 time.sleep(0.02)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(BODY)))
+            if fault != "time-wait":        # without a length the client reads to EOF: the server
+                self.send_header("Content-Length", str(len(BODY)))   # always closes first
             self.end_headers()
             self.wfile.write(BODY)
 
