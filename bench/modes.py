@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -278,6 +279,18 @@ class PyspyBlocking(Mode):
             return b"Sampling process" in (run.out.parent / f"{self.name}.log").read_bytes()
         except OSError:
             return False
+
+
+    def stop(self, run):
+        info = super().stop(run)
+        try:
+            text = (run.out.parent / f"{self.name}.log").read_bytes().decode(errors="replace")
+        except OSError:
+            return info
+        m = re.search(r"Samples: (\d+) Errors: (\d+)", text)
+        if m:
+            info["pyspy_samples"], info["pyspy_errors"] = int(m.group(1)), int(m.group(2))
+        return info
 
 
 class PyspyNonblocking(PyspyBlocking):

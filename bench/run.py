@@ -176,6 +176,8 @@ def ratios(tres: dict) -> dict[str, dict]:
                 d["base_cpu_req"].append(statistics.mean(bq) if bq else None)
             if rec.get("collectors"):
                 d["collectors"].append(rec["collectors"])
+            if rec.get("pyspy_samples"):
+                d.setdefault("pyspy", []).append((rec["pyspy_samples"], rec.get("pyspy_errors") or 0))
             if rec.get("ebpf_lost") is not None or rec.get("ebpf_events") is not None:
                 d.setdefault("ebpf", []).append({k: rec.get(k) for k in ("ebpf_events", "ebpf_lost", "ebpf_calls",
                                                                           "ebpf_requests")})
@@ -315,6 +317,11 @@ def write_results(path: Path, data: dict, args) -> None:
                     rq = [e.get("ebpf_requests") for e in d["ebpf"] if e.get("ebpf_requests") is not None]
                     if rq:
                         notes.append(f"request records {fmt_n(statistics.median(rq))}")
+                if d.get("pyspy"):
+                    errs = [100 * e / n for n, e in d["pyspy"] if n]
+                    if errs:
+                        notes.append(f"py-spy sample errors {statistics.median(errs):.1f} % "
+                                     f"({min(errs):.1f}-{max(errs):.1f})")
                 for c in d["collectors"][:1]:
                     e = c.get("ebpf")
                     if e:
