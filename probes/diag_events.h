@@ -48,8 +48,9 @@
 #define FAM_UPSTREAM  5      /* read/write/connect on outbound sockets */
 #define FAM_SOCK      6      /* other socket I/O: the request's own socket */
 #define FAM_OTHER     7
-#define FAM_N         8
-#define FAM_IO        8      /* sysinfo.fam only: decided by the fd (file / upstream / sock / other) */
+#define FAM_RUNQ      8      /* runnable but preempted while serving (outside syscalls): waiting for a CPU */
+#define FAM_N         9
+#define FAM_IO        9      /* sysinfo.fam only: decided by the fd (file / upstream / sock / other) */
 
 /* Connection states of the request summarizer. */
 #define CONN_IDLE     0

@@ -142,6 +142,7 @@ struct diag_conn {
 };
 BPF_HASH(conns, struct diag_fdkey, struct diag_conn, 65536);
 BPF_HASH(serving, u32, struct diag_fdkey, 65536);
+BPF_HASH(preempted, u32, u64, 65536);   /* tid -> when it was preempted while serving, outside a syscall */
 BPF_PERCPU_ARRAY(conn_scratch, struct diag_conn, 1);
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(requests, REQ_PAGES);
@@ -466,7 +467,8 @@ static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_i
         else
             fam = FAM_OTHER;
     }
-    fam &= FAM_N - 1;
+    if (fam >= FAM_N)
+        return;
     if (c->r.state == CONN_WRITING)
         __sync_fetch_and_add(&c->pending[fam], dur);
     else
@@ -572,6 +574,33 @@ TRACEPOINT_PROBE(sched, sched_switch)
             f->pending_stack = sid;
         }
     }
+#ifdef REQUESTS
+    /* Time a serving thread spends runnable but off CPU (preempted outside a syscall) is time
+     * waiting for a CPU: kept apart from on-CPU work in its request's FAM_RUNQ. */
+    if (prev && !(args->prev_state & BLOCKED_STATE_MASK) && serving.lookup(&prev) && !inflight.lookup(&prev)) {
+        if (!now)
+            now = bpf_ktime_get_ns();
+        preempted.update(&prev, &now);
+    }
+    if (next) {
+        u64 *pt = preempted.lookup(&next);
+        if (pt) {
+            if (!now)
+                now = bpf_ktime_get_ns();
+            u64 waited = now - *pt;
+            preempted.delete(&next);
+            struct diag_fdkey *sp = serving.lookup(&next);
+            if (sp) {
+                struct diag_fdkey sk = *sp;
+                struct diag_conn *c = conns.lookup(&sk);
+                if (c && c->r.state == CONN_WRITING)
+                    __sync_fetch_and_add(&c->pending[FAM_RUNQ], waited);
+                else if (c && c->r.state != CONN_IDLE)
+                    __sync_fetch_and_add(&c->r.family_ns[FAM_RUNQ], waited);
+            }
+        }
+    }
+#endif
     if (next) {
         f = inflight.lookup(&next);
         if (f && f->switch_out_ns) {

@@ -16,9 +16,10 @@ from diag.analyze.requests import RequestSet, family_of, rebuild
 from diag.analyze.stats import percentile
 from diag.model import Dataset, Request, StackSample, SyscallEvent, family
 
-# Keys of a breakdown. "user" is what no syscall explains: on-CPU code or waiting to run.
+# Keys of a breakdown. "runq": runnable but waiting for a CPU (eBPF sched_switch, outside
+# syscalls). "user" is what neither explains: on-CPU code (or waiting to run, without eBPF).
 BREAKDOWN_KEYS = ("sync", "file", "upstream", "futex", "sleep", "poll", "socket", "connect", "accept", "close",
-                  "other", "user")
+                  "other", "runq", "user")
 _ALIASES = {"sock": "socket", "read": "socket", "write": "socket"}
 
 
@@ -69,6 +70,11 @@ class RequestAnalysis:
 
     def latencies(self) -> list[int]:
         return sorted(r.latency_ns for r in self.requests)
+
+    @property
+    def typical_ns(self) -> int:
+        """The median request latency: what "slow" is measured against."""
+        return percentile(self.latencies(), 50)
 
 
 class ThreadIndex:
@@ -175,6 +181,19 @@ def waits_behind(sr: SlowRequest, idx: ThreadIndex, upstream: set[tuple[int, int
     return dict(out)
 
 
+def _breakdown_on_loop(req: Request, calls: list[SyscallEvent], upstream: set[tuple[int, int]]) -> dict[str, int]:
+    """An event loop's requests overlap: whatever the loop thread did while a request was open
+    delayed it, whichever connection the call was for. So the breakdown is by time window over
+    the thread's calls that the stream has individually (every sync/sleep/accept/connect, other
+    calls when slow), plus the request's own socket I/O from the in-kernel sums."""
+    out = _breakdown_from_events(req, [c for c in calls if c.start_ns >= req.start_ns], upstream)
+    own = dict(req.family_ns or ())
+    out["socket"] = max(out.get("socket", 0), own.get("sock", 0) + own.get("socket", 0))
+    if own.get("runq"):
+        out["runq"] = own["runq"]
+    return out
+
+
 def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None) -> RequestAnalysis | None:
     """Requests of the capture and the breakdown of the slow ones; None when no stream lets us
     rebuild requests (eBPF slow-call events alone are a subset, not a request stream)."""
@@ -194,6 +213,7 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         threshold, frm = slow_ns, "--slow"
     else:
         threshold, frm = percentile(lat, 99), "p99"
+    loops = event_loop_threads(requests)
     slow = []
     for r in requests:
         if r.latency_ns < threshold or r.latency_ns <= 0:
@@ -201,7 +221,9 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         calls = idx.calls(r.tid, r.start_ns, r.end_ns)
         if r.write_tid and r.write_tid != r.tid:
             calls = calls + idx.calls(r.write_tid, r.start_ns, r.end_ns)
-        if r.family_ns is not None:
+        if r.family_ns is not None and r.tid in loops:
+            b = _breakdown_on_loop(r, calls, upstream)
+        elif r.family_ns is not None:
             b = _breakdown_from_sums(r)
         else:
             b = _breakdown_from_events(r, calls, upstream)

@@ -55,8 +55,8 @@ SF_RD, SF_WR, SF_ACCEPT, SF_CONNECT, SF_ALWAYS = 0x800, 0x1000, 0x2000, 0x4000, 
 KIND_MASK, FDR_SERVER, FDR_OUT, FDR_PAIR = 0xff, 0x100, 0x200, 0x400
 CNT_EVENT_LOST, CNT_AGG_ERR, CNT_STACK_ERR, CNT_FDMAP_ERR, CNT_CALLS = 0, 1, 2, 3, 4
 CNT_REQ_LOST, CNT_REQ_EMITTED, CNT_CONN_ERR, CNT_REQ_ABANDONED = 5, 6, 7, 8
-FAM_SYNC, FAM_FILE, FAM_FUTEX, FAM_SLEEP, FAM_POLL, FAM_UPSTREAM, FAM_SOCK, FAM_OTHER, FAM_IO = range(9)
-FAM_NAMES = ("sync", "file", "futex", "sleep", "poll", "upstream", "sock", "other")
+FAM_SYNC, FAM_FILE, FAM_FUTEX, FAM_SLEEP, FAM_POLL, FAM_UPSTREAM, FAM_SOCK, FAM_OTHER, FAM_RUNQ, FAM_IO = range(10)
+FAM_NAMES = ("sync", "file", "futex", "sleep", "poll", "upstream", "sock", "other", "runq")
 CONN_IDLE, CONN_READING, CONN_WRITING = 0, 1, 2
 
 
@@ -88,13 +88,15 @@ TRACED: dict[str, tuple[int, int, int]] = {
     "accept4": (SF_LAT | SF_FD0 | SF_NEWFD_RET | SF_ACCEPT | SF_ALWAYS, KIND_SOCKET | FDR_SERVER, FAM_OTHER),
     **{n: (_IO | SF_RD, 0, FAM_IO) for n in ("read", "readv", "pread64", "recvfrom", "recvmsg")},
     **{n: (_IO | SF_WR, 0, FAM_IO) for n in ("write", "writev", "pwrite64", "sendto", "sendmsg")},
-    **{n: (SF_LAT | SF_FD0, 0, FAM_SYNC) for n in ("fsync", "fdatasync", "sync_file_range")},
+    # Every sync and sleep call is sent, not only slow ones: they are rare on a sane server, and
+    # each one on the request path is evidence (an event loop's requests share its fsyncs).
+    **{n: (SF_LAT | SF_FD0 | SF_ALWAYS, 0, FAM_SYNC) for n in ("fsync", "fdatasync", "sync_file_range")},
     **{n: (SF_LAT | SF_FD0, 0, FAM_POLL) for n in ("epoll_wait", "epoll_pwait")},
     "connect": (SF_LAT | SF_FD0 | SF_CONNECT | SF_ALWAYS, 0, FAM_UPSTREAM),
     "close": (SF_LAT | SF_FD0 | SF_CLOSE, 0, FAM_OTHER),
     **{n: (SF_LAT, 0, FAM_POLL) for n in ("poll", "ppoll", "select", "pselect6")},
     "futex": (SF_LAT, 0, FAM_FUTEX),
-    **{n: (SF_LAT, 0, FAM_SLEEP) for n in ("nanosleep", "clock_nanosleep")},
+    **{n: (SF_LAT | SF_ALWAYS, 0, FAM_SLEEP) for n in ("nanosleep", "clock_nanosleep")},
 }
 # Syscalls traced only to learn what kind each new fd is.
 FD_TRACKING: dict[str, tuple[int, int]] = {

@@ -23,10 +23,9 @@ def check(ctx: AnalysisContext) -> Finding | None:
     lost = max(overflows, drops)
     accepted = _accepted(ctx)
     queue = max((s.listen_queue or 0) for s in snaps)
-    # The counters are per network namespace, not per listener: a few overflows may be another
-    # process's. Call it the target's only when its own queue was seen backed up or it accepted
-    # connections meanwhile, and there were several.
-    if lost < MIN_LOST or (queue == 0 and accepted == 0):
+    # The counters are per network namespace, not per listener: overflows may be another
+    # process's. Call them the target's only when its own accept queue was seen backed up.
+    if lost < MIN_LOST or queue == 0:
         return None
     share = lost / (lost + accepted) if (lost + accepted) else 1.0
     sev = "critical" if share >= 0.05 else "warning" if share >= 0.005 else "info"

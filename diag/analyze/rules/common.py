@@ -68,12 +68,18 @@ def frames_line(slow: list[SlowRequest], what: str = "Python frames in slow requ
     return Evidence("py-spy", f"{what}: {text}", w)
 
 
-def severity(share: float, per_request_ns: float) -> str:
+def severity(share: float, per_request_ns: float, typical_ns: int | None = None) -> str:
     """critical: most of the slow time and tens of ms per slow request; warning: a real share and
-    at least a few ms per slow request; info otherwise."""
-    if share >= 0.5 and per_request_ns >= 20_000_000:
+    at least a few ms per slow request; info otherwise.
+
+    A fast server (a native cache answering in µs) is harmed by less: measured against its
+    typical (median) request, a cause adding 50x the median (and ≥ 1 ms) is critical, 10x (and
+    ≥ 0.5 ms) a warning.
+    """
+    t = typical_ns or 0
+    if share >= 0.5 and (per_request_ns >= 20_000_000 or (t and per_request_ns >= max(50 * t, 1_000_000))):
         return "critical"
-    if share >= 0.25 and per_request_ns >= 2_000_000:
+    if share >= 0.25 and (per_request_ns >= 2_000_000 or (t and per_request_ns >= max(10 * t, 500_000))):
         return "warning"
     return "info"
 
