@@ -25,6 +25,8 @@ _ALIASES = {"sock": "socket", "read": "socket", "write": "socket"}
 
 # A futex wait longer than CPython's GIL switch interval (5 ms, plus slack) is a lock wait.
 LONG_WAIT_NS = 6_000_000
+# The slow set holds at least this many requests (when the capture has them).
+MIN_SLOW = 10
 # Futex waits shorter than this are not worth looking behind.
 MIN_WAIT_NS = 100_000
 # What another thread can be doing while holding the lock a request waits for.
@@ -212,7 +214,11 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
     if slow_ns is not None:
         threshold, frm = slow_ns, "--slow"
     else:
+        # p99, but never fewer than MIN_SLOW requests: the worst one or two of a short capture
+        # are as much noise as signal
         threshold, frm = percentile(lat, 99), "p99"
+        if len(lat) >= MIN_SLOW and lat[-MIN_SLOW] < threshold:
+            threshold, frm = lat[-MIN_SLOW], f"p99, at least the {MIN_SLOW} slowest"
     loops = event_loop_threads(requests)
     slow = []
     for r in requests:

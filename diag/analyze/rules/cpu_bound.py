@@ -21,13 +21,18 @@ def check(ctx: AnalysisContext) -> Finding | None:
         return None
     slow = [s for s in ra.slow if s.request.tid not in ctx.polling_tids]
     user = sum(s.breakdown.get("user", 0) for s in slow)
-    share = user / ra.slow_total_ns if ra.slow_total_ns else 0.0
+    runq = sum(s.breakdown.get("runq", 0) for s in slow)
+    # CPU as a resource: running, or runnable and waiting for a CPU (measured by eBPF where it
+    # ran; without it, waiting is inside "user"). Severity follows the running part only.
+    share = (user + runq) / ra.slow_total_ns if ra.slow_total_ns else 0.0
     if share < MIN_SHARE:
         return None
     per_req = user / len(ra.slow)
-    evidence = [Evidence("syscalls", f"{fmt_ms(user)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) of slow-request "
-                                     f"time outside any syscall: {fmt_ms(per_req)} of user-space time per slow request",
-                         slow_window(slow))]
+    text = (f"{fmt_ms(user + runq)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) of slow-request time outside any "
+            f"syscall: {fmt_ms(per_req)} of user-space time per slow request")
+    if runq:
+        text += f"; of that, {fmt_ms(runq)} runnable but waiting for a CPU (eBPF sched_switch)"
+    evidence = [Evidence("syscalls+ebpf" if runq else "syscalls", text, slow_window(slow))]
     f = frames_line(slow, "hottest Python frames in slow requests")
     if f:
         evidence.append(f)
@@ -54,4 +59,4 @@ def check(ctx: AnalysisContext) -> Finding | None:
                    tuple(evidence),
                    "Profile the functions named above and make them cheaper (algorithm, caching, fewer "
                    "allocations), or move the work off the request path; for CPU-heavy Python, consider more "
-                   "worker processes.", user)
+                   "worker processes.", user + runq)
