@@ -197,9 +197,9 @@ def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen
 # ---------------------------------------------------------------------------------------------
 # profile
 
-def profile_replay(log_path: Path, out_dir: Path, rate: int = 250, log=print) -> dict:
+def profile_replay(log_path: Path, out_dir: Path, rate: int = 250, log=print, name: str | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    prof = out_dir / f"replay-{log_path.stem.split('-')[-1]}.speedscope.json"
+    prof = out_dir / f"{name or 'replay-' + log_path.stem.split('-')[-1]}.speedscope.json"
     argv = [PYSPY, "record", "--rate", str(rate), "--format", "speedscope", "--output", str(prof), "--"] + \
         replay_cmd(log_path)
     r = subprocess.run(argv, capture_output=True, text=True, cwd=str(REPO), timeout=900)
@@ -295,7 +295,9 @@ def capture_replay(workdir: Path, seconds: float, repeats: int, log=print) -> di
     if "--html" in help_text:
         runs_html = [timed([PY, "-m", "diag", "replay", str(cap), "--html", str(workdir / "report.html"), "-q"])
                      for _ in range(repeats)]
-    return {"seconds": seconds, "capture_bytes": size, "streams": streams, "collectors": collectors,
+    log("  profiling one replay of the capture with py-spy")
+    prof = profile_replay(cap, REPO / "bench" / "profiles", log=log, name=f"replay-capture-{int(seconds)}s")
+    return {"profile": prof, "seconds": seconds, "capture_bytes": size, "streams": streams, "collectors": collectors,
             "attach_total_s": live["wall_s"], "attach_rc": live["rc"], "json": runs_json, "html": runs_html,
             "html_available": runs_html is not None,
             "command": "diag attach PID --duration %g --out CAPTURE --json FILE --quiet; then %s" % (

@@ -280,8 +280,9 @@ def write_results(path: Path, data: dict, args) -> None:
                  f"vs its pair's baseline.\n")
         L.append("Loads: " + "; ".join(f"{k}: `{v['load_cmd']}`" for k, v in obs["targets"].items()) + "\n")
         L.append("Modes (the exact commands):\n")
+        ran = {m for t in data["ratios"].values() for m in t}
         for mo in M.modes_by_name().values():
-            if mo.name == "baseline":
+            if mo.name == "baseline" or mo.name not in ran:
                 continue
             cmd = mo.command(type("T", (), {"pid": "PID"})(), Path("OUT"))
             cmd = " ".join(str(c) for c in cmd).replace(sys.executable, "python").replace(str(REPO) + "/", "")
@@ -371,7 +372,7 @@ def write_results(path: Path, data: dict, args) -> None:
         L.append("| mode | " + " | ".join(tn) + " |")
         L.append("|---|" + "---|" * len(tn))
         for mo in M.modes_by_name().values():
-            if mo.name == "baseline":
+            if mo.name == "baseline" or not any(mo.name in data["ratios"][t] for t in tn):
                 continue
             cells = []
             for t in tn:
@@ -487,11 +488,45 @@ def write_results(path: Path, data: dict, args) -> None:
         else:
             L.append("| HTML report | - | not measured: `diag replay` has no `--html` renderer yet | | n/a |")
         L.append("")
+    cp = (cap or {}).get("profile")
+    if cp and not cp.get("error"):
+        L.append(f"Profile of one replay of this capture to JSON: `{cp['file']}` ({cp['samples']} samples).\n")
+        L.append("| self time | function (file) |")
+        L.append("|---|---|")
+        for k, v in cp["self"][:10]:
+            L.append(f"| {v:.1f} % | `{k}` |")
+        L.append("")
+        L.append("| inclusive time | diag function (file) |")
+        L.append("|---|---|")
+        for k, v in cp["total"][:14]:
+            L.append(f"| {v:.1f} % | `{k}` |")
+        L.append("")
+    for ex in data.get("experiments", []):
+        L.append(f"## {ex['title']}\n")
+        L.append(ex["text"] + "\n")
     L.append("## Reproduce\n")
     L.append("`make bench` (full), `make bench BENCH_ARGS=--quick` (a few minutes), or e.g. "
              "`.venv/bin/python -m bench.run --only observer --targets redis --modes attach-auto`. "
              "Raw per-run data of the last run: `bench/work/results.json` (not in git).\n")
     path.write_text("\n".join(L) + "\n")
+
+
+def experiment_table(results: dict) -> str:
+    """A compact table (throughput, p99, target CPU/req vs paired baseline) of an observer-only run."""
+    rows = ["| target | mode | throughput vs baseline | p99 vs baseline | target CPU/req vs baseline | notes |",
+            "|---|---|---|---|---|---|"]
+    modes = M.modes_by_name()
+    for tname, tres in results["observer"]["targets"].items():
+        for name, d in ratios(tres).items():
+            cpr = [a / b for a, b in zip(d["target_cpu_req"], d["base_cpu_req"]) if a and b]
+            note = ""
+            if d.get("ebpf"):
+                rq = [e.get("ebpf_requests") for e in d["ebpf"] if e.get("ebpf_requests") is not None]
+                note = f"request records {fmt_n(statistics.median(rq))}" if rq else "no request records"
+            label = modes[name].label if name in modes else name
+            rows.append(f"| {tname} | {label} | {fmt_r(_med(d['tput']))} | {fmt_r(_med(d['p99']), pct=False)} | "
+                        f"{fmt_r(_med(cpr), pct=False)} | {note} |")
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     data: dict = {"date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-                  "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
                   "machine": machine()}
     if "observer" in parts:
         data["observer"] = observer(a.targets.split(","), names, rounds, duration, a.seed)

@@ -11,6 +11,9 @@ from rich.text import Text
 
 from diag.analyze.context import fmt_ms
 
+BREAKDOWN_LABEL = {"user": "on CPU (user space)", "runq": "waiting for a CPU", "sync": "fsync",
+                   "file": "file I/O", "upstream": "upstream calls", "futex": "lock/GIL waits", "sleep": "sleeping",
+                   "poll": "polling", "socket": "own socket I/O"}
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"triggered": "bold red", "not-triggered": "green", "not-measurable": "dim"}
 COLLECTOR_STYLE = {"ok": "green", "degraded": "yellow", "unavailable": "dim", "failed": "red",
@@ -60,6 +63,20 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
                 win = f" @ {_rel(report, e['window']['start_ns'])}" if e.get("window") else ""
                 c.print(Text(f"  · {e['source']}{win}: ") + Text(e["text"]))
             c.print(Text("  → ", style="bold") + Text(f["recommendation"]))
+        c.print()
+
+    req = report.get("requests")
+    if req:
+        lat_r = req["latency"]
+        c.print(Text.assemble(("Requests ", "bold"), f"{req['count']:,} on {req['connections']:,} connections "
+                              f"({'summarized in the kernel' if req['source'] == 'ebpf' else 'rebuilt from syscalls'}): "
+                              f"p50 {fmt_ms(lat_r['p50_ns'])}, p90 {fmt_ms(lat_r['p90_ns'])}, "
+                              f"p99 {fmt_ms(lat_r['p99_ns'])}, max {fmt_ms(lat_r['max_ns'])}"))
+        total = req["slow_total_ns"] or 1
+        parts = sorted(req["breakdown"].items(), key=lambda kv: -kv[1])
+        c.print(Text(f"  {req['slow_count']} slow requests (≥ {fmt_ms(req['slow_threshold_ns'])}, "
+                     f"{req['slow_threshold_from']}) spent their time: " +
+                     ", ".join(f"{BREAKDOWN_LABEL.get(k, k)} {v / total:.0%}" for k, v in parts if v / total >= 0.01)))
         c.print()
 
     lat = report["latency"]["syscalls"]

@@ -46,6 +46,10 @@ def _from_requests(ctx: AnalysisContext) -> Finding | None:
         k = kernel_line(ctx, worst)
         if k:
             evidence.append(k)
+    loops = sorted({s.request.tid for s in ra.slow if s.request.tid in ctx.polling_tids and s.breakdown.get("sync")})
+    if loops:
+        evidence.append(Evidence("syscalls", f"the fsyncs run on event-loop thread(s) {loops}: every connection of "
+                                             "the loop waits for each one"))
     f = frames_line(ra.slow, "Python frames of the serving threads")
     if f:
         evidence.append(f)
