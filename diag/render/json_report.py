@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+
+from diag.render.output import write_text
 
 
 def dumps(report: dict) -> str:
@@ -11,9 +11,5 @@ def dumps(report: dict) -> str:
 
 
 def write(report: dict, path: str) -> None:
-    """Write atomically: a CI job never reads a half-written report."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".report.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(dumps(report))
-    os.replace(tmp, path)
+    """Write atomically (a CI job never reads a half-written report); devices in place."""
+    write_text(path, dumps(report))

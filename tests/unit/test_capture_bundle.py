@@ -111,3 +111,17 @@ def test_cli_replay_of_missing_file_is_one_line_exit_2(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_report_to_dev_null_leaves_the_device_alone(tmp_path):
+    # GIVEN a character device as the --json destination (a benchmark's `--json /dev/null`)
+    import stat
+
+    from diag.render import json_report
+    # WHEN a report is written there
+    json_report.write({"schema": "diag.report/1"}, "/dev/null")
+    # THEN it is still a character device (an atomic rename would have replaced it with a file)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    # and regular files are still written whole
+    json_report.write({"schema": "diag.report/1"}, str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text())["schema"] == "diag.report/1"
