@@ -160,8 +160,13 @@ def timed(argv: list[str], timeout: float = 900.0) -> dict:
             "rc": p.returncode, "stderr": err.decode(errors="replace")[-300:]}
 
 
+REPORT_OUT = REPO / "bench" / "work" / "replay-report.json"
+
+
 def replay_cmd(path: Path) -> list[str]:
-    return [PY, "-m", "diag", "replay", str(path), "--json", "/dev/null", "-q"]
+    # A real file, not /dev/null: a diag that writes its report atomically (temp file + rename)
+    # would replace /dev/null itself with a regular file (seen with diag before bd74669).
+    return [PY, "-m", "diag", "replay", str(path), "--json", str(REPORT_OUT), "-q"]
 
 
 def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen: bool, log=print) -> dict:
@@ -191,7 +196,7 @@ def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen
             log(f"  replay {n:>9,} lines: {r['wall_s']:.2f} s, {n / r['wall_s']:,.0f} lines/s, "
                 f"peak RSS {r['maxrss_mb']:.0f} MB")
         rows.append({"lines": n, "bytes": files[n].stat().st_size, "runs": runs})
-    return {"base": meta, "rows": rows, "command": " ".join(replay_cmd(Path("LOG")))}
+    return {"base": meta, "rows": rows, "command": " ".join(replay_cmd(Path("LOG"))).replace(str(REPO) + "/", "")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,4 +306,4 @@ def capture_replay(workdir: Path, seconds: float, repeats: int, log=print) -> di
             "attach_total_s": live["wall_s"], "attach_rc": live["rc"], "json": runs_json, "html": runs_html,
             "html_available": runs_html is not None,
             "command": "diag attach PID --duration %g --out CAPTURE --json FILE --quiet; then %s" % (
-                seconds, " ".join(replay_cmd(Path("CAPTURE"))[1:]))}
+                seconds, "python " + " ".join(replay_cmd(Path("CAPTURE"))[1:]).replace(str(REPO) + "/", ""))}
