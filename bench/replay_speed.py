@@ -212,7 +212,7 @@ def profile_replay(log_path: Path, out_dir: Path, rate: int = 250, log=print, na
         return {"error": (r.stderr or r.stdout)[-400:]}
     summary = summarize_speedscope(prof)
     (out_dir / (prof.name.replace(".speedscope.json", ".top.txt"))).write_text(summary["text"])
-    summary["file"] = str(prof.relative_to(REPO))
+    summary["file"] = str(prof.resolve().relative_to(REPO))
     summary["command"] = " ".join(argv).replace(str(REPO) + "/", "")
     log(f"  profile written to {prof}")
     return summary
@@ -259,7 +259,7 @@ def summarize_speedscope(path: Path, top: int = 15) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 60 s capture -> report
 
-def capture_replay(workdir: Path, seconds: float, repeats: int, log=print) -> dict:
+def capture_replay(workdir: Path, seconds: float, repeats: int, log=print, profile_dir: Path | None = None) -> dict:
     """diag attach (default collectors) to the fsync journal server under wrk for `seconds`, then
     time `diag replay CAPTURE` to the JSON report (and to HTML if the renderer exists)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,7 @@ def capture_replay(workdir: Path, seconds: float, repeats: int, log=print) -> di
         runs_html = [timed([PY, "-m", "diag", "replay", str(cap), "--html", str(workdir / "report.html"), "-q"])
                      for _ in range(repeats)]
     log("  profiling one replay of the capture with py-spy")
-    prof = profile_replay(cap, REPO / "bench" / "profiles", log=log, name=f"replay-capture-{int(seconds)}s")
+    prof = profile_replay(cap, profile_dir or REPO / "bench" / "profiles", log=log, name=f"replay-capture-{int(seconds)}s")
     return {"profile": prof, "seconds": seconds, "capture_bytes": size, "streams": streams, "collectors": collectors,
             "attach_total_s": live["wall_s"], "attach_rc": live["rc"], "json": runs_json, "html": runs_html,
             "html_available": runs_html is not None,

@@ -2,6 +2,7 @@
 
     python -m bench.run                 # full run (< 20 min on the 2-core reference machine)
     python -m bench.run --quick         # a few minutes: 1 round, shorter loads, no 5M replay
+                                        # (writes bench/work/RESULTS-quick.md, profiles in bench/work)
     python -m bench.run --only observer --targets redis --modes attach-auto,ebpf-default
 
 Method (observer effect). Each target is started once and driven to saturation by a real load
@@ -281,7 +282,9 @@ def write_results(path: Path, data: dict, args) -> None:
                  f"target's CPU µs per request (includes in-kernel probe and ptrace-stop costs charged to it), "
                  f"vs its pair's baseline.\n")
         L.append("Loads: " + "; ".join(f"{k}: `{v['load_cmd']}`" for k, v in obs["targets"].items()) + "\n")
-        L.append("Modes (the exact commands):\n")
+        L.append("Modes (the exact commands; each tool is started before the load and waited for until attached; "
+                 "`diag attach` runs are ended with SIGINT (Ctrl-C) right after the load, then write the capture "
+                 "and the report as a user's run would; the next run starts when diag has exited):\n")
         ran = {m for t in data["ratios"].values() for m in t}
         for mo in M.modes_by_name().values():
             if mo.name == "baseline" or mo.name not in ran:
@@ -545,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture-seconds", type=float, default=None)
     ap.add_argument("--regen", action="store_true", help="re-trace the strace log even if bench/work has one")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    ap.add_argument("--out", default=None, help="default bench/RESULTS.md; bench/work/RESULTS-quick.md with --quick")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: run as root (strace/perf/eBPF attach to the targets)", file=sys.stderr)
@@ -554,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed: run `make setup` (.ci/install-system-deps)", file=sys.stderr)
             return 2
+    if a.out is None:
+        a.out = str(WORK / "RESULTS-quick.md") if a.quick else str(BENCH / "RESULTS.md")
     rounds = a.rounds or (1 if a.quick else 3)
     duration = a.duration or (1 if a.quick else 2)
     cap_s = a.capture_seconds or (10.0 if a.quick else 60.0)
@@ -564,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: unknown modes {sorted(unknown)}; choose from {', '.join(M.modes_by_name())}", file=sys.stderr)
         return 2
     WORK.mkdir(parents=True, exist_ok=True)
+    # only a full run replaces the profiles kept in git; --quick ones stay in bench/work
+    profile_dir = WORK / "profiles" if a.quick else BENCH / "profiles"
     t0 = time.monotonic()
     data: dict = {"date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                   "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
@@ -577,10 +584,10 @@ def main(argv: list[str] | None = None) -> int:
         repeats = {100_000: 3, 1_000_000: 1 if a.quick else 2, 5_000_000: 1}
         data["replay"] = R.replay_speed(WORK / "replay", sizes, repeats, a.regen, log=log)
         log("profiling the replay of 1M lines with py-spy")
-        data["profile"] = R.profile_replay(WORK / "replay" / "strace-1000k.log", BENCH / "profiles", log=log)
+        data["profile"] = R.profile_replay(WORK / "replay" / "strace-1000k.log", profile_dir, log=log)
     if "capture" in parts:
         log(f"replay of a {cap_s:g} s live capture")
-        data["capture"] = R.capture_replay(WORK / "capture", cap_s, 3, log=log)
+        data["capture"] = R.capture_replay(WORK / "capture", cap_s, 3, log=log, profile_dir=profile_dir)
     data["elapsed_s"] = time.monotonic() - t0
     (WORK / "results.json").write_text(json.dumps(data, indent=1, default=str))
     write_results(Path(a.out), data, a)
