@@ -103,13 +103,18 @@ class ThreadIndex:
             return []
         return self.events[tid][bisect.bisect_left(starts, t0):bisect.bisect_left(starts, t1)]
 
-    def overlapping(self, tid: int, t0: int, t1: int, lookback_ns: int = 2_000_000_000) -> list[SyscallEvent]:
-        """Calls of `tid` that overlap [t0, t1] (started at most `lookback_ns` before t0)."""
+    def overlapping(self, tid: int, t0: int, t1: int) -> list[SyscallEvent]:
+        """Calls of `tid` that overlap [t0, t1]. A thread makes one syscall at a time, so the only
+        call started before t0 that can still run at t0 is the one just before it."""
         starts = self.starts.get(tid)
         if not starts:
             return []
-        lo, hi = bisect.bisect_left(starts, t0 - lookback_ns), bisect.bisect_right(starts, t1)
-        return [e for e in self.events[tid][lo:hi] if e.end_ns > t0]
+        lo, hi = bisect.bisect_left(starts, t0), bisect.bisect_right(starts, t1)
+        evs = self.events[tid]
+        out = evs[lo:hi]
+        if lo > 0 and evs[lo - 1].start_ns + (evs[lo - 1].dur_ns or 0) > t0:
+            out.insert(0, evs[lo - 1])
+        return out
 
     def stacks(self, tid: int, t0: int, t1: int) -> list[StackSample]:
         ts = self.sample_ts.get(tid)

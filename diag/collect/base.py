@@ -145,10 +145,36 @@ class SubprocessCollector:
         data = self.stderr_path.read_bytes()[-n:].decode(errors="replace")
         return " ".join(data.split())
 
+    def observer_cost(self) -> dict:
+        """CPU this tool used: while capturing (sampled at the stop signal) and in all (its
+        rusage when reaped, finalization included). The report states it as the observer effect."""
+        out: dict = {}
+        if getattr(self, "_cpu_at_stop", None) is not None:
+            out["cpu_s_capture"] = round(self._cpu_at_stop, 3)
+            if self.started_ns and getattr(self, "_stopped_ns", None):
+                secs = (self._stopped_ns - self.started_ns) / 1e9
+                if secs > 0:
+                    out["cores"] = round(self._cpu_at_stop / secs, 4)
+        if getattr(self, "_cpu_total", None) is not None:
+            out["cpu_s_total"] = round(self._cpu_total, 3)
+        return out
+
     def terminate(self) -> int | None:
         """Send the stop signal, wait, escalate to SIGKILL after `stop_timeout_s`."""
         if self.proc is None:
             return None
+        import resource
+
+        try:
+            import psutil
+
+            t = psutil.Process(self.proc.pid).cpu_times()
+            self._cpu_at_stop = t.user + t.system + t.children_user + t.children_system
+        except Exception:
+            self._cpu_at_stop = None
+        self._stopped_ns = monotonic_ns()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reaped_here = self.proc.returncode is None
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(self.stop_signal)
@@ -159,6 +185,9 @@ class SubprocessCollector:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if reaped_here:
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self._cpu_total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return self.proc.returncode
 
 

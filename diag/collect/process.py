@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -115,6 +116,10 @@ class ProcessSampler:
         self.events = 0
         self.error: str | None = None
         self.writer: CaptureWriter | None = None
+        self.cpu_s: float | None = None
+
+    def observer_cost(self) -> dict:
+        return {"cpu_s_capture": round(self.cpu_s, 3)} if self.cpu_s is not None else {}
 
     def check(self, target: Target) -> str | None:
         if not psutil.pid_exists(target.pid):
@@ -143,6 +148,12 @@ class ProcessSampler:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    def _loop(self) -> None:
         while True:
             try:
                 self._out.write(json.dumps(snapshot(self.proc)) + "\n")

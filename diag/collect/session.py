@@ -73,6 +73,12 @@ def _safe_stop(c: Collector, writer: CaptureWriter) -> None:
         c.stop()
     except Exception as e:  # stopping one must never prevent stopping the others
         writer.set_collector(c.name, status=FAILED, reason=f"stop failed: {type(e).__name__}: {e}")
+    cost = getattr(c, "observer_cost", None)
+    if cost is not None:
+        try:
+            writer.set_collector(c.name, observer=cost())
+        except Exception:
+            pass
 
 
 def run_capture(target: Target, collectors: list[Collector], writer: CaptureWriter, duration_s: float | None,

@@ -63,7 +63,22 @@ def detect(path: str, head: str | None = None) -> Parser:
 
 
 def collect_records(records, data: Dataset) -> int:
-    """Sort records into the dataset's lists by type; returns how many there were."""
+    """Sort records into the dataset's lists by type; returns how many there were.
+
+    The cyclic garbage collector is paused meanwhile: records hold no cycles, and walking a list
+    growing by a million objects cost ~8 % of the parse."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _collect(records, data)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _collect(records, data: Dataset) -> int:
     n = 0
     sys_append = data.syscalls.append
     smp_append = data.samples.append

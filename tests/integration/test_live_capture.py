@@ -68,8 +68,11 @@ def test_attach_threaded_http_server_finds_fsync(tmp_path):
     fsyncs = sum(row["count"] for row in report["latency"]["syscalls"] if row["name"] == "fsync")
     assert fsyncs == _count_completed(cap / "streams" / "strace.txt", "fsync") > 50
     assert all(row["fd_kind"] == "file" for row in report["latency"]["syscalls"] if row["name"] == "fsync")
+    # the journal server fsyncs under a lock; strace stretches the lock waits, so contention may
+    # rank beside it (capped at info under strace); the default eBPF capture ranks disk-sync
+    # first (tests/scenarios)
     ids = [f["id"] for f in report["findings"]]
-    assert ids and ids[0] == "disk-sync", ids
+    assert "disk-sync" in ids, ids
     # py-spy saw the handler's journal call on the server's threads
     data = load_inputs([str(cap)])
     frames = {f.function for s in data.samples if s.source == "py-spy" for f in s.frames}
