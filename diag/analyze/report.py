@@ -21,7 +21,8 @@ def _collectors(data: Dataset) -> dict:
     for name, c in sorted((m.get("collectors") or {}).items()):
         out[name] = {"status": c.get("status", "unknown"), "events": int(c.get("events") or 0),
                      "lost": int(c.get("lost") or 0), "reason": c.get("reason"),
-                     "format": c.get("format"), "settings": c.get("settings") or {}}
+                     "format": c.get("format"), "settings": c.get("settings") or {},
+                     "observer": c.get("observer") or {}}
     for s in data.streams:
         entry = out.setdefault(s.name, {"status": "ok", "events": 0, "lost": 0, "reason": None,
                                         "format": s.format, "settings": {}})
@@ -39,6 +40,20 @@ def _target(data: Dataset) -> dict:
         pids = sorted({e.pid for e in data.syscalls} | {s.pid for s in data.samples if s.pid})
         t = {"pid": pids[0] if len(pids) == 1 else None, "pids": pids[:50], "inputs": [s.path for s in data.streams]}
     return t
+
+
+def observer_section(data: Dataset) -> dict:
+    """What measuring cost: each collector's CPU, against the target's own CPU meanwhile."""
+    m = data.manifest or {}
+    tools = {n: c.get("observer") for n, c in (m.get("collectors") or {}).items() if c.get("observer")}
+    snaps = data.snapshots
+    target = None
+    if len(snaps) >= 2:
+        secs = (snaps[-1].ts_ns - snaps[0].ts_ns) / 1e9
+        cpu = (snaps[-1].cpu_user_s + snaps[-1].cpu_system_s) - (snaps[0].cpu_user_s + snaps[0].cpu_system_s)
+        target = {"cpu_s": round(cpu, 3), "seconds": round(secs, 3), "cores": round(cpu / secs, 4) if secs else None}
+    return {"collectors": tools, "tools_cpu_s": round(sum(t.get("cpu_s_capture", 0) for t in tools.values()), 3),
+            "target": target}
 
 
 def _finding_json(rank: int, f: Finding) -> dict:
@@ -166,6 +181,7 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
         "host": m.get("host"),
         "window": {"start_ns": start, "end_ns": end, "duration_s": round((end - start) / 1e9, 6)},
         "collectors": _collectors(data),
+        "observer": observer_section(data),
         "alignment": alignment_summary(data),
         "counts": {"syscalls": len(data.syscalls), "timed_syscalls": len(ctx.timed_syscalls),
                    "stack_samples": sum(s.weight for s in data.samples), "snapshots": len(data.snapshots),

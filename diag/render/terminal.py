@@ -124,12 +124,20 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
     c.print(t)
 
     t = Table(title="Collectors", title_justify="left")
-    for col in ("collector", "status", "events", "lost", "note"):
+    for col in ("collector", "status", "events", "lost", "CPU", "note"):
         t.add_column(col, overflow="fold")
     for name, col in report["collectors"].items():
         events = col.get("records", col.get("events", 0))
+        obs = col.get("observer") or {}
+        cpu = f"{obs['cpu_s_capture']:.2f} s" if "cpu_s_capture" in obs else ""
+        if "cores" in obs:
+            cpu += f" ({obs['cores']:.0%} of a core)"
         t.add_row(name, Text(col["status"], style=COLLECTOR_STYLE.get(col["status"], "")), f"{events:,}",
-                  str(col.get("lost") or 0), Text(col.get("reason") or ""))
+                  str(col.get("lost") or 0), cpu, Text(col.get("reason") or ""))
+    tgt = (report.get("observer") or {}).get("target")
+    if tgt and tgt.get("cores") is not None:
+        t.caption = (f"the tools used {report['observer']['tools_cpu_s']:.2f} CPU-s while the target used "
+                     f"{tgt['cpu_s']:.2f} CPU-s ({tgt['cores']:.0%} of a core)")
     c.print(t)
     c.print(Text("Alignment: " + report["alignment"]["note"], style="dim"))
     for wmsg in report["warnings"][:10]:
