@@ -1,8 +1,8 @@
 """`make demo`: the main job on a bundled target, end to end, in about 15 seconds.
 
-Starts the example journal server (a threaded HTTP server that fsyncs on every request, with a
-bigger fsync every 25th: a P99 spike with a known cause) on 127.0.0.1, drives a bounded load at
-it, runs `diag attach` on it as a user would, and writes the capture and reports under --out.
+Starts the example journal server (a threaded HTTP server that fsyncs a journal on every
+request: latency with a known cause) on 127.0.0.1, drives a bounded load at it, runs
+`diag attach` on it as a user would, and writes the capture and reports under --out.
 """
 from __future__ import annotations
 

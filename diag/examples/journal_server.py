@@ -1,9 +1,10 @@
 """A threaded HTTP server that journals every request with fsync: the demo's known latency fault.
 
-Each POST/GET appends a record to a journal file and fsyncs it before answering (durability on
-the request path, the source document's worked example); every `--compact-every` requests it
-also rewrites a larger block and fsyncs that, which makes the P99 spike. `--fault none` turns
-journaling off: the healthy control.
+Each POST/GET appends a 64 KB record to a journal file and fsyncs it before answering
+(durability on the request path, the source document's worked example), under the journal's
+lock, as journals do: concurrent requests queue behind each other's fsync. `--compact-every N`
+also rewrites a 4 MB block every N requests (off by default). `--fault none` turns journaling
+off: the healthy control.
 
     python3 -m diag.examples.journal_server --port 8080 --journal /var/tmp/journal.bin
 """
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--journal", default="/var/tmp/diag-demo-journal.bin")
     ap.add_argument("--fault", choices=("fsync", "none"), default="fsync")
-    ap.add_argument("--compact-every", type=int, default=25)
+    ap.add_argument("--compact-every", type=int, default=0)
     a = ap.parse_args(argv)
     journal = Journal(a.journal) if a.fault == "fsync" else None
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(journal, a.compact_every))
