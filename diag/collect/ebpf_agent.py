@@ -648,7 +648,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-ringbuf", action="store_true", help="use the perf buffer even if a ring buffer works")
     p.add_argument("--no-requests", action="store_true",
                    help="no in-kernel request summarizer (and accept/connect only when slower than --slow-ns)")
-    p.add_argument("--request-pages", type=int, default=256, help="request ring buffer size in pages (power of 2)")
+    p.add_argument("--request-pages", type=int, default=1024, help="request ring buffer size in pages (power of 2)")
     p.add_argument("--stack-entries", type=int, default=16384, help="kernel stack map size")
     p.add_argument("--probe", default=None, help="probe C source (default probes/syscall_latency.c)")
     p.add_argument("--tracepoints", choices=("raw", "syscall"), default="raw",
