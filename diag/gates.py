@@ -21,7 +21,8 @@ syscall rows outside the wait families (poll, accept, futex, sleep) and the proc
 info-level findings come and go with load and do not fail a job).
 
 A latency gate whose metric is absent from the report (no requests and no timed syscalls) fails
-with "not measurable": a CI job should not pass because the capture saw nothing.
+with "not measurable": a CI job should not pass because the capture saw nothing. A family or
+syscall the target never called, in a report that did time syscalls, reads 0.
 """
 from __future__ import annotations
 
@@ -143,7 +144,10 @@ def latency_value(report: dict, metric: str, subject: str | None = None) -> tupl
     if named:
         worst = max(named, key=lambda r: r[key])
         return worst[key], f"{subject} {metric}"
-    return None, f"{subject} {metric} (no such syscall or family in the report)"
+    if rows or fams:
+        # Syscalls were timed, just none of these: the target never made that call.
+        return 0, f"{subject} {metric} (no {subject} calls)"
+    return None, f"{subject} {metric} (no timed syscalls in the report)"
 
 
 def _check_findings(gate: Gate, report: dict) -> GateResult:

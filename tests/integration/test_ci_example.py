@@ -83,13 +83,16 @@ def test_ci_example_fails_the_job_on_the_faulty_server(workdir):
     # THEN the job fails with exit 1, the failing gate printed on its own line
     assert r.returncode == 1, (cmd, r.returncode, r.stderr[-3000:])
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("diag: gate FAILED: ")]
-    assert any("finding:disk-sync" in ln for ln in lines), r.stderr[-3000:]
+    assert any(ln.startswith("diag: gate FAILED: sync.p99>1ms: sync family p99 = ") for ln in lines), r.stderr[-3000:]
+    # the finding gate follows the analysis: it fails exactly when disk-sync was reported
+    fired = any(f["id"] == "disk-sync" for f in report["findings"])
+    assert fired == any("finding:disk-sync" in ln for ln in lines)
     # and the artifacts are there: a self-contained HTML report under 2 MB, the job summary
     html = (workdir / "diag-report.html").read_text()
     assert 10_000 < len(html.encode()) < 2_000_000
-    assert "disk-sync" in html and "http://" not in html.split("<script>", 1)[0]
+    assert "fsync" in html and "http://" not in html.split("<script>", 1)[0]
     summary = (workdir / "step-summary.md").read_text()
-    assert "`finding:disk-sync`" in summary and "❌ failed" in summary
+    assert "`sync.p99>1ms`" in summary and "❌ failed" in summary
 
 
 @pytest.mark.slow
@@ -101,7 +104,7 @@ def test_ci_example_passes_the_job_on_the_healthy_server(workdir):
     # THEN every gate passes and the load test's own exit code (0) goes through
     assert r.returncode == 0, (cmd, r.returncode, r.stderr[-3000:])
     assert not [ln for ln in r.stderr.splitlines() if "gate FAILED" in ln]
-    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("diag: gate passed: ")]) == 2
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("diag: gate passed: ")]) == 3
     assert (workdir / "diag-report.html").exists()
     assert "✅ passed" in (workdir / "step-summary.md").read_text()
 

@@ -28,7 +28,7 @@ def report(requests: dict | None = None, findings=(), rows=None, families=None) 
          "p90_ns": 3 * MS, "p99_ns": 12 * MS, "max_ns": 60 * MS},
     ]
     return {"schema": "diag.report/1", "requests": requests,
-            "latency": {"syscalls": rows, "families": families or {
+            "latency": {"syscalls": rows, "families": families if families is not None else {
                 "sync": {"count": 10, "p50_ns": 2 * MS, "p90_ns": 5 * MS, "p99_ns": 30 * MS, "max_ns": 40 * MS}}},
             "findings": [{"id": i, "severity": s, "share": 0.5, "summary": f"{i} summary"} for i, s in findings]}
 
@@ -84,10 +84,12 @@ def test_latency_gate_without_requests_reads_the_worst_work_syscall():
 def test_subject_gates_read_a_family_or_a_syscall():
     [fam] = gates.evaluate([gates.parse("sync.p99>10ms")], report(REQS))
     [name] = gates.evaluate([gates.parse("recvfrom.max<=60ms")], report(REQS))
-    [unknown] = gates.evaluate([gates.parse("connect.p99>1ms")], report(REQS))
+    [never] = gates.evaluate([gates.parse("connect.p99>1ms")], report(REQS))
+    [blind] = gates.evaluate([gates.parse("connect.p99>1ms")], report(REQS, rows=[], families={}))
     assert fam.failed and "sync family" in fam.detail
     assert name.failed
-    assert unknown.failed and "not measurable" in unknown.detail
+    assert not never.failed and "no connect calls" in never.detail      # never called: 0
+    assert blind.failed and "not measurable" in blind.detail             # nothing timed at all
 
 
 def test_a_latency_gate_with_nothing_to_measure_fails():
