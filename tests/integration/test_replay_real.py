@@ -11,8 +11,8 @@ from servers import diag, load_json, require_tool
 FSYNC_LOOP = r'''
 import os, sys
 f = open(sys.argv[1], "wb")
-block = os.urandom(256 * 1024)
-for i in range(30):
+block = os.urandom(64 * 1024) * 16     # 1 MB per fsync; urandom of 1 MB would be a slow getrandom
+for i in range(50):
     f.write(block)
     f.flush()
     os.fsync(f.fileno())
@@ -38,7 +38,7 @@ def test_replay_of_strace_fsync_loop_reports_fsync_and_disk_sync(tmp_path):
     text = log.read_text()
     fsync_lines = len(re.findall(r"\bfsync\(\d+\) += 0 <", text))
     rows = [x for x in report["latency"]["syscalls"] if x["name"] == "fsync"]
-    assert fsync_lines == 30 and sum(x["count"] for x in rows) == 30
+    assert fsync_lines == 50 and sum(x["count"] for x in rows) == 50
     assert rows[0]["fd_kind"] == "file"
     durations = [float(d) for d in re.findall(r"\bfsync\(\d+\) += 0 <([\d.]+)>", text)]
     assert rows[0]["max_ns"] == round(max(durations) * 1e9)

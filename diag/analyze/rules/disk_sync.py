@@ -10,7 +10,8 @@ from diag.analyze.rules import severity_for
 from diag.model import Evidence, Finding, family
 
 ID = "disk-sync"
-MIN_WORST_NS = 1_000_000    # a sync that never takes a millisecond is not worth a finding
+MIN_WORST_NS = 100_000      # without requests: syncs that never take 0.1 ms are not worth a finding
+MIN_FALLBACK_SHARE = 0.2    # ... nor syncs that are not a real part of the work syscalls' time
 
 
 RECOMMENDATION = ("Move fsync off the request path (a background flusher or group commit), or batch "
@@ -73,6 +74,8 @@ def _from_syscalls(ctx: AnalysisContext) -> Finding | None:
         return None
     work = ctx.work_time_ns or total
     share = min(1.0, total / work)
+    if share < MIN_FALLBACK_SHARE:
+        return None
     names = sorted({k[0] for k in rows})
     p99 = max(st.p99_ns for st in rows.values())
     approx = any(st.approx for st in rows.values())
