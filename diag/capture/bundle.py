@@ -22,13 +22,13 @@ import os
 import platform
 import socket
 import tarfile
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from diag import __version__
 from diag.capture.clock import ClockPair, read_pair
 from diag.errors import DiagError, ParseError
+from diag.fsutil import write_text
 
 SCHEMA = "diag.capture/1"
 SUPPORTED_SCHEMAS = {SCHEMA}
@@ -64,20 +64,7 @@ def new_manifest(target: dict, mode: str) -> dict:
 
 
 def _atomic_write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", fsync=True)
 
 
 class CaptureWriter:

@@ -22,8 +22,7 @@ import time
 import psutil
 
 from diag.capture.bundle import CaptureWriter
-from diag.collect.base import (DEGRADED, OK, CollectorStats, SubprocessCollector, Target, Unavailable, tool_path,
-                               wait_for)
+from diag.collect.base import (DEGRADED, OK, CollectorStats, SubprocessCollector, Target, Unavailable, tool_path)
 
 _PY_EXE = re.compile(r"(^|/)(python|pypy)[\d.]*[a-z]?$")
 

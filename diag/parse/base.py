@@ -88,6 +88,25 @@ class BadLines:
         ctx.warn(f"{ctx.path}:{lineno}: skipped {self.count} unparseable line(s), first: {reason}")
 
 
+def json_lines(stream: IO[str], bad: "BadLines"):
+    """(line number, line, object) for every JSON-object line of a JSON Lines stream; blank lines
+    skipped, other lines reported to `bad`. The caller counts the lines it accepts."""
+    import json
+
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            bad.bad(lineno, line, "not a JSON object")
+            continue
+        if not isinstance(obj, dict):
+            bad.bad(lineno, line, "not a JSON object")
+            continue
+        yield lineno, line, obj
+
+
 def numbered_lines(stream: IO[str]) -> Iterable[tuple[int, str]]:
     """(1-based line number, line with its newline) for every line of `stream`."""
     return enumerate(stream, 1)

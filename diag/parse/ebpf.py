@@ -18,7 +18,7 @@ import json
 from typing import IO, Iterator
 
 from diag.model import Clock, FdKind, Frame, Request, StackSample, SyscallAggregate, SyscallEvent, family
-from diag.parse.base import BadLines, ParseContext
+from diag.parse.base import BadLines, ParseContext, json_lines
 
 FORMAT_TAG = "diag.ebpf/1"
 _BYTE_FAMILIES = ("read", "write")
@@ -57,18 +57,8 @@ class EbpfParser:
         header_seen = end_seen = False
         lost = lost_requests = 0
         stack_cache: dict[tuple[str, ...], tuple[Frame, ...]] = {}
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
+        for lineno, line, obj in json_lines(stream, bad):
             total += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad.bad(lineno, line, "not a JSON object")
-                continue
-            if not isinstance(obj, dict):
-                bad.bad(lineno, line, "not a JSON object")
-                continue
             if "format" in obj:
                 if obj.get("format") != FORMAT_TAG:
                     bad.bad(lineno, line, f"unsupported format {obj.get('format')!r} (expected {FORMAT_TAG})")
@@ -96,6 +86,7 @@ class EbpfParser:
                 bad.bad(lineno, line, f"missing or invalid field ({e})")
                 continue
             good += 1
+        total += bad.count
         if total and not header_seen:
             ctx.warn(f"{ctx.path}: no diag.ebpf/1 header line; parsed the records anyway")
         if lost:

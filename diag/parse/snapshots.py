@@ -5,11 +5,10 @@ may be a header `{"format": "diag.process/1", ...}`. A cut last line is a warnin
 """
 from __future__ import annotations
 
-import json
 from typing import IO, Iterator
 
 from diag.model import Clock, ProcessSnapshot
-from diag.parse.base import BadLines, ParseContext
+from diag.parse.base import BadLines, ParseContext, json_lines
 
 FORMAT_TAG = "diag.process/1"
 _FIELDS = set(ProcessSnapshot.__dataclass_fields__)
@@ -24,20 +23,9 @@ class SnapshotParser:
 
     def parse(self, stream: IO[str], ctx: ParseContext) -> Iterator[ProcessSnapshot]:
         bad = BadLines(ctx, "process sampler")
-        total = good = 0
+        good = 0
         offset = ctx.offset_ns
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            total += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad.bad(lineno, line, "not a JSON object")
-                continue
-            if not isinstance(obj, dict):
-                bad.bad(lineno, line, "not a JSON object")
-                continue
+        for lineno, line, obj in json_lines(stream, bad):
             if "format" in obj:          # header line
                 good += 1
                 continue
@@ -51,4 +39,4 @@ class SnapshotParser:
                 continue
             good += 1
             yield snap
-        bad.finish(total, good)
+        bad.finish(good + bad.count, good)

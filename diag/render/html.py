@@ -11,8 +11,9 @@ import base64
 import hashlib
 import math
 import os
-import tempfile
 from pathlib import Path
+
+from diag import fsutil
 
 EXTENSION = ".html"
 NAME = "html"
@@ -24,7 +25,7 @@ REPORTS_DIR = Path(os.environ.get("DIAG_REPORTS_DIR") or Path(__file__).resolve(
 MAX_SYSCALL_ROWS = 40
 # Request breakdown keys (docs/report-schema.md) that are not syscall families.
 BREAKDOWN_COLORS = {"user": "#59a14f", "file": "#ff9da7", "upstream": "#9467bd", "socket": "#4e79a7",
-                    "cpu": "#59a14f"}
+                    "cpu": "#59a14f", "runq": "#d37295"}
 MAX_SAMPLE_MARKS = 300
 FAMILY_COLORS = {"read": "#4e79a7", "write": "#f28e2b", "sync": "#e15759", "poll": "#9c9c9c", "accept": "#76b7b2",
                  "connect": "#59a14f", "close": "#b07aa1", "futex": "#edc948", "sleep": "#bab0ac",
@@ -398,13 +399,8 @@ def render(report: dict) -> str:
 
 
 def write_text(text: str, path: str) -> None:
-    """Write atomically: a CI job never uploads a half-written report."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".report.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Write atomically: a CI job never uploads a half-written report (devices in place)."""
+    fsutil.write_text(path, text)
 
 
 def write(report: dict, path: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from diag.render.output import write_text
+from diag.fsutil import write_text
 
 
 def dumps(report: dict) -> str:

@@ -1,7 +1,6 @@
 """The eBPF probe loaded for real (root, BCC, syscall tracepoints) on targets making known calls."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal

@@ -6,7 +6,7 @@ names the sleep; it is not counted here.
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext, fmt_ms
-from diag.analyze.rules.common import behind_line, share_with_behind, MIN_SHARE, calls_line, calls_of, frames_line, requests_line, severity
+from diag.analyze.rules.common import behind_line, MIN_SHARE, calls_line, calls_of, frames_line, requests_line, severity
 from diag.model import Finding, family
 
 ID = "explicit-sleep"
