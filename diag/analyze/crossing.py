@@ -78,6 +78,38 @@ class RequestAnalysis:
         """The median request latency: what "slow" is measured against."""
         return percentile(self.latencies(), 50)
 
+    def typical_without(self, key: str, idx: "ThreadIndex | None" = None) -> int:
+        """The median request latency once the time in `key` is taken out of every request.
+
+        When a cause slows every request (an fsync per request), the plain median carries it
+        too, and the cause looks small against it. A request's time in `key` is the larger of
+        its in-kernel sum (eBPF; credited to the connection the thread served last) and the
+        calls of that family its thread made inside it (what an event loop's requests all
+        wait for)."""
+        if not self.requests:
+            return 0
+        have_sums = self.requests[0].family_ns is not None
+        calls: dict[int, tuple[list[int], list[SyscallEvent]]] = {}
+        if idx is not None:
+            for tid, evs in idx.events.items():
+                mine = [e for e in evs if family_of(e, self.upstream_fds) == key]
+                if mine:
+                    calls[tid] = ([e.start_ns for e in mine], mine)
+        if not have_sums and not calls:
+            return self.typical_ns
+        names = {key, "sock"} if key == "socket" else {key}
+        rest = []
+        for r in self.requests:
+            own = sum(v for k, v in (r.family_ns or ()) if k in names)
+            seen = 0
+            if r.tid in calls:
+                starts, evs = calls[r.tid]
+                for e in evs[bisect.bisect_left(starts, r.start_ns):bisect.bisect_left(starts, r.end_ns)]:
+                    seen += max(0, min(e.end_ns, r.end_ns) - e.start_ns)
+            rest.append(max(0, r.latency_ns - max(own, seen)))
+        rest.sort()
+        return percentile(rest, 50)
+
 
 class ThreadIndex:
     """Syscall events and stack samples per thread, sorted by time, for window queries."""

@@ -54,7 +54,7 @@ def _from_requests(ctx: AnalysisContext) -> Finding | None:
     f = frames_line(ra.slow, "Python frames of the serving threads")
     if f:
         evidence.append(f)
-    return Finding(id=ID, severity=severity(share, per_req, ra.typical_ns), share=share,
+    return Finding(id=ID, severity=severity(share, per_req, ra.typical_without("sync", ctx.idx)), share=share,
                    summary=(f"fsync on the request path: {share:.0%} of slow-request time, "
                             f"{fmt_ms(per_req)} per slow request"),
                    evidence=tuple(evidence), recommendation=RECOMMENDATION + (

@@ -32,7 +32,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     f = frames_line(slow, "where the threads sleep")
     if f:
         evidence.append(f)
-    return Finding(ID, severity(share, per_req, ra.typical_ns), share,
+    return Finding(ID, severity(share, per_req, ra.typical_without("sleep", ctx.idx)), share,
                    f"sleeps on the request path: {share:.0%} of slow-request time, {fmt_ms(per_req)} per slow request",
                    tuple(evidence),
                    "Remove the sleep from the request path (retry back-off, polling loops, rate limiting by "

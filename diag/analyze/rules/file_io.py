@@ -32,7 +32,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     f = frames_line(ra.slow)
     if f:
         evidence.append(f)
-    return Finding(ID, severity(share, per_req, ra.typical_ns), share,
+    return Finding(ID, severity(share, per_req, ra.typical_without("file", ctx.idx)), share,
                    f"file reads/writes on the request path: {share:.0%} of slow-request time, "
                    f"{fmt_ms(per_req)} per slow request", tuple(evidence),
                    "Keep hot files in memory (or warm the page cache), read through a large buffer, and move "

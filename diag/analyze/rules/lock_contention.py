@@ -55,7 +55,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     f = frames_line(ra.slow, "Python frames where the threads wait (the line that takes the lock)")
     if f:
         evidence.append(f)
-    sev = severity(share, per_req, ra.typical_ns)
+    sev = severity(share, per_req, ra.typical_without("futex", ctx.idx))
     if strace_inflated(ctx):
         sev = "info"
         evidence.append(STRACE_NOTE)

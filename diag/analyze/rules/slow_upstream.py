@@ -33,7 +33,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     f = frames_line(ra.slow, "Python frames while waiting")
     if f:
         evidence.append(f)
-    return Finding(ID, severity(share, per_req, ra.typical_ns), share,
+    return Finding(ID, severity(share, per_req, ra.typical_without("upstream", ctx.idx)), share,
                    f"waiting on an upstream connection: {share:.0%} of slow-request time, "
                    f"{fmt_ms(per_req)} per slow request", tuple(evidence),
                    "Find which upstream is slow (the fd's peer in the evidence) and fix it there; meanwhile set "
