@@ -74,12 +74,12 @@ def severity(share: float, per_request_ns: float, typical_ns: int | None = None)
 
     A fast server (a native cache answering in µs) is harmed by less: measured against its
     typical (median) request, a cause adding 50x the median (and ≥ 1 ms) is critical, 10x (and
-    ≥ 0.5 ms) a warning.
+    ≥ 0.2 ms) a warning.
     """
     t = typical_ns or 0
     if share >= 0.5 and (per_request_ns >= 20_000_000 or (t and per_request_ns >= max(50 * t, 1_000_000))):
         return "critical"
-    if share >= 0.25 and (per_request_ns >= 2_000_000 or (t and per_request_ns >= max(10 * t, 500_000))):
+    if share >= 0.25 and (per_request_ns >= 2_000_000 or (t and per_request_ns >= max(10 * t, 200_000))):
         return "warning"
     return "info"
 
