@@ -27,7 +27,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 scenarios: setup
-	$(PY) -m pytest tests/scenarios -v -s $(PYTEST_ARGS)
+	DIAG_SCENARIO_ROUNDS=$${DIAG_SCENARIO_ROUNDS:-3} $(PY) -m pytest tests/scenarios -q $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
