@@ -9,9 +9,7 @@ import datetime as _dt
 import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 from rich.console import Console, Group
@@ -146,11 +144,9 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
                     is_python=bool(re.search(r"(^|/)python[\d.]*$", cmd[0])))
     writer.manifest["target"] = target.to_json()
     writer.save()
-    try:
-        result = _capture(target, writer, collectors, opts, alive=lambda: proc.poll() is None)
-    finally:
-        if proc.poll() is None and opts.duration_s is not None:
-            pass   # the command outlives the capture window; it keeps running, untraced
+    # A command that outlives a --duration window keeps running, untraced; its exit code is then
+    # unknown to us (None).
+    result = _capture(target, writer, collectors, opts, alive=lambda: proc.poll() is None)
     rc = proc.wait() if result.status == "target-exited" else proc.poll()
     return result, rc
 
@@ -196,4 +192,4 @@ def report_for(capture: str, slow_ns: int | None = None) -> dict:
     return build_report(load_capture(capture), slow_ns=slow_ns)
 
 
-__all__ = ["attach", "run", "CaptureOptions", "report_for", "Path", "sys"]
+__all__ = ["attach", "run", "CaptureOptions", "report_for"]
