@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext, fmt_ms
 from diag.analyze.crossing import SlowRequest, hot_python_frames
-from diag.model import Evidence, SyscallEvent
+from diag.model import Evidence, Finding, SyscallEvent
 
 # A finding must explain at least this share of slow-request time to be reported at all.
 MIN_SHARE = 0.10
@@ -116,3 +116,38 @@ def strace_inflated(ctx: AnalysisContext) -> bool:
     ra = ctx.req
     return ra is not None and ra.source == "events" and any(
         c.source == "strace" for s in ra.slow for c in s.calls)
+
+
+def time_finding(ctx: AnalysisContext, rule_id: str, key: str, what: str, holder: str, calls_pred,
+                 calls_note: str, frames_what: str, summary: str, recommendation: str,
+                 extra=(), kernel: bool = True) -> Finding | None:
+    """The finding of a rule whose cause is time in one breakdown key (`sync`, `file`,
+    `upstream`): the share of slow-request time in it (own calls, and lock waits behind another
+    thread's), the calls themselves, the kernel stack of the worst, the frames of the serving
+    threads. `summary` is formatted with `share` and `per_req`; `extra(ra)` adds evidence."""
+    ra = ctx.req
+    if ra is None or not ra.slow:
+        return None
+    share, part = share_with_behind(ctx, key)
+    if share < MIN_SHARE:
+        return None
+    per_req = part / len(ra.slow)
+    evidence = [requests_line(ctx, key, what)]
+    b = behind_line(ctx, key, holder)
+    if b:
+        evidence.append(b)
+    calls = calls_of(ra.slow, calls_pred)
+    line = calls_line(calls, calls_note)
+    if line:
+        evidence.append(line)
+        k = kernel_line(ctx, max(calls, key=lambda c: c.dur_ns or 0)) if kernel else None
+        if k:
+            evidence.append(k)
+    evidence.extend(e for e in (extra(ra) if extra else ()) if e)
+    f = frames_line(ra.slow, frames_what)
+    if f:
+        evidence.append(f)
+    return Finding(rule_id, severity(share, per_req, ra.typical_without(key, ctx.idx)), share,
+                   summary.format(share=share, per_req=fmt_ms(per_req)), tuple(evidence),
+                   recommendation + (" Never hold a lock across it: other requests queue behind it." if b else ""),
+                   part)

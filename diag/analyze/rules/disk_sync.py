@@ -26,40 +26,19 @@ def check(ctx: AnalysisContext) -> Finding | None:
 
 
 def _from_requests(ctx: AnalysisContext) -> Finding | None:
-    from diag.analyze.rules.common import (MIN_SHARE, behind_line, calls_line, calls_of, frames_line, kernel_line,
-                                           requests_line, severity, share_with_behind)
+    from diag.analyze.rules.common import time_finding
 
-    ra = ctx.req
-    share, part = share_with_behind(ctx, "sync")
-    if share < MIN_SHARE:
-        return None
-    per_req = part / len(ra.slow)
-    evidence = [requests_line(ctx, "sync", "fsync-family calls")]
-    b = behind_line(ctx, "sync", "fsync")
-    if b:
-        evidence.append(b)
-    calls = calls_of(ra.slow, lambda c: family(c.name) == "sync")
-    line = calls_line(calls, "")
-    if line:
-        evidence.append(line)
-    worst = max(calls, key=lambda c: c.dur_ns or 0, default=None)
-    if worst is not None:
-        k = kernel_line(ctx, worst)
-        if k:
-            evidence.append(k)
-    loops = sorted({s.request.tid for s in ra.slow if s.request.tid in ctx.polling_tids and s.breakdown.get("sync")})
-    if loops:
-        evidence.append(Evidence("syscalls", f"the fsyncs run on event-loop thread(s) {loops}: every connection of "
-                                             "the loop waits for each one"))
-    f = frames_line(ra.slow, "Python frames of the serving threads")
-    if f:
-        evidence.append(f)
-    return Finding(id=ID, severity=severity(share, per_req, ra.typical_without("sync", ctx.idx)), share=share,
-                   summary=(f"fsync on the request path: {share:.0%} of slow-request time, "
-                            f"{fmt_ms(per_req)} per slow request"),
-                   evidence=tuple(evidence), recommendation=RECOMMENDATION + (
-                       " Never hold a lock across the fsync: other requests queue behind it." if b else ""),
-                   impact_ns=part)
+    def on_loop(ra):
+        loops = sorted({s.request.tid for s in ra.slow if s.request.tid in ctx.polling_tids and s.breakdown.get("sync")})
+        if loops:
+            yield Evidence("syscalls", f"the fsyncs run on event-loop thread(s) {loops}: every connection of "
+                                       "the loop waits for each one")
+
+    return time_finding(
+        ctx, ID, "sync", "fsync-family calls", "fsync", lambda c: family(c.name) == "sync", "",
+        "Python frames of the serving threads",
+        "fsync on the request path: {share:.0%} of slow-request time, {per_req} per slow request",
+        RECOMMENDATION, extra=on_loop)
 
 
 def _from_syscalls(ctx: AnalysisContext) -> Finding | None:

@@ -3,39 +3,25 @@ a cache, another service): reads/writes/connects on sockets the target called co
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext, fmt_ms
-from diag.analyze.rules.common import behind_line, share_with_behind, MIN_SHARE, calls_line, calls_of, frames_line, requests_line, severity
-from diag.model import Finding, family
+from diag.analyze.rules.common import time_finding
+from diag.model import Evidence, Finding, family
 
 ID = "slow-upstream"
 
 
 def check(ctx: AnalysisContext) -> Finding | None:
-    ra = ctx.req
-    if ra is None or not ra.slow:
-        return None
-    share, part = share_with_behind(ctx, "upstream")
-    if share < MIN_SHARE:
-        return None
-    per_req = part / len(ra.slow)
-    evidence = [requests_line(ctx, "upstream", "calls on sockets the target connected (upstream)")]
-    b = behind_line(ctx, "upstream", "an upstream call")
-    if b:
-        evidence.append(b)
-    calls = calls_of(ra.slow, lambda c: c.fd is not None and (c.pid, c.fd) in ra.upstream_fds
-                     and family(c.name) in ("read", "write", "connect"))
-    line = calls_line(calls, "waiting for the upstream's answer")
-    if line:
-        evidence.append(line)
-    connects = [e for e in ctx.timed_syscalls if e.name == "connect"]
-    if connects:
-        evidence.append(type(evidence[0])("syscalls", f"{len(connects)} connect() calls in the capture, "
-                                          f"worst {fmt_ms(max(e.dur_ns or 0 for e in connects))}"))
-    f = frames_line(ra.slow, "Python frames while waiting")
-    if f:
-        evidence.append(f)
-    return Finding(ID, severity(share, per_req, ra.typical_without("upstream", ctx.idx)), share,
-                   f"waiting on an upstream connection: {share:.0%} of slow-request time, "
-                   f"{fmt_ms(per_req)} per slow request", tuple(evidence),
-                   "Find which upstream is slow (the fd's peer in the evidence) and fix it there; meanwhile set "
-                   "timeouts, keep a warm connection pool (no connect per request), and cache or batch calls.",
-                   part)
+    def connects(ra):
+        calls = [e for e in ctx.timed_syscalls if e.name == "connect"]
+        if calls:
+            yield Evidence("syscalls", f"{len(calls)} connect() calls in the capture, worst "
+                                       f"{fmt_ms(max(e.dur_ns or 0 for e in calls))}")
+
+    upstream = ctx.req.upstream_fds if ctx.req is not None else set()
+    return time_finding(
+        ctx, ID, "upstream", "calls on sockets the target connected (upstream)", "an upstream call",
+        lambda c: c.fd is not None and (c.pid, c.fd) in upstream and family(c.name) in ("read", "write", "connect"),
+        "waiting for the upstream's answer", "Python frames while waiting",
+        "waiting on an upstream connection: {share:.0%} of slow-request time, {per_req} per slow request",
+        "Find which upstream is slow (the fd's peer in the evidence) and fix it there; meanwhile set timeouts, "
+        "keep a warm connection pool (no connect per request), and cache or batch calls.",
+        extra=connects, kernel=False)
