@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from diag.collect.strace import tracer_of
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PYSPY = str(VENV_BIN / "py-spy") if (VENV_BIN / "py-spy").exists() else (shutil.which("py-spy") or "py-spy")
@@ -145,17 +147,6 @@ def _wait(pred, timeout: float, interval: float = 0.02) -> bool:
     return pred()
 
 
-def _tracer_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Running:
     """A started observer."""
@@ -246,7 +237,7 @@ class StraceAll(Mode):
         return ["strace", "-f", "-qq", "-ttt", "-T", "-o", str(out), "-p", str(target.pid)]
 
     def ready(self, run, target):
-        return _tracer_of(target.pid) == run.proc.pid
+        return tracer_of(target.pid) == run.proc.pid
 
 
 class StraceFiltered(StraceAll):

@@ -171,9 +171,9 @@ class _LaunchedStrace:
         """Detach strace if the capture ends before the command: SIGTERM its tracer."""
         import signal
 
-        from diag.collect.strace import _tracer_of
+        from diag.collect.strace import tracer_of
 
-        tracer = _tracer_of(self.pid)
+        tracer = tracer_of(self.pid)
         if tracer:
             try:
                 os.kill(tracer, signal.SIGTERM)

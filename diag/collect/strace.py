@@ -29,17 +29,25 @@ TRACED = ("accept,accept4,read,readv,pread64,recvfrom,recvmsg,write,writev,pwrit
 _DURATION_TAIL = re.compile(rb"(?:^|\s|\])(\w+)\(.*<(\d+\.\d+)>$")
 
 
-def ptrace_blocker(pid: int) -> str | None:
-    """Why ptrace-attaching to `pid` would fail here, or None."""
+def tracer_of(pid: int) -> int | None:
+    """The pid tracing `pid` (0: none), from /proc/PID/status; None when `pid` does not exist."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("TracerPid:"):
-                    tracer = int(line.split()[1])
-                    if tracer:
-                        return f"pid {pid} is already traced by pid {tracer} (a thread has one tracer)"
+                    return int(line.split()[1])
     except OSError:
+        return None
+    return None
+
+
+def ptrace_blocker(pid: int) -> str | None:
+    """Why ptrace-attaching to `pid` would fail here, or None."""
+    tracer = tracer_of(pid)
+    if tracer is None:
         return f"pid {pid} does not exist"
+    if tracer:
+        return f"pid {pid} is already traced by pid {tracer} (a thread has one tracer)"
     try:
         scope = int(open("/proc/sys/kernel/yama/ptrace_scope").read())
     except OSError:
@@ -94,7 +102,7 @@ class StraceCollector(SubprocessCollector):
         self.spawn(argv, writer)
         # strace writes nothing until the first traced call; it is attached when the target's
         # TracerPid names it (or it died, and says why on stderr).
-        attached = wait_for(lambda: not self.alive() or _tracer_of(target.pid) == self.proc.pid, 5.0)
+        attached = wait_for(lambda: not self.alive() or tracer_of(target.pid) == self.proc.pid, 5.0)
         if not self.alive() or not attached:
             self.terminate()
             writer.set_collector(self.name, status=FAILED, reason=self.stderr_tail() or "strace did not attach")
@@ -156,13 +164,3 @@ class StraceCollector(SubprocessCollector):
         if self.writer:
             self.writer.set_collector(self.name, events=st.events)
 
-
-def _tracer_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
