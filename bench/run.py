@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench import modes as M
 from bench import replay_speed as R
-from bench.targets import ALL_TARGETS, REDIS_CLIENTS, WRK_CONNS, WRK_THREADS, make_targets, redis_cmd, wrk_cmd
+from bench.targets import ALL_TARGETS, make_targets, redis_cmd, wrk_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
