@@ -68,6 +68,16 @@ def frames_line(slow: list[SlowRequest], what: str = "Python frames in slow requ
     return Evidence("py-spy", f"{what}: {text}", w)
 
 
+def ladder(share: float, per_request_ns: float, warning_ns: float, critical_ns: float) -> str:
+    """critical: at least half the slow time and `critical_ns` per slow request; warning: a
+    quarter and `warning_ns`; info otherwise."""
+    if share >= 0.5 and per_request_ns >= critical_ns:
+        return "critical"
+    if share >= 0.25 and per_request_ns >= warning_ns:
+        return "warning"
+    return "info"
+
+
 def severity(share: float, per_request_ns: float, typical_ns: int | None = None) -> str:
     """critical: most of the slow time and tens of ms per slow request; warning: a real share and
     at least a few ms per slow request; info otherwise.
@@ -77,11 +87,10 @@ def severity(share: float, per_request_ns: float, typical_ns: int | None = None)
     ≥ 0.2 ms) a warning.
     """
     t = typical_ns or 0
-    if share >= 0.5 and (per_request_ns >= 20_000_000 or (t and per_request_ns >= max(50 * t, 1_000_000))):
-        return "critical"
-    if share >= 0.25 and (per_request_ns >= 2_000_000 or (t and per_request_ns >= max(10 * t, 200_000))):
-        return "warning"
-    return "info"
+    if not t:
+        return ladder(share, per_request_ns, 2_000_000, 20_000_000)
+    return ladder(share, per_request_ns, min(2_000_000, max(10 * t, 200_000)),
+                  min(20_000_000, max(50 * t, 1_000_000)))
 
 
 def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:

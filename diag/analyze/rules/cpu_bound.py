@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext, fmt_ms
 from diag.analyze.crossing import hot_frames_any
-from diag.analyze.rules.common import frames_line, slow_window
+from diag.analyze.rules.common import frames_line, ladder, slow_window
 from diag.model import Evidence, Finding
 
 ID = "cpu-bound"
@@ -48,13 +48,8 @@ def check(ctx: AnalysisContext) -> Finding | None:
         if dt > 0:
             evidence.append(Evidence("process", f"target used {cpu / dt:.0%} of a CPU over the capture "
                                                 f"({cpu:.2f} CPU-s in {dt:.1f} s)"))
-    if per_req >= 50_000_000 and share >= 0.5:
-        sev = "critical"
-    elif per_req >= 5_000_000:
-        sev = "warning"
-    else:
-        sev = "info"
-    return Finding(ID, sev, share,
+    # share >= MIN_SHARE (0.5) here: severity follows the on-CPU time per slow request
+    return Finding(ID, ladder(share, per_req, 5_000_000, 50_000_000), share,
                    f"on-CPU code dominates slow requests: {share:.0%} of their time, {fmt_ms(per_req)} each",
                    tuple(evidence),
                    "Profile the functions named above and make them cheaper (algorithm, caching, fewer "

@@ -8,7 +8,7 @@ what blocks it.
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext, fmt_ms
-from diag.analyze.rules.common import MIN_SHARE, calls_line, frames_line, slow_window
+from diag.analyze.rules.common import MIN_SHARE, calls_line, frames_line, ladder, slow_window
 from diag.model import Evidence, Finding, family
 
 ID = "event-loop-blocked"
@@ -53,13 +53,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
         evidence.append(f)
     # A loop shares its thread between connections: a few ms of other requests' work inside a
     # request is normal interleaving. Blocking means tens of ms at a stretch.
-    if share >= 0.5 and per_req >= 20_000_000:
-        sev = "critical"
-    elif share >= 0.25 and per_req >= 10_000_000:
-        sev = "warning"
-    else:
-        sev = "info"
-    return Finding(ID, sev, share,
+    return Finding(ID, ladder(share, per_req, 10_000_000, 20_000_000), share,
                    f"event loop blocked by {LABEL[top]}: {share:.0%} of slow-request time, {fmt_ms(per_req)} each",
                    tuple(evidence),
                    "Never block the loop thread: await the async form (asyncio.sleep, an async driver), or run "
