@@ -14,38 +14,14 @@ import pytest
 
 from diag.capture.bundle import CaptureWriter
 from diag.collect.base import Target, Unavailable
-from diag.collect.ebpf import REPO_ROOT, EbpfCollector, bcc_python
+from diag.collect.ebpf import REPO_ROOT, EbpfCollector
 from diag.model import FdKind, StackSample, SyscallAggregate, SyscallEvent
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
+from ebpf_helpers import EBPF_MARKS, PY, WORKDIR, start_agent
 
-PY = bcc_python() if os.geteuid() == 0 else None
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="eBPF needs root"),
-    pytest.mark.skipif(PY is None, reason="no python that imports bcc (apt-get install python3-bpfcc)"),
-    pytest.mark.skipif(not os.path.isdir("/sys/kernel/tracing/events/raw_syscalls"),
-                       reason="tracefs / syscall tracepoints not available"),
-    pytest.mark.skipif(not os.path.exists(f"/lib/modules/{os.uname().release}/build"),
-                       reason="no kernel headers for BCC: run `make setup` as root"),
-]
-# on the root filesystem (/dev/vda here), not a tmpfs, so fsync reaches the block layer
-WORKDIR = "/var/tmp"
+pytestmark = [*EBPF_MARKS]
 
-
-def start_agent(pid: int, out: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.Popen([PY, "-m", "diag.collect.ebpf_agent", "--pid", str(pid), "--out", str(out), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_text().endswith("\n"):
-            return proc
-        if proc.poll() is not None:
-            pytest.fail(f"agent exited: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("agent did not attach in 60 s")
 
 
 def start_target(code: str, *args: str) -> subprocess.Popen:

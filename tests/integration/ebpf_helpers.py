@@ -1,0 +1,40 @@
+"""What the eBPF integration tests share: the skips, the interpreter that imports bcc, the agent."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from diag.collect.ebpf import REPO_ROOT, bcc_python
+
+PY = bcc_python() if os.geteuid() == 0 else None
+EBPF_MARKS = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="eBPF needs root"),
+    pytest.mark.skipif(PY is None, reason="no python that imports bcc (apt-get install python3-bpfcc)"),
+    pytest.mark.skipif(not os.path.isdir("/sys/kernel/tracing/events/raw_syscalls"),
+                       reason="tracefs / syscall tracepoints not available"),
+    pytest.mark.skipif(not os.path.exists(f"/lib/modules/{os.uname().release}/build"),
+                       reason="no kernel headers for BCC: run `make setup` as root"),
+]
+# on the root filesystem (/dev/vda here), not a tmpfs, so fsync reaches the block layer
+WORKDIR = "/var/tmp"
+
+
+def start_agent(pid: int, out: Path, *extra: str) -> subprocess.Popen:
+    """Start the eBPF agent on `pid`; return once it wrote its header (attached)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([PY, "-m", "diag.collect.ebpf_agent", "--pid", str(pid), "--out", str(out), *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_text().endswith("\n"):
+            return proc
+        if proc.poll() is not None:
+            pytest.fail(f"agent exited: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("agent did not attach in 60 s")
