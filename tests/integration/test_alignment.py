@@ -33,7 +33,9 @@ for i in range(3):
     os.fdatasync(f.fileno())
     after = mono()
     marker_spin(after + 300_000_000)
-    marks.append({"before": before, "after": after, "tid": __import__("threading").get_native_id()})
+    returned = mono()               # the spin really ends here (the thread may be preempted in it)
+    marks.append({"before": before, "after": after, "returned": returned,
+                  "tid": __import__("threading").get_native_id()})
     time.sleep(0.7)
 json.dump(marks, open(sys.argv[1], "w"))
 '''
@@ -57,43 +59,45 @@ def test_streams_align_on_the_marker(tmp_path):
     errors: dict[str, list[float]] = {"strace": [], "perf": [], "py-spy": []}
     syncs = sorted(e.start_ns for e in data.syscalls if e.name == "fdatasync" and e.tid == tid)
     assert len(syncs) == 3, syncs
+    strace_outside = []
     for m, start in zip(marks, syncs):
-        # strace stamps the call after entry: the start must fall inside [before, after] + lag
+        # strace stamps the call at its entry stop, while the target waits: the stamp must fall
+        # inside [before, after] (the target's own readings around the call), within the clock
+        # conversion error; how far after `before` it lands is scheduling and is only printed
         errors["strace"].append((start - m["before"]) / 1e6)
-    # Samplers see the spin [after, after + 300 ms] only at their sample times: the first sight of
-    # it comes up to one period (10 ms) late, more if the thread waits for a CPU. An alignment
-    # error shows as a sight *before* the spin starts, or (perf) a spin sample after it ended.
+        strace_outside.append(max(m["before"] - start, start - m["after"], 0) / 1e6)
+    # Samplers see the spin [after, returned] (300 ms) only at their sample times: the first sight of
+    # it comes up to one period (10 ms) late, more if the sampler waits for a CPU on a busy machine
+    # (that delay is printed, not asserted: it is scheduling, not alignment). An alignment error
+    # shows as a sample of the spin placed outside the spin: before it started or after it ended.
     late: dict[str, list[float]] = {"perf": [], "py-spy": []}
+    outside: dict[str, list[float]] = {"perf": [], "py-spy": []}
     for source in ("perf", "py-spy"):
         samples = sorted((s for s in data.samples if s.source == source and s.tid == tid and s.ts_ns is not None),
                          key=lambda s: s.ts_ns)
         in_spin = [s.ts_ns for s in samples if source == "perf" or any(f.function == "marker_spin" for f in s.frames)]
         assert in_spin, f"{source} saw no sample of the marker thread"
         for m in marks:
-            t0, t1 = m["after"], m["after"] + 300_000_000
+            t0, t1 = m["after"], m["returned"]
             near = [t for t in in_spin if t0 - 100_000_000 <= t <= t1 + 100_000_000]
             assert near, f"{source}: no sample near the marker at {t0}"
             errors[source].append((near[0] - t0) / 1e6)
-            if source == "perf":          # on-CPU samples stop when the spin ends
-                late[source].append((near[-1] - t1) / 1e6)
-            else:                         # py-spy records stack changes: the next one is the end
-                nxt = [s.ts_ns for s in samples if s.ts_ns > near[0] and s.ts_ns <= t1 + 100_000_000
-                       and not any(f.function == "marker_spin" for f in s.frames)]
-                if nxt:
-                    late[source].append((nxt[0] - t1) / 1e6)
+            late[source].append((near[-1] - t1) / 1e6)
+            # distance (ms) of each spin sample outside [t0, t1]; 0 inside
+            outside[source] += [max(t0 - t, t - t1, 0) / 1e6 for t in near]
     print("\nalignment vs marker (ms, stream time - true time):")
     print("  strace  call start - true start:   " + "  ".join(f"{x:+7.3f}" for x in errors["strace"]))
     for k in ("perf", "py-spy"):
         print(f"  {k:7s} first sight - spin start:   " + "  ".join(f"{x:+7.3f}" for x in errors[k]))
-        print(f"  {k:7s} {'last sight' if k == 'perf' else 'next change'} - spin end:"
-              f"{'     ' if k == 'perf' else '    '}" + "  ".join(f"{x:+7.3f}" for x in late[k]))
+        print(f"  {k:7s} last sight - spin end:      " + "  ".join(f"{x:+7.3f}" for x in late[k]))
     report_error = None
     from diag.align import alignment_summary
     report_error = alignment_summary(data)["error_ns"]
     print(f"  report promises ±{(report_error or 0) / 1e6:.3f} ms")
-    # strace: within its stamp lag of the call (entry after `before`, well before `after` + 1 ms)
-    assert all(-0.5 <= e <= 2.0 for e in errors["strace"]), errors
-    # samplers: never see the spin before it starts nor (perf) after it ends, beyond the
-    # promised error; the first sight is late by the sampling period plus scheduling delays
-    assert all(-2.0 <= e <= 40.0 for e in errors["perf"]) and all(e <= 2.0 for e in late["perf"]), (errors, late)
-    assert all(-2.0 <= e <= 40.0 for e in errors["py-spy"]) and all(e >= -2.0 for e in late["py-spy"]), (errors, late)
+    # strace: each stamp inside the call's [before, after] within half a millisecond
+    assert max(strace_outside) <= 0.5, (strace_outside, errors)
+    # samplers: every sample of the spin lies inside the spin, within the promised error
+    assert report_error is not None, "py-spy stream not anchored to CLOCK_MONOTONIC"
+    for source in ("perf", "py-spy"):
+        worst = max(outside[source])
+        assert worst <= report_error / 1e6, (source, worst, errors, late)
