@@ -38,6 +38,18 @@
 #define SF_ACCEPT     0x2000 /* ret >= 0 is an accepted (server-side) connection */
 #define SF_CONNECT    0x4000 /* args[0] becomes an outbound socket */
 #define SF_ALWAYS     0x8000 /* emit a record for every call, whatever SLOW_NS (accept, connect) */
+/* Kernel stack where a call blocked (sched_switch): walking the stack costs ~1 us per block, so
+ * it is taken only where it says more than the syscall's name (not for idle waits: poll, futex,
+ * sleep, accept, reads on sockets and pipes, whose stacks are always the same wait). */
+#define SF_KSTACK      0x10000 /* every call (sync, writes, close, connect) */
+#define SF_KSTACK_FILE 0x20000 /* calls on regular files (read family) */
+#define SF_TAKE_STACK  0x40000 /* set by the probe at entry when one of the two above applies */
+
+/* Aggregates live in per-CPU arrays indexed by (sysinfo.idx, fd kind[, log2 slot]): no hashing
+ * and no atomic operations on the hot path; the agent sums the CPUs. */
+#define DIAG_NIDX     64     /* latency-traced syscalls (SF_LAT) at most; sysinfo.idx < DIAG_NIDX */
+#define DIAG_NKIND    5      /* fd kinds, DIAG_KIND_UNKNOWN..DIAG_KIND_OTHER */
+#define DIAG_NSLOT    64     /* log2 histogram slots */
 
 /* Syscall families of a request's time breakdown (diag_request.family_ns[]; names in the agent). */
 #define FAM_SYNC      0
@@ -73,6 +85,7 @@ struct diag_sysinfo {
     u32 flags;
     u32 kind;       /* kind (and role bits) of the fd(s) the call creates */
     u32 fam;        /* FAM_* of the call in a request's breakdown */
+    u32 idx;        /* SF_LAT calls: row of the aggregate arrays (< DIAG_NIDX) */
 };
 
 struct diag_event {

@@ -79,8 +79,12 @@ struct diag_sys_exit {
     long ret;
 };
 
+/* One entry per thread that made a traced call, reused call after call: entry overwrites it in
+ * place and exit marks it idle (start_ns = 0). Inserting and deleting an entry per call cost
+ * ~240 ns of the target's time per call (hash element allocation and free); the LRU evicts the
+ * entries of threads that died. */
 struct diag_inflight {
-    u64 start_ns;
+    u64 start_ns;       /* 0: the thread is not inside a traced call */
     u64 off_cpu_ns;
     u64 max_off_ns;
     u64 max_off_ts;
@@ -95,16 +99,12 @@ struct diag_inflight {
     s32 pending_stack;  /* stack of the current off-CPU interval */
     u32 fdv;            /* fd map value of args[0]: kind | role bits */
     u32 fam;            /* FAM_* (sysinfo) */
-    u32 pad;
+    u32 idx;            /* sysinfo.idx */
 };
 
 struct diag_fdkey {
     u32 tgid;
     s32 fd;
-};
-struct diag_aggkey {
-    u32 nr;
-    u32 kind;
 };
 struct diag_agg {
     u64 count;
@@ -112,20 +112,14 @@ struct diag_agg {
     u64 bytes_total;
     u64 max_ns;
 };
-struct diag_histkey {
-    u32 nr;
-    u32 kind;
-    u32 slot;
-    u32 pad;
-};
 
 BPF_ARRAY(sysinfo, struct diag_sysinfo, 1024);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_TABLE("lru_hash", u32, struct diag_inflight, inflight, 65536);
 BPF_HASH(fdkinds, struct diag_fdkey, u32, 262144);
-BPF_HASH(agg, struct diag_aggkey, struct diag_agg, 4096);
-BPF_HASH(lat_hist, struct diag_histkey, u64, 32768);
-BPF_HASH(bytes_hist, struct diag_histkey, u64, 32768);
+BPF_PERCPU_ARRAY(agg, struct diag_agg, DIAG_NIDX * DIAG_NKIND);
+BPF_PERCPU_ARRAY(lat_hist, u64, DIAG_NIDX * DIAG_NKIND * DIAG_NSLOT);
+BPF_PERCPU_ARRAY(bytes_hist, u64, DIAG_NIDX * DIAG_NKIND * DIAG_NSLOT);
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
 #if defined(TARGET_MAP) || defined(FOLLOW)
 BPF_HASH(targets, u32, u8, 65536);
@@ -221,11 +215,14 @@ static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)
     f.pending_stack = -1;
     f.newkind = si->kind;
     f.fam = si->fam;
+    f.idx = si->idx;
     if (flags & (SF_FD0 | SF_NEWFD_DUP | SF_FCNTL)) {
         f.fd = (s32)ctx->args[0];
         f.fdv = kind_of(tgid, f.fd);
         f.kind = f.fdv & DIAG_KIND_MASK;
     }
+    if ((flags & SF_KSTACK) || ((flags & SF_KSTACK_FILE) && f.kind == DIAG_KIND_FILE))
+        f.flags |= SF_TAKE_STACK;
     if (flags & SF_NEWFD_DUP)
         f.newkind = f.fdv;
     if ((flags & SF_FCNTL) && nargs >= 2) {
@@ -242,7 +239,11 @@ static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)
         f.newkind = path_kind(ctx->args[0]);
     if ((flags & SF_PATH_ARG1) && nargs >= 2)
         f.newkind = path_kind(ctx->args[1]);
-    inflight.update(&tid, &f);
+    struct diag_inflight *slot = inflight.lookup(&tid);
+    if (slot)
+        *slot = f;
+    else
+        inflight.update(&tid, &f);
     return 0;
 }
 
@@ -252,17 +253,16 @@ int diag_sys_enter1(struct diag_sys_enter *ctx) { return do_enter(ctx, 1); }
 int diag_sys_enter2(struct diag_sys_enter *ctx) { return do_enter(ctx, 2); }
 int diag_sys_enter4(struct diag_sys_enter *ctx) { return do_enter(ctx, 4); }
 
-static __always_inline void hist_add(int is_bytes, u32 nr, u32 kind, u64 v)
+/* row = sysinfo.idx * DIAG_NKIND + kind: one cell of this CPU's aggregate arrays */
+static __always_inline void hist_add(int is_bytes, u32 row, u64 v)
 {
-    struct diag_histkey hk = {.nr = nr, .kind = kind, .slot = bpf_log2l(v)};
-    u64 zero = 0, *c;
-    if (is_bytes) {
-        c = bytes_hist.lookup_or_try_init(&hk, &zero);
-    } else {
-        c = lat_hist.lookup_or_try_init(&hk, &zero);
-    }
+    u32 slot = bpf_log2l(v);
+    if (slot >= DIAG_NSLOT)
+        slot = DIAG_NSLOT - 1;
+    u32 i = row * DIAG_NSLOT + slot;
+    u64 *c = is_bytes ? bytes_hist.lookup(&i) : lat_hist.lookup(&i);
     if (c)
-        __sync_fetch_and_add(c, 1);
+        (*c)++;
     else
         count(CNT_AGG_ERR);
 }
@@ -480,12 +480,15 @@ int diag_sys_exit(struct diag_sys_exit *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    if (!is_target(tgid))           /* before any map: most syscalls of the machine stop here */
+        return 0;
     struct diag_inflight *fp = inflight.lookup(&tid);
-    if (!fp)
+    if (!fp || !fp->start_ns)
         return 0;
     u64 now = bpf_ktime_get_ns();
     struct diag_inflight f = *fp;
-    inflight.delete(&tid);
+    fp->start_ns = 0;
+    fp->switch_out_ns = 0;
     if ((u32)ctx->nr != f.nr)       /* an entry left by a call we missed the exit of */
         return 0;
     long ret = ctx->ret;
@@ -511,23 +514,22 @@ int diag_sys_exit(struct diag_sys_exit *ctx)
         return 0;
 
     u64 dur = now - f.start_ns;
-    struct diag_aggkey ak = {.nr = f.nr, .kind = f.kind};
-    struct diag_agg zero = {};
-    struct diag_agg *a = agg.lookup_or_try_init(&ak, &zero);
+    u32 row = f.idx * DIAG_NKIND + (f.kind < DIAG_NKIND ? f.kind : DIAG_KIND_UNKNOWN);
+    struct diag_agg *a = agg.lookup(&row);
     u64 nbytes = (flags & SF_BYTES) && ret > 0 ? (u64)ret : 0;
-    if (a) {
-        __sync_fetch_and_add(&a->count, 1);
-        __sync_fetch_and_add(&a->total_ns, dur);
-        if (nbytes)
-            __sync_fetch_and_add(&a->bytes_total, nbytes);
+    if (a && f.idx < DIAG_NIDX) {
+        /* this CPU's cell: plain updates (a BPF program is not migrated while it runs) */
+        a->count++;
+        a->total_ns += dur;
+        a->bytes_total += nbytes;
         if (dur > a->max_ns)
-            a->max_ns = dur;   /* racy across CPUs; informative only */
+            a->max_ns = dur;
+        hist_add(0, row, dur);
+        if (nbytes)
+            hist_add(1, row, nbytes);
     } else {
         count(CNT_AGG_ERR);
     }
-    hist_add(0, f.nr, f.kind, dur);
-    if (nbytes)
-        hist_add(1, f.nr, f.kind, nbytes);
     count(CNT_CALLS);
 #ifdef REQUESTS
     req_exit(ctx, tgid, tid, &f, ret, now, dur);
@@ -560,27 +562,35 @@ int diag_sys_exit(struct diag_sys_exit *ctx)
 TRACEPOINT_PROBE(sched, sched_switch)
 {
     u64 now = 0;
-    u32 prev = args->prev_pid;
     u32 next = args->next_pid;
+    /* the tracepoint runs as prev, so its tgid is at hand: other processes' switches skip prev's
+     * lookups (next's tgid is not, its lookups stay) */
+    u32 prev = is_target(bpf_get_current_pid_tgid() >> 32) ? args->prev_pid : 0;
     struct diag_inflight *f;
     if (prev && (args->prev_state & BLOCKED_STATE_MASK)) {
         f = inflight.lookup(&prev);
-        if (f) {
+        if (f && f->start_ns) {
             now = bpf_ktime_get_ns();
             f->switch_out_ns = now;
-            int sid = stacks.get_stackid(args, 0);
-            if (sid < 0)
-                count(CNT_STACK_ERR);
+            int sid = -1;
+            if (f->flags & SF_TAKE_STACK) {
+                sid = stacks.get_stackid(args, 0);
+                if (sid < 0)
+                    count(CNT_STACK_ERR);
+            }
             f->pending_stack = sid;
         }
     }
 #ifdef REQUESTS
     /* Time a serving thread spends runnable but off CPU (preempted outside a syscall) is time
      * waiting for a CPU: kept apart from on-CPU work in its request's FAM_RUNQ. */
-    if (prev && !(args->prev_state & BLOCKED_STATE_MASK) && serving.lookup(&prev) && !inflight.lookup(&prev)) {
-        if (!now)
-            now = bpf_ktime_get_ns();
-        preempted.update(&prev, &now);
+    if (prev && !(args->prev_state & BLOCKED_STATE_MASK) && serving.lookup(&prev)) {
+        f = inflight.lookup(&prev);
+        if (!f || !f->start_ns) {      /* inside a syscall, the wait is the call's own time */
+            if (!now)
+                now = bpf_ktime_get_ns();
+            preempted.update(&prev, &now);
+        }
     }
     if (next) {
         u64 *pt = preempted.lookup(&next);

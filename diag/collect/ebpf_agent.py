@@ -52,6 +52,8 @@ KIND_NAMES = {KIND_UNKNOWN: "unknown", KIND_SOCKET: "socket", KIND_FILE: "file",
 SF_LAT, SF_FD0, SF_BYTES, SF_NEWFD_RET, SF_NEWFD_DUP = 0x001, 0x002, 0x004, 0x008, 0x010
 SF_PAIR_ARG0, SF_PAIR_ARG3, SF_CLOSE, SF_PATH_ARG0, SF_PATH_ARG1, SF_FCNTL = 0x020, 0x040, 0x080, 0x100, 0x200, 0x400
 SF_RD, SF_WR, SF_ACCEPT, SF_CONNECT, SF_ALWAYS = 0x800, 0x1000, 0x2000, 0x4000, 0x8000
+SF_KSTACK, SF_KSTACK_FILE = 0x10000, 0x20000
+DIAG_NIDX, DIAG_NKIND, DIAG_NSLOT = 64, 5, 64
 KIND_MASK, FDR_SERVER, FDR_OUT, FDR_PAIR = 0xff, 0x100, 0x200, 0x400
 CNT_EVENT_LOST, CNT_AGG_ERR, CNT_STACK_ERR, CNT_FDMAP_ERR, CNT_CALLS = 0, 1, 2, 3, 4
 CNT_REQ_LOST, CNT_REQ_EMITTED, CNT_CONN_ERR, CNT_REQ_ABANDONED = 5, 6, 7, 8
@@ -86,14 +88,16 @@ _IO = SF_LAT | SF_FD0 | SF_BYTES
 TRACED: dict[str, tuple[int, int, int]] = {
     "accept": (SF_LAT | SF_FD0 | SF_NEWFD_RET | SF_ACCEPT | SF_ALWAYS, KIND_SOCKET | FDR_SERVER, FAM_OTHER),
     "accept4": (SF_LAT | SF_FD0 | SF_NEWFD_RET | SF_ACCEPT | SF_ALWAYS, KIND_SOCKET | FDR_SERVER, FAM_OTHER),
-    **{n: (_IO | SF_RD, 0, FAM_IO) for n in ("read", "readv", "pread64", "recvfrom", "recvmsg")},
-    **{n: (_IO | SF_WR, 0, FAM_IO) for n in ("write", "writev", "pwrite64", "sendto", "sendmsg")},
+    # kernel stacks where they tell more than the name: reads of files (not idle waits for a peer),
+    # every write (blocked only when a buffer or the disk is full), sync, close, connect
+    **{n: (_IO | SF_RD | SF_KSTACK_FILE, 0, FAM_IO) for n in ("read", "readv", "pread64", "recvfrom", "recvmsg")},
+    **{n: (_IO | SF_WR | SF_KSTACK, 0, FAM_IO) for n in ("write", "writev", "pwrite64", "sendto", "sendmsg")},
     # Every sync and sleep call is sent, not only slow ones: they are rare on a sane server, and
     # each one on the request path is evidence (an event loop's requests share its fsyncs).
-    **{n: (SF_LAT | SF_FD0 | SF_ALWAYS, 0, FAM_SYNC) for n in ("fsync", "fdatasync", "sync_file_range")},
+    **{n: (SF_LAT | SF_FD0 | SF_ALWAYS | SF_KSTACK, 0, FAM_SYNC) for n in ("fsync", "fdatasync", "sync_file_range")},
     **{n: (SF_LAT | SF_FD0, 0, FAM_POLL) for n in ("epoll_wait", "epoll_pwait")},
-    "connect": (SF_LAT | SF_FD0 | SF_CONNECT | SF_ALWAYS, 0, FAM_UPSTREAM),
-    "close": (SF_LAT | SF_FD0 | SF_CLOSE, 0, FAM_OTHER),
+    "connect": (SF_LAT | SF_FD0 | SF_CONNECT | SF_ALWAYS | SF_KSTACK, 0, FAM_UPSTREAM),
+    "close": (SF_LAT | SF_FD0 | SF_CLOSE | SF_KSTACK, 0, FAM_OTHER),
     **{n: (SF_LAT, 0, FAM_POLL) for n in ("poll", "ppoll", "select", "pselect6")},
     "futex": (SF_LAT, 0, FAM_FUTEX),
     **{n: (SF_LAT | SF_ALWAYS, 0, FAM_SLEEP) for n in ("nanosleep", "clock_nanosleep")},
@@ -120,6 +124,7 @@ FD_TRACKING: dict[str, tuple[int, int]] = {
 ENTER_FN = {"socketpair": "diag_sys_enter4", "openat": "diag_sys_enter2", "openat2": "diag_sys_enter2",
             "fcntl": "diag_sys_enter2"}
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+assert sum(1 for flags, _, _ in TRACED.values() if flags & SF_LAT) <= DIAG_NIDX, "raise DIAG_NIDX (diag_events.h too)"
 
 
 def sysinfo_of(name: str, requests: bool) -> tuple[int, int, int]:
@@ -279,6 +284,7 @@ class Agent:
         self.tracepoints: list[str] = []
         self.missing: list[str] = []
         self.nr_name: dict[int, str] = {}
+        self.idx_name: list[str] = []       # sysinfo.idx -> syscall name
         self.stack_cache: dict[int, list[str]] = {}
         self.seeded: set[int] = set()
         self.tgids: list[int] = list(args.pid)
@@ -319,6 +325,9 @@ class Agent:
                 continue
             v = info.Leaf()
             v.flags, v.kind, v.fam = flags, kind, fam
+            if flags & SF_LAT:          # its row in the per-CPU aggregate arrays
+                v.idx = len(self.idx_name)
+                self.idx_name.append(name)
             info[ct.c_int(nr)] = v
             self.nr_name[nr] = name
         if self.args.follow or len(self.args.pid) > 1:
@@ -503,26 +512,32 @@ class Agent:
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
     def aggregates(self) -> list[dict]:
-        def hists(table) -> dict:
-            out: dict = {}
-            for k, v in table.items():
-                slot = k.slot
-                lower = 0 if slot == 0 else 1 << (slot - 1)
-                out.setdefault((k.nr, k.kind), []).append([lower, int(v.value)])
-            return {key: sorted(h) for key, h in out.items()}
+        """One record per (syscall, fd kind) seen: the per-CPU cells summed (max: the largest)."""
+        agg, lat, nbytes = self.b["agg"], self.b["lat_hist"], self.b["bytes_hist"]
 
-        lat = hists(self.b["lat_hist"])
-        nbytes = hists(self.b["bytes_hist"])
+        def hist(table, row: int) -> list[list[int]]:
+            out = []
+            for slot in range(DIAG_NSLOT):
+                n = int(sum(table.getvalue(ct.c_int(row * DIAG_NSLOT + slot))))
+                if n:
+                    out.append([0 if slot == 0 else 1 << (slot - 1), n])
+            return out
+
         recs = []
-        for k, v in self.b["agg"].items():
-            key = (k.nr, k.kind)
-            rec = {"type": "aggregate", "name": self.nr_name.get(k.nr, f"syscall_{k.nr}"),
-                   "fd_kind": KIND_NAMES.get(k.kind, "unknown"), "count": int(v.count),
-                   "total_ns": int(v.total_ns), "max_ns": int(v.max_ns), "hist": lat.get(key, [])}
-            if TRACED.get(rec["name"], (0, 0, 0))[0] & SF_BYTES:
-                rec["bytes_total"] = int(v.bytes_total)
-                rec["bytes_hist"] = nbytes.get(key, [])
-            recs.append(rec)
+        for idx, name in enumerate(self.idx_name):
+            for kind in range(DIAG_NKIND):
+                row = idx * DIAG_NKIND + kind
+                cells = agg.getvalue(ct.c_int(row))
+                count = sum(int(c.count) for c in cells)
+                if not count:
+                    continue
+                rec = {"type": "aggregate", "name": name, "fd_kind": KIND_NAMES.get(kind, "unknown"),
+                       "count": count, "total_ns": sum(int(c.total_ns) for c in cells),
+                       "max_ns": max(int(c.max_ns) for c in cells), "hist": hist(lat, row)}
+                if TRACED.get(name, (0, 0, 0))[0] & SF_BYTES:
+                    rec["bytes_total"] = sum(int(c.bytes_total) for c in cells)
+                    rec["bytes_hist"] = hist(nbytes, row)
+                recs.append(rec)
         recs.sort(key=lambda r: (r["name"], r["fd_kind"]))
         return recs
 
