@@ -28,7 +28,8 @@
  *     EOF (read returns 0), close, or an accept/connect reusing the fd emit a WRITING request
  *     and forget the connection. The agent emits WRITING requests left at stop, and counts
  *     READING ones as in flight.
- *   - `serving` maps a thread to the connection whose I/O it did last while a request was open;
+ *   - a thread's `serve` (in its inflight entry) is the connection whose I/O it did last while a
+ *     request was open;
  *     every traced call the thread completes while that request is open adds its duration to
  *     the request's family_ns[FAM_*]. Calls after the last response write wait in `pending` and
  *     count only if another response write follows, so the sums stay inside [start, end].
@@ -79,10 +80,16 @@ struct diag_sys_exit {
     long ret;
 };
 
-/* One entry per thread that made a traced call, reused call after call: entry overwrites it in
- * place and exit marks it idle (start_ns = 0). Inserting and deleting an entry per call cost
- * ~240 ns of the target's time per call (hash element allocation and free); the LRU evicts the
- * entries of threads that died. */
+struct diag_fdkey {
+    u32 tgid;
+    s32 fd;
+};
+
+/* One entry per thread that made a traced call, reused call after call: entry overwrites the
+ * call's part in place and exit marks it idle (start_ns = 0). Inserting and deleting an entry per
+ * call cost ~240 ns of the target's time per call (hash element allocation and free); the LRU
+ * evicts the entries of threads that died. The thread's request state (REQUESTS) lives here too,
+ * so a call needs no other per-thread lookup. */
 struct diag_inflight {
     u64 start_ns;       /* 0: the thread is not inside a traced call */
     u64 off_cpu_ns;
@@ -100,12 +107,11 @@ struct diag_inflight {
     u32 fdv;            /* fd map value of args[0]: kind | role bits */
     u32 fam;            /* FAM_* (sysinfo) */
     u32 idx;            /* sysinfo.idx */
+    /* per thread, kept across calls */
+    struct diag_fdkey serve;  /* connection whose request the thread serves (tgid 0: none) */
+    u64 preempted_ns;   /* when it was preempted while serving, outside a syscall (0: not) */
 };
 
-struct diag_fdkey {
-    u32 tgid;
-    s32 fd;
-};
 struct diag_agg {
     u64 count;
     u64 total_ns;
@@ -135,8 +141,6 @@ struct diag_conn {
     u64 pending[FAM_N];    /* time after the last response write: counts if another write follows */
 };
 BPF_HASH(conns, struct diag_fdkey, struct diag_conn, 65536);
-BPF_HASH(serving, u32, struct diag_fdkey, 65536);
-BPF_HASH(preempted, u32, u64, 65536);   /* tid -> when it was preempted while serving, outside a syscall */
 BPF_PERCPU_ARRAY(conn_scratch, struct diag_conn, 1);
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(requests, REQ_PAGES);
@@ -195,63 +199,6 @@ static __always_inline u32 path_kind(u64 uptr)
     return DIAG_KIND_FILE;
 }
 
-static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32, tid = (u32)id;
-    if (!is_target(tgid))
-        return 0;
-    u32 nr = (u32)ctx->nr;
-    struct diag_sysinfo *si = sysinfo.lookup(&nr);
-    if (!si || !si->flags)
-        return 0;
-    u32 flags = si->flags;
-    struct diag_inflight f = {};
-    f.start_ns = bpf_ktime_get_ns();
-    f.nr = nr;
-    f.flags = flags;
-    f.fd = -1;
-    f.kstack_id = -1;
-    f.pending_stack = -1;
-    f.newkind = si->kind;
-    f.fam = si->fam;
-    f.idx = si->idx;
-    if (flags & (SF_FD0 | SF_NEWFD_DUP | SF_FCNTL)) {
-        f.fd = (s32)ctx->args[0];
-        f.fdv = kind_of(tgid, f.fd);
-        f.kind = f.fdv & DIAG_KIND_MASK;
-    }
-    if ((flags & SF_KSTACK) || ((flags & SF_KSTACK_FILE) && f.kind == DIAG_KIND_FILE))
-        f.flags |= SF_TAKE_STACK;
-    if (flags & SF_NEWFD_DUP)
-        f.newkind = f.fdv;
-    if ((flags & SF_FCNTL) && nargs >= 2) {
-        u64 cmd = ctx->args[1];
-        if (cmd != 0 /* F_DUPFD */ && cmd != 1030 /* F_DUPFD_CLOEXEC */)
-            return 0;
-        f.newkind = f.fdv;
-    }
-    if (flags & SF_PAIR_ARG0)
-        f.arg = ctx->args[0];
-    if ((flags & SF_PAIR_ARG3) && nargs >= 4)
-        f.arg = ctx->args[3];
-    if (flags & SF_PATH_ARG0)
-        f.newkind = path_kind(ctx->args[0]);
-    if ((flags & SF_PATH_ARG1) && nargs >= 2)
-        f.newkind = path_kind(ctx->args[1]);
-    struct diag_inflight *slot = inflight.lookup(&tid);
-    if (slot)
-        *slot = f;
-    else
-        inflight.update(&tid, &f);
-    return 0;
-}
-
-/* The kernel refuses to attach a program that reads past the end of a tracepoint's record, so
- * there is one entry program per number of arguments read: the agent picks the smallest. */
-int diag_sys_enter1(struct diag_sys_enter *ctx) { return do_enter(ctx, 1); }
-int diag_sys_enter2(struct diag_sys_enter *ctx) { return do_enter(ctx, 2); }
-int diag_sys_enter4(struct diag_sys_enter *ctx) { return do_enter(ctx, 4); }
 
 /* row = sysinfo.idx * DIAG_NKIND + kind: one cell of this CPU's aggregate arrays */
 static __always_inline void hist_add(int is_bytes, u32 row, u64 v)
@@ -273,19 +220,21 @@ static __always_inline int same_key(struct diag_fdkey *a, struct diag_fdkey *b)
     return a->tgid == b->tgid && a->fd == b->fd;
 }
 
+static __always_inline void unserve_thread(u32 t, struct diag_fdkey *k)
+{
+    struct diag_inflight *e = inflight.lookup(&t);
+    if (e && same_key(&e->serve, k)) {
+        e->serve.tgid = 0;
+        e->serve.fd = 0;
+    }
+}
+
 /* The threads that served a request stop serving it. */
 static __always_inline void req_unserve(struct diag_conn *c, struct diag_fdkey *k)
 {
-    u32 t = c->r.tid;
-    struct diag_fdkey *s = serving.lookup(&t);
-    if (s && same_key(s, k))
-        serving.delete(&t);
-    t = c->r.write_tid;
-    if (t && t != c->r.tid) {
-        s = serving.lookup(&t);
-        if (s && same_key(s, k))
-            serving.delete(&t);
-    }
+    unserve_thread(c->r.tid, k);
+    if (c->r.write_tid && c->r.write_tid != c->r.tid)
+        unserve_thread(c->r.write_tid, k);
 }
 
 static __always_inline void req_emit(void *ctx, struct diag_conn *c, struct diag_fdkey *k)
@@ -356,16 +305,14 @@ static __always_inline struct diag_conn *req_new(struct diag_fdkey *k, u64 conn_
     return conns.lookup(k);
 }
 
-static __always_inline void req_serve(u32 tid, struct diag_fdkey *k)
+static __always_inline void req_serve(struct diag_inflight *self, struct diag_fdkey *k)
 {
-    struct diag_fdkey *s = serving.lookup(&tid);
-    if (!s || !same_key(s, k))
-        serving.update(&tid, k);
+    self->serve = *k;
 }
 
 /* The request summarizer's part of a call's exit (see the top of the file). */
-static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_inflight *f, long ret, u64 now,
-                                     u64 dur)
+static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_inflight *f,
+                                     struct diag_inflight *self, long ret, u64 now, u64 dur)
 {
     u32 flags = f->flags;
     u32 fdv = f->fdv;
@@ -411,13 +358,13 @@ static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_i
                     c->r.end_ns = now;
                     c->r.reads = 1;
                     c->r.bytes_in = (u64)ret;
-                    req_serve(tid, &k);
+                    req_serve(self, &k);
                     return;
                 }
                 c->r.reads++;
                 c->r.bytes_in += (u64)ret;
                 __sync_fetch_and_add(&c->r.family_ns[FAM_SOCK], dur);
-                req_serve(tid, &k);
+                req_serve(self, &k);
                 return;
             }
             if (ret > 0 && c && c->r.state != CONN_IDLE) {
@@ -438,23 +385,22 @@ static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_i
                     c->r.first_write_ns = now;
                     c->r.write_tid = tid;
                 }
-                req_serve(tid, &k);
+                req_serve(self, &k);
                 return;
             }
         }
-    } else if ((flags & SF_CLOSE) && (fdv & FDR_SERVER) && f->fd >= 0) {
-        req_forget(ctx, &k, 1);
-        return;
+    } else if ((flags & SF_CLOSE) && (fdv & FDR_SERVER)) {
+        return;                            /* forgotten at entry */
     }
 
     /* any other call: time of the request this thread serves */
-    struct diag_fdkey *sp = serving.lookup(&tid);
-    if (!sp)
+    if (!self->serve.tgid)
         return;
-    struct diag_fdkey sk = *sp;
+    struct diag_fdkey sk = self->serve;
     c = conns.lookup(&sk);
     if (!c || c->r.state == CONN_IDLE) {
-        serving.delete(&tid);
+        self->serve.tgid = 0;
+        self->serve.fd = 0;
         return;
     }
     u32 fam = f->fam;
@@ -475,6 +421,79 @@ static __always_inline void req_exit(void *ctx, u32 tgid, u32 tid, struct diag_i
         __sync_fetch_and_add(&c->r.family_ns[fam], dur);
 }
 #endif
+
+static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (!is_target(tgid))
+        return 0;
+    u32 nr = (u32)ctx->nr;
+    struct diag_sysinfo *si = sysinfo.lookup(&nr);
+    if (!si || !si->flags)
+        return 0;
+    u32 flags = si->flags;
+    struct diag_inflight f = {};
+    f.start_ns = bpf_ktime_get_ns();
+    f.nr = nr;
+    f.flags = flags;
+    f.fd = -1;
+    f.kstack_id = -1;
+    f.pending_stack = -1;
+    f.newkind = si->kind;
+    f.fam = si->fam;
+    f.idx = si->idx;
+    if (flags & (SF_FD0 | SF_NEWFD_DUP | SF_FCNTL)) {
+        f.fd = (s32)ctx->args[0];
+        f.fdv = kind_of(tgid, f.fd);
+        f.kind = f.fdv & DIAG_KIND_MASK;
+    }
+    if ((flags & SF_KSTACK) || ((flags & SF_KSTACK_FILE) && f.kind == DIAG_KIND_FILE))
+        f.flags |= SF_TAKE_STACK;
+    if (flags & SF_NEWFD_DUP)
+        f.newkind = f.fdv;
+    if ((flags & SF_FCNTL) && nargs >= 2) {
+        u64 cmd = ctx->args[1];
+        if (cmd != 0 /* F_DUPFD */ && cmd != 1030 /* F_DUPFD_CLOEXEC */)
+            return 0;
+        f.newkind = f.fdv;
+    }
+    if (flags & SF_PAIR_ARG0)
+        f.arg = ctx->args[0];
+    if ((flags & SF_PAIR_ARG3) && nargs >= 4)
+        f.arg = ctx->args[3];
+    if (flags & SF_PATH_ARG0)
+        f.newkind = path_kind(ctx->args[0]);
+    if ((flags & SF_PATH_ARG1) && nargs >= 2)
+        f.newkind = path_kind(ctx->args[1]);
+    if (flags & SF_CLOSE) {
+        /* Forget the fd now: the kernel frees the number before close returns, and another
+         * thread's socket/accept/open may get it before this call's exit (seen: a new outbound
+         * socket lost its kind, so its 50 ms wait counted as "other"). Linux frees the fd even
+         * when close fails. */
+        struct diag_fdkey k = {.tgid = tgid, .fd = f.fd};
+#ifdef REQUESTS
+        if (f.fdv & FDR_SERVER)
+            req_forget(ctx, &k, 1);
+#endif
+        if (f.fd >= 0)
+            fdkinds.delete(&k);
+    }
+    struct diag_inflight *slot = inflight.lookup(&tid);
+    if (slot) {
+        f.serve = slot->serve;
+        f.preempted_ns = slot->preempted_ns;
+        *slot = f;
+    } else
+        inflight.update(&tid, &f);
+    return 0;
+}
+
+/* The kernel refuses to attach a program that reads past the end of a tracepoint's record, so
+ * there is one entry program per number of arguments read: the agent picks the smallest. */
+int diag_sys_enter1(struct diag_sys_enter *ctx) { return do_enter(ctx, 1); }
+int diag_sys_enter2(struct diag_sys_enter *ctx) { return do_enter(ctx, 2); }
+int diag_sys_enter4(struct diag_sys_enter *ctx) { return do_enter(ctx, 4); }
 
 int diag_sys_exit(struct diag_sys_exit *ctx)
 {
@@ -505,10 +524,6 @@ int diag_sys_exit(struct diag_sys_exit *ctx)
                 set_kind(tgid, fds[1], f.newkind);
             }
         }
-        if ((flags & SF_CLOSE) && ret == 0) {
-            struct diag_fdkey k = {.tgid = tgid, .fd = f.fd};
-            fdkinds.delete(&k);
-        }
     }
     if (!(flags & SF_LAT))
         return 0;
@@ -532,7 +547,7 @@ int diag_sys_exit(struct diag_sys_exit *ctx)
     }
     count(CNT_CALLS);
 #ifdef REQUESTS
-    req_exit(ctx, tgid, tid, &f, ret, now, dur);
+    req_exit(ctx, tgid, tid, &f, fp, ret, now, dur);
 #endif
 
     if (dur < SLOW_NS && !(flags & SF_ALWAYS))
@@ -583,49 +598,48 @@ TRACEPOINT_PROBE(sched, sched_switch)
     }
 #ifdef REQUESTS
     /* Time a serving thread spends runnable but off CPU (preempted outside a syscall) is time
-     * waiting for a CPU: kept apart from on-CPU work in its request's FAM_RUNQ. */
-    if (prev && !(args->prev_state & BLOCKED_STATE_MASK) && serving.lookup(&prev)) {
+     * waiting for a CPU: kept apart from on-CPU work in its request's FAM_RUNQ. Inside a
+     * syscall, the wait is the call's own time. */
+    if (prev && !(args->prev_state & BLOCKED_STATE_MASK)) {
         f = inflight.lookup(&prev);
-        if (!f || !f->start_ns) {      /* inside a syscall, the wait is the call's own time */
+        if (f && f->serve.tgid && !f->start_ns) {
             if (!now)
                 now = bpf_ktime_get_ns();
-            preempted.update(&prev, &now);
-        }
-    }
-    if (next) {
-        u64 *pt = preempted.lookup(&next);
-        if (pt) {
-            if (!now)
-                now = bpf_ktime_get_ns();
-            u64 waited = now - *pt;
-            preempted.delete(&next);
-            struct diag_fdkey *sp = serving.lookup(&next);
-            if (sp) {
-                struct diag_fdkey sk = *sp;
-                struct diag_conn *c = conns.lookup(&sk);
-                if (c && c->r.state == CONN_WRITING)
-                    __sync_fetch_and_add(&c->pending[FAM_RUNQ], waited);
-                else if (c && c->r.state != CONN_IDLE)
-                    __sync_fetch_and_add(&c->r.family_ns[FAM_RUNQ], waited);
-            }
+            f->preempted_ns = now;
         }
     }
 #endif
-    if (next) {
-        f = inflight.lookup(&next);
-        if (f && f->switch_out_ns) {
-            if (!now)
-                now = bpf_ktime_get_ns();
-            u64 delta = now - f->switch_out_ns;
-            f->off_cpu_ns += delta;
-            if (delta > f->max_off_ns) {
-                f->max_off_ns = delta;
-                f->max_off_ts = f->switch_out_ns;
-                f->kstack_id = f->pending_stack;
-            }
-            f->switch_out_ns = 0;
+    if (!next)
+        return 0;
+    f = inflight.lookup(&next);
+    if (!f)
+        return 0;
+    if (f->switch_out_ns) {
+        if (!now)
+            now = bpf_ktime_get_ns();
+        u64 delta = now - f->switch_out_ns;
+        f->off_cpu_ns += delta;
+        if (delta > f->max_off_ns) {
+            f->max_off_ns = delta;
+            f->max_off_ts = f->switch_out_ns;
+            f->kstack_id = f->pending_stack;
         }
+        f->switch_out_ns = 0;
     }
+#ifdef REQUESTS
+    if (f->preempted_ns) {
+        if (!now)
+            now = bpf_ktime_get_ns();
+        u64 waited = now - f->preempted_ns;
+        f->preempted_ns = 0;
+        struct diag_fdkey sk = f->serve;
+        struct diag_conn *c = sk.tgid ? conns.lookup(&sk) : NULL;
+        if (c && c->r.state == CONN_WRITING)
+            __sync_fetch_and_add(&c->pending[FAM_RUNQ], waited);
+        else if (c && c->r.state != CONN_IDLE)
+            __sync_fetch_and_add(&c->r.family_ns[FAM_RUNQ], waited);
+    }
+#endif
     return 0;
 }
 
