@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bench import modes as M
 from bench import replay_speed as R
+from bench.probe_cost import probe_cost
 from bench.targets import ALL_TARGETS, make_targets, redis_cmd, wrk_cmd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -469,6 +470,22 @@ def write_results(path: Path, data: dict, args) -> None:
             for k, v in prof["total"][:12]:
                 L.append(f"| {v:.1f} % | `{k}` |")
             L.append("")
+    pc = data.get("probe")
+    if pc:
+        L.append("## eBPF probe: target CPU per traced call\n")
+        L.append(f"A Python loop makes {pc['calls']:,} one-byte reads of /dev/zero and measures its own thread CPU "
+                 f"time per call, untraced and under each setting, in {pc['rounds']} interleaved rounds "
+                 "(`bench/probe_cost.py`). `extra` = median over rounds of (setting - untraced run of the same "
+                 "round). The empty programs are the kernel's fixed price of a tracepoint with a BPF program "
+                 "attached, which no probe can go under.\n")
+        if pc.get("note"):
+            L.append(f"> {pc['note']}\n")
+        L.append("| setting | CPU ns per call, median (min-max) | extra ns per call |")
+        L.append("|---|---|---|")
+        for r in pc["rows"]:
+            extra = "-" if r["setting"] == "untraced" else f"+{r['extra_ns']:.0f}"
+            L.append(f"| {r['setting']} | {r['ns_per_call']:.0f} ({r['min']:.0f}-{r['max']:.0f}) | {extra} |")
+        L.append("")
     cap = data.get("capture")
     if cap:
         L.append(f"## Replay of a {cap['seconds']:g} s live capture to a report\n")
@@ -539,7 +556,7 @@ def experiment_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 round, short loads, no 5M replay: a few minutes")
-    ap.add_argument("--only", choices=("observer", "replay", "capture"), action="append",
+    ap.add_argument("--only", choices=("observer", "probe", "replay", "capture"), action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--targets", default=",".join(ALL_TARGETS))
     ap.add_argument("--modes", default="all", help="comma list of mode names, or all")
@@ -562,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (1 if a.quick else 3)
     duration = a.duration or (1 if a.quick else 2)
     cap_s = a.capture_seconds or (10.0 if a.quick else 60.0)
-    parts = set(a.only or ("observer", "replay", "capture"))
+    parts = set(a.only or ("observer", "probe", "replay", "capture"))
     names = [m.name for m in M.all_modes()] if a.modes == "all" else ["baseline"] + a.modes.split(",")
     unknown = set(names) - set(M.modes_by_name())
     if unknown:
@@ -578,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     if "observer" in parts:
         data["observer"] = observer(a.targets.split(","), names, rounds, duration, a.seed)
         data["ratios"] = {t: ratios(v) for t, v in data["observer"]["targets"].items()}
+    if "probe" in parts:
+        log("eBPF probe: target CPU per traced call")
+        data["probe"] = probe_cost(WORK / "probe", 3 if a.quick else 7, log=log)
     if "replay" in parts:
         log("analysis speed: diag replay of strace logs")
         sizes = [100_000, 1_000_000] + ([] if a.quick else [5_000_000])

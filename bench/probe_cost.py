@@ -1,0 +1,120 @@
+"""What one traced syscall costs the target under the eBPF probe, in CPU nanoseconds.
+
+The throughput ratios of the observer benchmark mix many effects (the load generator's own
+syscalls hitting the same tracepoints, the agent's CPU, scheduling on 2 shared cores). This part
+isolates the probe's price per call: a Python loop makes N one-byte reads of /dev/zero (a traced
+syscall of the read family on an fd of kind "other") and measures its own thread CPU time per
+call, untraced and under each setting, in interleaved rounds (one run of every setting per round,
+in order), so each setting's extra cost is read against the untraced runs of the same rounds.
+
+Settings: the tracepoints with programs that return at once (the kernel's fixed price of a
+tracepoint with a BPF program: the floor no probe can go under), the agent's default (aggregates,
+slow events, request summarizer) and `--no-requests`.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = REPO / "probes" / "syscall_latency.c"
+CALLS = 200_000
+
+LOOP = r'''
+import os, sys, time
+fd = os.open("/dev/zero", os.O_RDONLY)
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(5000):
+    os.read(fd, 1)
+t0 = time.thread_time_ns()
+for _ in range(%d):
+    os.read(fd, 1)
+print((time.thread_time_ns() - t0) / %d, flush=True)
+'''
+
+
+def empty_probe(work: Path) -> Path | None:
+    """The probe with both syscall programs returning at once (the maps and attachments intact)."""
+    text = PROBE.read_text()
+    anchors = ("static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)\n{\n",
+               "int diag_sys_exit(struct diag_sys_exit *ctx)\n{\n")
+    if not all(text.count(a) == 1 for a in anchors):
+        return None
+    for a in anchors:
+        text = text.replace(a, a + "    return 0;    /* bench: tracepoint cost only */\n")
+    out = work / "syscall_latency_empty.c"
+    out.write_text(text)
+    return out
+
+
+SETTINGS = {
+    "untraced": None,
+    "tracepoints only (empty programs)": ["--probe", "EMPTY"],
+    "eBPF agent default": [],
+    "eBPF agent --no-requests": ["--no-requests"],
+}
+
+
+def one_run(agent_args: list[str] | None, work: Path) -> float:
+    loop = subprocess.Popen([sys.executable, "-c", LOOP % (CALLS, CALLS)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    agent = None
+    try:
+        assert loop.stdout.readline().strip() == "ready"
+        if agent_args is not None:
+            out = work / f"probe-cost-{loop.pid}.jsonl"
+            agent = subprocess.Popen(["/usr/bin/python3", "-m", "diag.collect.ebpf_agent", "--pid", str(loop.pid),
+                                      "--out", str(out), *agent_args], cwd=str(REPO),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while not (out.exists() and out.read_bytes().split(b"\n", 1)[0].endswith(b"}")):
+                if agent.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"eBPF agent did not start ({' '.join(agent_args)})")
+                time.sleep(0.05)
+        loop.stdin.write("go\n")
+        loop.stdin.flush()
+        ns = float(loop.stdout.readline())
+        loop.wait(timeout=60)
+        return ns
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+        if agent is not None:
+            agent.send_signal(2)
+            try:
+                agent.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+
+
+def probe_cost(work: Path, rounds: int, log=print) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    empty = empty_probe(work)
+    settings = {k: (v if v != ["--probe", "EMPTY"] else ["--probe", str(empty)]) for k, v in SETTINGS.items()
+                if v != ["--probe", "EMPTY"] or empty is not None}
+    runs: dict[str, list[float]] = {k: [] for k in settings}
+    for r in range(rounds):
+        for name, args in settings.items():
+            runs[name].append(one_run(args, work))
+        log(f"  probe cost round {r + 1}/{rounds}: " +
+            ", ".join(f"{k} {v[-1]:.0f} ns" for k, v in runs.items()))
+    base = statistics.median(runs["untraced"])
+    rows = []
+    for name, v in runs.items():
+        extra = [x - u for x, u in zip(v, runs["untraced"])]
+        rows.append({"setting": name, "ns_per_call": statistics.median(v), "min": min(v), "max": max(v),
+                     "extra_ns": statistics.median(extra), "ratio": statistics.median(v) / base})
+    return {"calls": CALLS, "rounds": rounds, "rows": rows,
+            "note": None if empty else "probe text changed: the empty-programs setting was skipped"}
+
+
+__all__ = ["probe_cost"]
+
+if __name__ == "__main__":
+    for row in probe_cost(REPO / "bench" / "work" / "probe", int(os.environ.get("ROUNDS", "3")))["rows"]:
+        print(row)
