@@ -7,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from contextlib import contextmanager
 
@@ -45,26 +47,61 @@ def example_server(module: str, *args: str, cwd: str | None = None):
             p.kill()
 
 
-@contextmanager
-def redis_server():
-    exe = require_tool("redis-server")
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--daemonize", "no", "--logfile", ""], stdout=subprocess.DEVNULL)
+        return s.getsockname()[1]
+
+
+def _redis_answers(port: int) -> bool:
+    """Whether a redis server on `port` answers PING with +PONG."""
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
+        with socket.create_connection(("127.0.0.1", port), 2) as c:
+            c.settimeout(5)
+            c.sendall(b"PING\r\n")
+            return c.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server(ready_timeout_s: float = 60.0):
+    """Start redis-server on a free loopback port and yield (Popen, port) once it answers PING;
+    fails (with redis' own output) when it never does, skips when redis-server is not installed."""
+    exe = require_tool("redis-server")
+    log = tempfile.TemporaryFile()
+    p = None
+    try:
+        for attempt in range(3):        # the free port may be taken between probe and bind: retry
+            port = _free_port()
+            log.seek(0)
+            log.truncate()
+            p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                  "no", "--daemonize", "no", "--logfile", ""], stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + ready_timeout_s
+            while p.poll() is None and time.monotonic() < deadline and not _redis_answers(port):
                 time.sleep(0.05)
+            if p.poll() is None and _redis_answers(port):
+                break
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+                pytest.fail(f"redis-server did not answer PING on port {port} within {ready_timeout_s:.0f} s")
+            p.wait(10)
+        else:
+            log.seek(0)
+            pytest.fail(f"redis-server exited at start (exit {p.returncode}): "
+                        f"{log.read().decode(errors='replace')[-2000:]}")
         yield p, port
     finally:
-        p.terminate()
-        p.wait(10)
+        log.close()
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
 
 
 def http_ok(port: int) -> bool:
@@ -109,3 +146,158 @@ def diag(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
 def load_json(path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+# ---- handshakes: wait for a state, never for a time -------------------------------------------------
+
+def wait_until(predicate, what, timeout_s: float = 120.0, interval_s: float = 0.02):
+    """Poll `predicate` until it returns a true value (returned); fail saying `what` (a string, or
+    a callable giving one) did not happen. The deadline only bounds a hung test: it is generous,
+    never the thing tested."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{what() if callable(what) else what}: not within {timeout_s:.0f} s")
+        time.sleep(interval_s)
+
+
+def diag_popen(*args: str, **kw) -> subprocess.Popen:
+    """`python -m diag ARGS` in the background (stdout/stderr captured as text unless given)."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "diag", *args], cwd=ROOT, text=True, **kw)
+
+
+def stop_diag(p: subprocess.Popen, timeout_s: float = 120.0) -> tuple[str, str]:
+    """End a background diag with SIGINT (a clean end) and return its (stdout, stderr)."""
+    import signal
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        return p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"diag did not end {timeout_s:.0f} s after SIGINT: {err[-2000:]}")
+
+
+def collectors_started_ns(capture) -> int | None:
+    """CLOCK_MONOTONIC ns at which every collector of a running capture had started (the
+    manifest's ready mark), or None while they are still starting."""
+    try:
+        return load_json(os.path.join(capture, "manifest.json"))["clock"].get("collectors_started_monotonic_ns")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def strace_lines(path, pid: int | None = None) -> list[str]:
+    """The lines strace wrote to `path` so far (only those of thread `pid` when given: with -f,
+    each line starts with the tid)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    if pid is not None:
+        lines = [x for x in lines if x.split(" ", 1)[0] == str(pid)]
+    return lines
+
+
+def strace_completed(path, pid: int | None = None) -> int:
+    """How many calls strace logged with their result and duration (`... = R <D>`) so far."""
+    return sum(1 for x in strace_lines(path, pid) if " = " in x and x.rstrip().endswith(">"))
+
+
+def procs_mentioning(text: str) -> list[int]:
+    """Pids of processes (other than this one) whose command line mentions `text`."""
+    import psutil
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.info["pid"] != os.getpid() and any(text in a for a in proc.info["cmdline"] or ()):
+                out.append(proc.info["pid"])
+        except psutil.Error:
+            pass
+    return out
+
+
+class HttpLoad:
+    """Paced GETs to 127.0.0.1:`port` on keep-alive connections from `concurrency` threads, from
+    start until stop(): a load that outlasts whatever it brackets, whatever the machine's speed.
+    Records the CLOCK_MONOTONIC send time of every answered request, so a test can wait for
+    "N requests sent after X were answered" instead of sleeping.
+
+        with HttpLoad(port, rate=150) as load:
+            ...
+            load.wait_answered_since(t_ns, 100)
+    """
+
+    def __init__(self, port: int, rate: float = 150.0, concurrency: int = 4, path: str = "/",
+                 timeout_s: float = 30.0) -> None:
+        self.port, self.rate, self.concurrency, self.path, self.timeout_s = port, rate, concurrency, path, timeout_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.sent_ns: list[int] = []          # send time of each answered request
+        self.errors = 0
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> "HttpLoad":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(self.concurrency)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout_s + 10)
+
+    def _worker(self) -> None:
+        import http.client
+        interval = self.concurrency / self.rate
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            nxt += interval
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                if self._stop.wait(delay):
+                    break
+            else:
+                nxt = time.monotonic()        # late (a loaded machine): go on at the rate, no burst
+            sent = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            try:
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
+            with self._lock:
+                if ok:
+                    self.sent_ns.append(sent)
+                else:
+                    self.errors += 1
+        conn.close()
+
+    def answered_since(self, t_ns: int) -> int:
+        """Requests sent at or after CLOCK_MONOTONIC `t_ns` and answered (200) so far."""
+        with self._lock:
+            return sum(1 for s in self.sent_ns if s >= t_ns)
+
+    def wait_answered_since(self, t_ns: int, n: int, timeout_s: float = 300.0) -> int:
+        """Wait until `n` requests sent at or after `t_ns` were answered; returns how many were."""
+        return wait_until(lambda: self.answered_since(t_ns) >= n and self.answered_since(t_ns),
+                          lambda: (f"{n} requests sent after the mark answered (got {self.answered_since(t_ns)}, "
+                                   f"{self.errors} errors)"), timeout_s)
