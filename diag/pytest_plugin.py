@@ -9,14 +9,18 @@ kept beside it (FILE's stem + `.diag`) or where `--diag-capture` says.
 `--diag-fail-on EXPR` (repeatable) makes the session fail (exit 1) when a gate fails, exactly as
 `diag run --fail-on`.
 
-Limits: tests that finish in the first ~0.5 s (while py-spy starts) are not sampled; with
-pytest-xdist only the controller process is watched, not the workers; py-spy needs permission
-to read the pytest process (root, CAP_SYS_PTRACE, or Yama ptrace_scope <= 1: the plugin allows
-its own child with PR_SET_PTRACER), else its collector reports "unavailable" and the report
-holds the process collector only.
+The session starts its tests once the capture's manifest says every collector has started
+(`clock.collectors_started_monotonic_ns`: eBPF compiled and attached, py-spy sampling), at most
+90 s; if diag exits before, or never gets there, the session stops with a one-line error.
+
+Limits: with pytest-xdist only the controller process is watched, not the workers; py-spy needs
+permission to read the pytest process (root, CAP_SYS_PTRACE, or Yama ptrace_scope <= 1: the
+plugin allows its own child with PR_SET_PTRACER), else its collector reports "unavailable" and
+the report holds the process collector only.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +32,8 @@ import pytest
 _FLAG_BY_EXT = {".html": "--html", ".htm": "--html", ".json": "--json", ".md": "--markdown"}
 PR_SET_PTRACER = 0x59616D61
 PR_SET_PTRACER_ANY = -1
+# eBPF may take 30 s to compile and attach on a loaded machine, py-spy 10 s to start sampling.
+READY_TIMEOUT_S = 90.0
 
 
 def pytest_addoption(parser) -> None:
@@ -86,14 +92,43 @@ class DiagSession:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)   # our Ctrl-C is not its Ctrl-C
-        # Wait until the collectors run (the capture's manifest lists them), at most 10 s.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with open(self.log) as f:
-                if "capturing pid" in f.read():
-                    break
+        self._wait_ready()
+
+    def _ready(self) -> bool:
+        """The capture's manifest says every collector has started (eBPF compiled and attached,
+        py-spy sampling): `clock.collectors_started_monotonic_ns`, written once they all have;
+        and it is this session's capture (not one left in --diag-capture by an earlier one)."""
+        try:
+            with open(os.path.join(self.capture, "manifest.json")) as f:
+                manifest = json.load(f)       # rewritten atomically: always whole
+        except (OSError, ValueError):
+            return False
+        return ((manifest.get("target") or {}).get("pid") == os.getpid()
+                and bool((manifest.get("clock") or {}).get("collectors_started_monotonic_ns")))
+
+    def _wait_ready(self) -> None:
+        """Block the session until the collectors run; a diag that exits or never gets there
+        stops the session with a one-line error (a report of a session it did not see is no use)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise pytest.UsageError(f"diag: the capture of the session did not start (diag attach exited with "
+                                        f"{self.proc.returncode}): {self._log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise pytest.UsageError(f"diag: the collectors did not start within {READY_TIMEOUT_S:.0f} s; "
+                                        f"see {self.log}: {self._log_tail()}")
             time.sleep(0.05)
-        time.sleep(0.5)   # py-spy's first samples
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                lines = [ln.strip() for ln in f if ln.strip()]
+        except OSError:
+            return "(no log)"
+        errors = [ln for ln in lines if ln.startswith("diag: error")]
+        return (errors or lines or ["(empty log)"])[-1]
 
     def stop(self) -> None:
         if self.proc is None:

@@ -83,8 +83,17 @@ def _safe_stop(c: Collector, writer: CaptureWriter) -> None:
 
 def run_capture(target: Target, collectors: list[Collector], writer: CaptureWriter, duration_s: float | None,
                 target_alive: Callable[[], bool] | None = None, on_tick: Callable[[dict], None] | None = None,
-                tick_s: float = 0.5, before_start: Callable[[], None] | None = None) -> SessionResult:
-    """Run one capture to its end. `target_alive` defaults to "the pid exists and is not a zombie"."""
+                tick_s: float = 0.5, before_start: Callable[[], None] | None = None,
+                release: Callable[[], None] | None = None,
+                after_release: list[Collector] | tuple = ()) -> SessionResult:
+    """Run one capture to its end. `target_alive` defaults to "the pid exists and is not a zombie".
+
+    `release` (`diag run`): the target is a command held before its exec; it is called once the
+    `collectors` are attached (never when the capture was interrupted before, nor when none could
+    start), then the `after_release` collectors start (py-spy needs the exec'd interpreter).
+    `clock.collectors_started_monotonic_ns` is written to the manifest when all have started:
+    the mark that the capture is ready.
+    """
     stop = StopFlag()
     previous = {}
 
@@ -101,13 +110,19 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
     status = "complete"
     try:
         started, skipped = start_collectors(collectors, target, writer)
-        if not started:
+        if release is not None and not stop.event.is_set() and (started or after_release):
+            release()
+            more, why = start_collectors(list(after_release), target, writer)
+            started += more
+            skipped.update(why)
+        if not started and not stop.event.is_set():
             writer.finish("failed")
             raise DiagError("no collector could run here: " +
                             "; ".join(f"{k}: {v}" for k, v in skipped.items()) +
                             " (run `diag doctor` for the fixes)", EXIT_NO_COLLECTOR)
-        writer.manifest["clock"]["collectors_started_monotonic_ns"] = monotonic_ns()
-        writer.save()
+        if started:
+            writer.manifest["clock"]["collectors_started_monotonic_ns"] = monotonic_ns()
+            writer.save()
         if before_start:
             before_start()
         t0 = time.monotonic()

@@ -33,6 +33,7 @@ HOSTILE = ['<script>alert(1)</script>', '"><img src=x onerror=alert(2)>', "'><sv
 HOSTILE_PROGRAM = r'''
 import os, sys, time
 NAMES = %r
+AFTER = 40            # rounds once py-spy samples: ~40 x 8 x 4 ms of CPU in the hostile functions
 SRC = "def f(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\n"
 funcs = []
 for i, name in enumerate(NAMES):
@@ -48,12 +49,20 @@ except OSError:
     pass
 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), NAMES[1] + ".journal")
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-deadline = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < deadline:
+# Loop until the test says py-spy samples us (it creates the file argv[1]), then AFTER more
+# rounds: counted work, not a time window, each round mostly CPU in the hostile functions (a
+# busy disk stretches the fsync, not the share of samples they get); bounded if the word never
+# comes.
+left, give_up = None, time.monotonic() + 120
+while left is None or left > 0:
     for f in funcs:
-        f(20000)
+        f(150000)
     os.write(fd, b"x" * 262144)
     os.fsync(fd)
+    if left is None and (os.path.exists(sys.argv[1]) or time.monotonic() > give_up):
+        left = AFTER
+    elif left is not None:
+        left -= 1
 os.close(fd)
 ''' % (HOSTILE,)
 
@@ -235,15 +244,37 @@ def _capture_hostile(tmp_path: Path) -> tuple[Path, Path, dict]:
     prog.write_text(HOSTILE_PROGRAM)
     collectors = "ebpf,py-spy,process" if os.geteuid() == 0 else "py-spy,process"
     cap, html, js = tmp_path / "hostile.diag", tmp_path / "hostile.html", tmp_path / "hostile.json"
-    r = subprocess.run([sys.executable, "-m", "diag", "run", "--collectors", collectors, "--out", str(cap),
-                        "--html", str(html), "--json", str(js), "--quiet", "--",
-                        sys.executable, str(prog), "3", HOSTILE[0], HOSTILE[3]],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    if r.returncode != 0 and not html.exists():
-        pytest.fail(f"diag run failed ({r.returncode}): {r.stderr[-2000:]}")
+    sampled = tmp_path / "py-spy-samples"
+    d = subprocess.Popen([sys.executable, "-m", "diag", "run", "--collectors", collectors, "--out", str(cap),
+                          "--html", str(html), "--json", str(js), "--quiet", "--",
+                          sys.executable, str(prog), str(sampled), HOSTILE[0], HOSTILE[3]],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # `diag run` starts py-spy once the program has exec'd; when the manifest says py-spy samples
+    # (or could not), the program is told to finish its counted rounds
+    deadline = time.monotonic() + 120
+    while d.poll() is None and time.monotonic() < deadline:
+        try:
+            entry = json.loads((cap / "manifest.json").read_text())["collectors"].get("py-spy") or {}
+        except (OSError, ValueError):
+            entry = {}
+        if entry.get("status") not in (None, "pending"):
+            break
+        time.sleep(0.02)
+    sampled.touch()
+    try:
+        _, err = d.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        d.kill()
+        d.wait()
+        pytest.fail("diag run did not end within 300 s")
+    if d.returncode != 0 and not html.exists():
+        pytest.fail(f"diag run failed ({d.returncode}): {err[-2000:]}")
     report = json.loads(js.read_text())
-    if (report["collectors"].get("py-spy") or {}).get("status") != "ok":
-        pytest.skip(f"py-spy could not sample the target here: {report['collectors'].get('py-spy')}")
+    pyspy = report["collectors"].get("py-spy") or {}
+    if pyspy.get("status") in ("unavailable", "not-applicable"):
+        pytest.skip(f"py-spy cannot run here: {pyspy.get('reason')}")
+    # where it can run, it must have sampled: the program ran its rounds after py-spy started
+    assert pyspy.get("status") == "ok", pyspy
     return html, js, report
 
 

@@ -197,9 +197,12 @@ def test_fsync_time_shows_in_the_sync_family(tmp_path):
     assert sorted(r.latency_ns for r in reqs)[n // 2] <= sorted(load.latencies_s)[n // 2] * 1e9
 
 
+# The upstream's delay: large against what a busy machine adds to a request (runq, GIL waits),
+# so the margins below come from the signal, not from a quiet machine.
+UPSTREAM_DELAY_MS = 50
 UPSTREAM = """
 import socket, sys, threading, time
-# speaks first (a greeting, like SMTP or MySQL), then answers each query after 5 ms
+# speaks first (a greeting, like SMTP or MySQL), then answers each query after DELAY_MS
 lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 lst.bind(("127.0.0.1", 0)); lst.listen(64)
 print(f"listening on 127.0.0.1:{lst.getsockname()[1]}", flush=True)
@@ -208,12 +211,12 @@ def serve(c):
         c.sendall(b"HELLO\\n")
         f = c.makefile("rb")
         for line in f:
-            time.sleep(0.005)
+            time.sleep(%d / 1000)
             c.sendall(b"ANSWER " + line)
 while True:
     c, _ = lst.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
+""" % UPSTREAM_DELAY_MS
 
 FRONT = """
 import socket, sys
@@ -263,18 +266,26 @@ def test_upstream_time_and_outbound_sockets_open_no_requests(tmp_path):
     assert len(reqs) + lines[-1]["inflight"] == n and lines[-1]["inflight"] == 0
     assert len({r.fd for r in reqs}) <= 2
     upstream = [dict(r.family_ns).get("upstream", 0) for r in reqs]
+    runq = [dict(r.family_ns).get("runq", 0) for r in reqs]
+    futex = [dict(r.family_ns).get("futex", 0) for r in reqs]
     for r in reqs:
         check_inside(r)
-    print("upstream per request: min %.2f ms median %.2f ms; latency median %.2f ms; upstream share %.2f" % (
-        min(upstream) / 1e6, pct(upstream, .5) / 1e6, pct([r.latency_ns for r in reqs], .5) / 1e6,
-        sum(upstream) / sum(r.latency_ns for r in reqs)))
-    # the upstream sleeps 5 ms once it has read the query; it may wake before the target's send
-    # returns, so the target's wait can be a little shorter than 5 ms, never much shorter
-    # (on a busy machine the answer may arrive while the thread waits for a CPU: that wait is
-    # the request's runq time, not upstream time)
-    runq = [dict(r.family_ns).get("runq", 0) for r in reqs]
-    assert all(u + q >= 4_000_000 for u, q in zip(upstream, runq)) and pct(upstream, .5) >= 5_000_000
-    assert sum(upstream) / sum(r.latency_ns for r in reqs) > 0.5
+    delay = UPSTREAM_DELAY_MS * 1_000_000
+    share = sum(upstream) / sum(r.latency_ns - q for r, q in zip(reqs, runq))
+    print("upstream per request: min %.2f ms median %.2f ms; latency median %.2f ms; runq median %.2f ms; "
+          "upstream share of the time on a CPU or in a syscall %.2f" % (
+              min(upstream) / 1e6, pct(upstream, .5) / 1e6, pct([r.latency_ns for r in reqs], .5) / 1e6,
+              pct(runq, .5) / 1e6, share))
+    # The upstream answers DELAY after it has read the query. The target waits for it in the
+    # upstream family, except for what a busy machine takes out of that window: waiting for a
+    # CPU (runq: the answer may arrive while the thread waits for one) or for the GIL after its
+    # send (futex). What is left uncovered is a few µs of Python between send and recv: the
+    # margin (a fifth of the delay) is there for it, not for the noise.
+    assert all(u + q + f >= delay * 4 // 5 for u, q, f in zip(upstream, runq, futex)), \
+        sorted(zip(upstream, runq, futex))[:5]
+    assert pct(upstream, .5) >= delay // 2
+    # the time the request did not spend waiting for a CPU is mostly the upstream's
+    assert share > 0.5
     # connect is emitted for every call (threshold 0): one per request
     connects = [e for e in recs if isinstance(e, SyscallEvent) and e.name == "connect"]
     assert len(connects) == n
