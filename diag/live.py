@@ -160,6 +160,14 @@ except OSError as e:
 """
 HOLD_READY_TIMEOUT_S = 60.0     # the holder is a bare interpreter start; generous for loaded machines
 EXEC_TIMEOUT_S = 10.0
+# Programs that exec their argument in the same process: a script whose shebang is
+# `#!/usr/bin/env python3` is `env` for a moment after its exec, then Python (or, with pyenv,
+# env -> a bash shim -> Python). py-spy decides whether the target is Python when it starts, so
+# the release waits past these; past shells for SHELL_EXEC_WAIT_S only, since a shell still
+# running then is the user's command itself (`diag run -- sh -c ...`).
+EXEC_WRAPPERS = frozenset({"env", "nice", "ionice", "taskset", "chrt", "stdbuf", "numactl", "setpriv", "prlimit"})
+SHELLS = frozenset({"sh", "bash", "dash", "zsh"})
+SHELL_EXEC_WAIT_S = 1.0
 
 
 class HeldCommand:
@@ -207,15 +215,22 @@ class HeldCommand:
             pass                             # the holder is gone: the capture sees the target exit
         finally:
             self.sock.close()
-        deadline = time.monotonic() + EXEC_TIMEOUT_S
+        released_at = time.monotonic()
+        deadline = released_at + EXEC_TIMEOUT_S
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 with open(f"/proc/{self.pid}/cmdline", "rb") as f:
                     now = f.read().split(b"\0")[:-1]
+                exe = os.path.basename(os.readlink(f"/proc/{self.pid}/exe"))
             except OSError:
                 break
             if now and now not in self._before_exec:
-                break
+                if exe in EXEC_WRAPPERS:
+                    pass
+                elif exe in SHELLS and time.monotonic() - released_at < SHELL_EXEC_WAIT_S:
+                    pass
+                else:
+                    break
             time.sleep(0.002)
 
     def cancel(self) -> None:

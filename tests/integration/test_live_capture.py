@@ -319,3 +319,26 @@ def test_doctor_as_root_and_unprivileged():
     assert not u["ebpf"]["ok"] and "root" in u["ebpf"]["detail"]
     assert not u["perf"]["ok"] and "perf_event_paranoid" in u["perf"]["detail"]
     assert u["process"]["ok"]
+
+
+def test_run_samples_a_script_started_through_env(tmp_path):
+    """`diag run -- ./app.py` with `#!/usr/bin/env python3`: the command is `env` for a moment
+    after its exec; py-spy must still find Python and sample the script's own function."""
+    require_root()
+    require_tool("py-spy")
+    app = tmp_path / "app.py"
+    app.write_text("#!/usr/bin/env python3\n"
+                   "import time\n"
+                   "def shebang_spin(until):\n"
+                   "    x = 0\n"
+                   "    while time.thread_time() < until:\n"
+                   "        x += 1\n"
+                   "shebang_spin(time.thread_time() + 1.0)\n")
+    app.chmod(0o755)
+    cap = tmp_path / "c.diag"
+    r = diag("run", "--collectors", "py-spy,process", "--out", str(cap), "--quiet", "--", str(app))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((cap / "manifest.json").read_text())
+    assert manifest["collectors"]["py-spy"]["status"] not in ("not-applicable", "failed"), manifest["collectors"]["py-spy"]
+    data = load_inputs([str(cap)])
+    assert any(f.function == "shebang_spin" for s in data.samples for f in s.frames), "py-spy never sampled the script"
