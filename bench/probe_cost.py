@@ -1,5 +1,9 @@
 """What one traced syscall costs the target under the eBPF probe, in CPU nanoseconds.
 
+The cheapest path of a traced call: an fd of kind "other", no kernel stack (the call never
+blocks), no request (not a socket). Calls that block, or that belong to a request, cost more;
+the observer benchmark measures those inside whole servers.
+
 The throughput ratios of the observer benchmark mix many effects (the load generator's own
 syscalls hitting the same tracepoints, the agent's CPU, scheduling on 2 shared cores). This part
 isolates the probe's price per call: a Python loop makes N one-byte reads of /dev/zero (a traced
@@ -42,7 +46,7 @@ def empty_probe(work: Path) -> Path | None:
     """The probe with both syscall programs returning at once (the maps and attachments intact)."""
     text = PROBE.read_text()
     anchors = ("static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)\n{\n",
-               "int diag_sys_exit(struct diag_sys_exit *ctx)\n{\n")
+               "int diag_sys_exit(struct diag_sys_exit *ctx)\n{\n", "TRACEPOINT_PROBE(sched, sched_switch)\n{\n")
     if not all(text.count(a) == 1 for a in anchors):
         return None
     for a in anchors:

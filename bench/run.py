@@ -471,13 +471,16 @@ def write_results(path: Path, data: dict, args) -> None:
                 L.append(f"| {v:.1f} % | `{k}` |")
             L.append("")
     pc = data.get("probe")
-    if pc:
+    if pc and pc.get("error"):
+        L.append(f"## eBPF probe: target CPU per traced call\n\nNot measured: {pc['error']}\n")
+    elif pc:
         L.append("## eBPF probe: target CPU per traced call\n")
         L.append(f"A Python loop makes {pc['calls']:,} one-byte reads of /dev/zero and measures its own thread CPU "
                  f"time per call, untraced and under each setting, in {pc['rounds']} interleaved rounds "
                  "(`bench/probe_cost.py`). `extra` = median over rounds of (setting - untraced run of the same "
                  "round). The empty programs are the kernel's fixed price of a tracepoint with a BPF program "
-                 "attached, which no probe can go under.\n")
+                 "attached, which no probe can go under. This is the cheapest path of a traced call (no "
+                 "kernel stack, no request); blocking calls and requests cost more.\n")
         if pc.get("note"):
             L.append(f"> {pc['note']}\n")
         L.append("| setting | CPU ns per call, median (min-max) | extra ns per call |")
@@ -597,7 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         data["ratios"] = {t: ratios(v) for t, v in data["observer"]["targets"].items()}
     if "probe" in parts:
         log("eBPF probe: target CPU per traced call")
-        data["probe"] = probe_cost(WORK / "probe", 3 if a.quick else 7, log=log)
+        try:
+            data["probe"] = probe_cost(WORK / "probe", 3 if a.quick else 7, log=log)
+        except Exception as e:          # one failed part must not lose the others' hours of data
+            log(f"probe part failed: {type(e).__name__}: {e}")
+            data["probe"] = {"error": f"{type(e).__name__}: {e}"}
     if "replay" in parts:
         log("analysis speed: diag replay of strace logs")
         sizes = [100_000, 1_000_000] + ([] if a.quick else [5_000_000])

@@ -47,9 +47,11 @@
 
 /* Aggregates live in per-CPU arrays indexed by (sysinfo.idx, fd kind[, log2 slot]): no hashing
  * and no atomic operations on the hot path; the agent sums the CPUs. */
-#define DIAG_NIDX     64     /* latency-traced syscalls (SF_LAT) at most; sysinfo.idx < DIAG_NIDX */
+#define DIAG_NIDX     32     /* latency-traced syscalls (SF_LAT) at most; sysinfo.idx < DIAG_NIDX */
 #define DIAG_NKIND    5      /* fd kinds, DIAG_KIND_UNKNOWN..DIAG_KIND_OTHER */
-#define DIAG_NSLOT    64     /* log2 histogram slots */
+#define DIAG_NSLOT    48     /* log2 histogram slots (2^47 ns = 39 h; larger values land in the last) */
+/* Per-CPU arrays cost memory per possible CPU: 2 histograms x 32 x 5 x 48 x 8 B = 123 KiB per CPU
+ * (31 MiB on a 256-CPU host), plus the aggregate rows. */
 
 /* Syscall families of a request's time breakdown (diag_request.family_ns[]; names in the agent). */
 #define FAM_SYNC      0
@@ -71,7 +73,7 @@
 
 /* Slots of the per-CPU `counters` array. */
 #define CNT_EVENT_LOST     0  /* ring buffer full: slow-call record dropped */
-#define CNT_AGG_ERR        1  /* aggregate map full: a call missing from the aggregates */
+#define CNT_AGG_ERR        1  /* aggregate cell out of range (sysinfo.idx): a call missing from the aggregates */
 #define CNT_STACK_ERR      2  /* bpf_get_stackid failed (stack map full / collision) */
 #define CNT_FDMAP_ERR      3  /* fd-kind map full */
 #define CNT_CALLS          4  /* calls completed (all traced syscalls with SF_LAT) */

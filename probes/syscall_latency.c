@@ -60,6 +60,10 @@
 _Static_assert(sizeof(struct diag_event) == DIAG_EVENT_SIZE,
                "struct diag_event differs from the agent's ctypes mirror");
 #endif
+#ifdef DIAG_AGENT_NIDX
+_Static_assert(DIAG_NIDX == DIAG_AGENT_NIDX && DIAG_NKIND == DIAG_AGENT_NKIND && DIAG_NSLOT == DIAG_AGENT_NSLOT,
+               "aggregate array dimensions differ from the agent's");
+#endif
 #ifdef DIAG_REQUEST_SIZE
 _Static_assert(sizeof(struct diag_request) == DIAG_REQUEST_SIZE,
                "struct diag_request differs from the agent's ctypes mirror");
@@ -107,7 +111,8 @@ struct diag_inflight {
     u32 fdv;            /* fd map value of args[0]: kind | role bits */
     u32 fam;            /* FAM_* (sysinfo) */
     u32 idx;            /* sysinfo.idx */
-    /* per thread, kept across calls */
+    /* per thread, kept across calls: a call's entry writes only the fields above (other
+     * threads may clear `serve` meanwhile: a whole-struct write would undo that) */
     struct diag_fdkey serve;  /* connection whose request the thread serves (tgid 0: none) */
     u64 preempted_ns;   /* when it was preempted while serving, outside a syscall (0: not) */
 };
@@ -480,11 +485,9 @@ static __always_inline int do_enter(struct diag_sys_enter *ctx, const int nargs)
             fdkinds.delete(&k);
     }
     struct diag_inflight *slot = inflight.lookup(&tid);
-    if (slot) {
-        f.serve = slot->serve;
-        f.preempted_ns = slot->preempted_ns;
-        *slot = f;
-    } else
+    if (slot)
+        __builtin_memcpy(slot, &f, __builtin_offsetof(struct diag_inflight, serve));
+    else
         inflight.update(&tid, &f);
     return 0;
 }
@@ -643,6 +646,31 @@ TRACEPOINT_PROBE(sched, sched_switch)
     return 0;
 }
 
+/* A thread's entry goes with the thread (the LRU alone could evict a live thread blocked in a long
+ * call, losing that call). These events are rare: returning 1 hands them on to perf users of the
+ * same tracepoints (the syscall and sched_switch programs return 0: see README "Known limits"). */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (is_target(id >> 32)) {
+        u32 tid = (u32)id;
+        inflight.delete(&tid);
+    }
+    return 1;
+}
+
+/* exec ends every call in flight in the process and its per-thread state (the exec'ing thread
+ * keeps or takes the leader's tid) */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (is_target(id >> 32)) {
+        u32 tid = (u32)id;
+        inflight.delete(&tid);
+    }
+    return 1;
+}
+
 #ifdef FOLLOW
 /* parent_pid / child_pid are thread ids; the forking task is current. A new thread's tid lands
  * in `targets` too, which is harmless: no process has that tgid while the thread lives. */
@@ -654,6 +682,6 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     u32 child = args->child_pid;
     u8 one = 1;
     targets.update(&child, &one);
-    return 0;
+    return 1;
 }
 #endif

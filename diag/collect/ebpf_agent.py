@@ -54,7 +54,7 @@ SF_LAT, SF_FD0, SF_BYTES, SF_NEWFD_RET, SF_NEWFD_DUP = 0x001, 0x002, 0x004, 0x00
 SF_PAIR_ARG0, SF_PAIR_ARG3, SF_CLOSE, SF_PATH_ARG0, SF_PATH_ARG1, SF_FCNTL = 0x020, 0x040, 0x080, 0x100, 0x200, 0x400
 SF_RD, SF_WR, SF_ACCEPT, SF_CONNECT, SF_ALWAYS = 0x800, 0x1000, 0x2000, 0x4000, 0x8000
 SF_KSTACK, SF_KSTACK_FILE = 0x10000, 0x20000
-DIAG_NIDX, DIAG_NKIND, DIAG_NSLOT = 64, 5, 64
+DIAG_NIDX, DIAG_NKIND, DIAG_NSLOT = 32, 5, 48   # checked by the probe at compile time
 KIND_MASK, FDR_SERVER, FDR_OUT, FDR_PAIR = 0xff, 0x100, 0x200, 0x400
 CNT_EVENT_LOST, CNT_AGG_ERR, CNT_STACK_ERR, CNT_FDMAP_ERR, CNT_CALLS = 0, 1, 2, 3, 4
 CNT_REQ_LOST, CNT_REQ_EMITTED, CNT_CONN_ERR, CNT_REQ_ABANDONED = 5, 6, 7, 8
@@ -83,7 +83,7 @@ class Request(ct.Structure):
 
 
 # The same layout for struct.unpack (one call per record instead of one ctypes access per field)
-REQUEST_LAYOUT = struct.Struct(f"<6Q{len(FAM_NAMES)}Q5Ii2I")
+REQUEST_LAYOUT = struct.Struct(f"=6Q{len(FAM_NAMES)}Q5Ii2I")
 assert REQUEST_LAYOUT.size == ct.sizeof(Request)
 
 _IO = SF_LAT | SF_FD0 | SF_BYTES
@@ -255,6 +255,7 @@ def build(args: argparse.Namespace, ringbuf: bool) -> tuple[str, list[str]]:
     if not os.path.exists(os.path.join(incdir, "diag_events.h")):
         incdir = PROBE_DIR
     cflags = [f"-I{incdir}", f"-DSLOW_NS={int(args.slow_ns)}ULL", f"-DDIAG_EVENT_SIZE={ct.sizeof(Event)}",
+              f"-DDIAG_AGENT_NIDX={DIAG_NIDX}", f"-DDIAG_AGENT_NKIND={DIAG_NKIND}", f"-DDIAG_AGENT_NSLOT={DIAG_NSLOT}",
               f"-DDIAG_REQUEST_SIZE={ct.sizeof(Request)}",
               f"-DAGENT_TGID={os.getpid()}", f"-DSTACK_ENTRIES={int(args.stack_entries)}",
               "-Wno-macro-redefined"]
@@ -354,7 +355,7 @@ class Agent:
                 b.attach_tracepoint(tp=f"syscalls:sys_enter_{name}", fn_name=ENTER_FN.get(name, "diag_sys_enter1"))
                 b.attach_tracepoint(tp=f"syscalls:sys_exit_{name}", fn_name="diag_sys_exit")
                 self.tracepoints += [f"syscalls:sys_enter_{name}", f"syscalls:sys_exit_{name}"]
-        self.tracepoints.append("sched:sched_switch")
+        self.tracepoints += ["sched:sched_switch", "sched:sched_process_exit", "sched:sched_process_exec"]
         if self.args.follow:
             self.tracepoints.append("sched:sched_process_fork")
         del BPF
