@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,18 +119,27 @@ def test_ci_example_passes_the_job_on_the_healthy_server(workdir):
     # THEN the sync and finding gates pass: the healthy server makes no fsync at all
     assert gates["sync.p99>1ms"] == gates["finding:disk-sync"] == "gate passed", r.stderr[-3000:]
     assert not any(f["id"] == "disk-sync" for f in report["findings"])
-    # the latency gate reads the report's own p99 (a noisy machine may push a healthy p99 over
-    # 50 ms: then the gate must say so), and the exit code follows the gates: the load test's own
-    # 0 when they pass, 1 when the latency gate failed
-    from diag.gates import latency_value
+    # the latency gate reads the report's own p99 and the exit code follows the gates (the
+    # plumbing, whatever the machine did)
+    from diag.gates import _fmt, latency_value
 
     p99, what = latency_value(report, "p99")
     assert p99 is not None, what
     over = p99 > 50_000_000
-    assert gates["p99>50ms"] == ("gate FAILED" if over else "gate passed"), (p99, r.stderr[-3000:])
+    state = "FAILED" if over else "passed"
+    assert f"diag: gate {state}: p99>50ms: {what} = {_fmt(p99)} (limit > {_fmt(50_000_000)})" in r.stderr, \
+        (p99, r.stderr[-3000:])
     assert r.returncode == (1 if over else 0), (cmd, r.returncode, p99, r.stderr[-3000:])
     assert (workdir / "diag-report.html").exists()
     assert ("❌ failed" if over else "✅ passed") in (workdir / "step-summary.md").read_text()
+    # and the job passes: the healthy server answers well under 50 ms at p99, unless this machine
+    # is too loaded for the claim (its own p99 over 50 ms: then the test says so, with the numbers)
+    if over:
+        pytest.skip(f"machine too loaded for the latency claim: the healthy server's {what} is "
+                    f"{p99 / 1e6:.1f} ms (> 50 ms); the sync and finding gates passed")
+    assert gates["p99>50ms"] == "gate passed", r.stderr[-3000:]
+    assert r.returncode == 0, (cmd, r.returncode, p99, r.stderr[-3000:])
+    assert "✅ passed" in (workdir / "step-summary.md").read_text()
 
 
 FSYNCS = 60
@@ -208,6 +218,151 @@ def test_pytest_plugin_stops_the_session_when_diag_cannot_start(workdir):
     assert r.returncode == 4, out[-3000:]
     assert "ERROR: diag: the capture of the session did not start" in out and "no-such-collector" in out
     assert "passed" not in out and "Traceback" not in out
+
+
+def _plugin_session(workdir: Path, *args: str, prefix: tuple[str, ...] = (), **kw):
+    """A pytest session on `workdir/test_one.py` (a test that leaves `ran`) with the plugin."""
+    (workdir / "test_one.py").write_text(f"def test_one():\n    open({str(workdir / 'ran')!r}, 'w').close()\n")
+    cmd = [*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(workdir / "test_one.py"),
+           *args, "--rootdir", str(workdir)]
+    return cmd, dict(cwd=workdir, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True, **kw)
+
+
+def test_pytest_plugin_refuses_the_capture_left_by_an_earlier_session(workdir):
+    # GIVEN what an earlier session left: its capture (a manifest) and its report
+    (workdir / "r.diag").mkdir()
+    (workdir / "r.diag" / "manifest.json").write_text(json.dumps({"target": {"pid": os.getpid()}}))
+    (workdir / "r.html").write_text("the earlier report")
+    # WHEN a session asks for the same report
+    cmd, kw = _plugin_session(workdir, f"--diag-report={workdir / 'r.html'}", "--diag-collectors=process")
+    r = subprocess.run(cmd, capture_output=True, timeout=300, **kw)
+    # THEN it stops before any test with one line that says what to do; diag never started;
+    # nothing of the earlier session is touched
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out[-3000:]
+    assert f"ERROR: diag: {workdir / 'r.diag'} already exists" in out and "remove it, or pass --diag-capture" in out
+    assert "Traceback" not in out and not (workdir / "ran").exists()
+    assert not (workdir / "r.diag.log").exists()
+    assert (workdir / "r.html").read_text() == "the earlier report"
+    assert os.listdir(workdir / "r.diag") == ["manifest.json"]
+
+
+def test_pytest_plugin_as_pid_1_run_twice_does_not_take_the_old_capture_for_its_own(workdir):
+    # GIVEN pytest as pid 1 (a container's entry point: the same pid every run), run once with a report
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a pid namespace (pytest as pid 1) needs root and unshare(1)")
+    pid1 = ("unshare", "--pid", "--fork", "--mount-proc")
+    cmd, kw = _plugin_session(workdir, f"--diag-report={workdir / 'r.html'}", "--diag-collectors=process",
+                              prefix=pid1)
+    first = subprocess.run(cmd, capture_output=True, timeout=300, **kw)
+    if "ERROR: diag" in first.stdout + first.stderr and not (workdir / "r.html").exists():
+        pytest.skip(f"diag could not watch pytest as pid 1 here: {(first.stdout + first.stderr)[-500:]}")
+    assert first.returncode == 0 and "1 passed" in first.stdout, (first.stdout + first.stderr)[-3000:]
+    manifest = json.loads((workdir / "r.diag" / "manifest.json").read_text())
+    assert manifest["target"]["pid"] == 1, manifest["target"]
+    assert f"diag: report written to {workdir / 'r.html'}" in first.stdout
+    report = (workdir / "r.html").stat()
+    (workdir / "ran").unlink()
+    # WHEN it runs again, the first capture (whose manifest names pid 1, ready) still on disk
+    second = subprocess.run(cmd, capture_output=True, timeout=300, **kw)
+    # THEN the second session does not start unobserved on the old capture: it stops with the
+    # one-line reason, and the first report stays as it was
+    out = second.stdout + second.stderr
+    assert second.returncode == 4, out[-3000:]
+    assert f"ERROR: diag: {workdir / 'r.diag'} already exists" in out
+    assert not (workdir / "ran").exists() and "report written" not in out
+    assert (workdir / "r.html").stat().st_mtime_ns == report.st_mtime_ns
+
+
+class _Options:
+    def __init__(self, **opts) -> None:
+        self.opts = {"diag_capture": None, "diag_collectors": "process", "diag_fail_on": [], **opts}
+
+    def getoption(self, name, default=None):
+        return self.opts.get(name, default)
+
+
+def test_pytest_plugin_is_ready_only_on_the_capture_it_started(tmp_path):
+    # GIVEN the plugin's session object, as if it had just spawned diag
+    from diag.pytest_plugin import DiagSession
+
+    s = DiagSession(_Options(diag_report=str(tmp_path / "r.html")))
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    s.spawned_monotonic_ns = now
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    os.makedirs(s.capture)
+
+    def manifest(start_ns: int, boot_id: str = boot, pid: int = os.getpid()) -> None:
+        (Path(s.capture) / "manifest.json").write_text(json.dumps(
+            {"target": {"pid": pid}, "host": {"boot_id": boot_id},
+             "clock": {"start": {"realtime_ns": 0, "monotonic_ns": start_ns, "gap_ns": 0},
+                       "collectors_started_monotonic_ns": start_ns + 1}}))
+
+    # WHEN the manifest is ready and names our pid, but started before the spawn (an earlier
+    # session's), or on another boot, or names another pid: THEN it is not ready
+    manifest(now - 1_000_000_000)
+    assert not s._ready()
+    manifest(now + 1_000_000, boot_id="another-boot")
+    assert not s._ready()
+    manifest(now + 1_000_000, pid=os.getpid() + 1)
+    assert not s._ready()
+    # and the one that started after the spawn, here, for us, is
+    manifest(now + 1_000_000)
+    assert s._ready()
+
+
+def test_pytest_plugin_claims_only_a_report_written_after_it_started(tmp_path):
+    from diag.pytest_plugin import DiagSession, _file_signature
+
+    report = tmp_path / "r.html"
+    report.write_text("the earlier report")
+    s = DiagSession(_Options(diag_report=str(report)))
+    s.prior_report = _file_signature(str(report))
+    s.spawned_realtime_ns = time.time_ns()
+    # the file that was there when the session started is not this session's report
+    assert not s.report_written()
+    # a report written (atomically, as diag does) after the spawn is
+    (tmp_path / "r.tmp").write_text("this session's report")
+    os.replace(tmp_path / "r.tmp", report)
+    assert s.report_written()
+
+
+@pytest.mark.slow
+def test_pytest_plugin_interrupted_while_diag_starts_leaves_nothing_attached(workdir):
+    # GIVEN a session under diagnosis with eBPF, waiting for it to compile and attach
+    if os.geteuid() != 0:
+        pytest.skip("eBPF needs root")
+    cap = workdir / "s.diag"
+    cmd, kw = _plugin_session(workdir, f"--diag-report={workdir / 's.html'}", "--diag-collectors=ebpf,process",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, **kw)
+    try:
+        deadline = time.monotonic() + 120
+        waiting = False
+        while time.monotonic() < deadline and p.poll() is None:
+            try:
+                m = json.loads((cap / "manifest.json").read_text())
+            except (OSError, ValueError):
+                m = {}
+            if m.get("target", {}).get("pid") == p.pid:
+                waiting = not m["clock"].get("collectors_started_monotonic_ns")
+                break
+            time.sleep(0.01)
+        if not waiting:
+            pytest.skip("never saw the session waiting for eBPF (it attached before the check, or diag did not start)")
+        # WHEN the user presses Ctrl-C then
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if (workdir / "ran").exists():
+        pytest.skip("eBPF attached before the signal: the test had started")
+    # THEN the session ends interrupted, no test ran, and no diag process stays attached to it
+    assert p.returncode == 2, (out + err)[-3000:]
+    assert not (workdir / "ran").exists()
+    assert not _processes_with(str(cap)), _processes_with(str(cap))
 
 
 # --- `diag run` holds the command before its exec until the collectors are attached ------------
@@ -290,13 +445,15 @@ def test_run_interrupted_while_the_collectors_start_never_runs_the_command(tmp_p
     d.send_signal(signal.SIGINT)
     out, err = d.communicate(timeout=120)
     _not_released(marker)
-    # THEN it says so in one line and exits 130; the command never ran; nothing stays attached
+    # THEN it says so in one line and exits 130; the command never ran; nothing stays attached;
+    # the capture says it was interrupted, and never ready (a capture of a command that never ran)
     assert d.returncode == 130, err
     assert "diag: error: diag run: interrupted while the collectors started; sh was not run" in err
     assert "Traceback" not in err
     assert not marker.exists()
     m = json.loads((cap / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["end_reason"] == "SIGINT"
+    assert m["status"] == "interrupted", m
+    assert not m["clock"].get("collectors_started_monotonic_ns"), m["clock"]
     assert not _processes_with(str(cap))
 
 

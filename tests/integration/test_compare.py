@@ -129,6 +129,16 @@ def _gate_lines(r) -> dict[str, str]:
     return {ln.split(": ")[2]: ln.split(": ")[1] for ln in r.stderr.splitlines() if ln.startswith("diag: gate ")}
 
 
+def _skip_unless_the_fault_stands_out(healthy: dict, faulty: dict) -> None:
+    """The claim "the faulty run is more than 20 % slower at p99" is decidable only when the
+    healthy run's own p99 is not itself within 20 % of the faulty one (a noise stall of 20 ms or
+    more in the healthy run): then no gate can tell them apart, and the test says so."""
+    h, f = latency_value(healthy, "p99")[0], latency_value(faulty, "p99")[0]
+    if h * 1.2 >= f:
+        pytest.skip(f"machine too noisy to tell the runs apart: healthy request p99 {h / 1e6:.1f} ms, "
+                    f"faulty {f / 1e6:.1f} ms (the healthy one is within 20 % of the faulty one)")
+
+
 @pytest.mark.slow
 def test_compare_real_captures_flags_the_regression(captures, tmp_path):
     healthy, faulty = captures
@@ -138,16 +148,16 @@ def test_compare_real_captures_flags_the_regression(captures, tmp_path):
     # WHEN the faulty capture is compared to the healthy baseline (a capture and a JSON report)
     r = _compare(healthy.with_suffix(".json"), faulty, "--html", tmp_path / "cmp.html", "--json", tmp_path / "cmp.json",
                  "--fail-on", "p99>+20%", "--fail-on", "finding:new")
-    # THEN each gate says what the two reports' own numbers say (a baseline p99 pushed up by a
-    # noise stall may hide the regression: then the gate must pass), and the exit code follows
     regressed, new, change = _expected(base, cur)
     print(f"request p99 {base['requests']['latency']['p99_ns'] / 1e6:.1f} ms -> "
           f"{cur['requests']['latency']['p99_ns'] / 1e6:.1f} ms ({change:+.0%}); new finding: {new}")
     gates = _gate_lines(r)
+    # the plumbing, whatever the machine did: each gate, the exit code and the page follow the two
+    # reports' own numbers, and the comparison carries them
     assert gates == {"p99>+20%": "gate FAILED" if regressed else "gate passed",
                      "finding:new": "gate FAILED" if new else "gate passed"}, r.stderr
     assert r.returncode == (1 if regressed or new else 0), r.stderr
-    assert "diag: gate %s: p99>+20%%: request p99: " % ("FAILED" if regressed else "passed") in r.stderr
+    assert f"{regressed + new} of 2 gates failed" in (tmp_path / "cmp.html").read_text()
     c = json.loads((tmp_path / "cmp.json").read_text())
     assert c["schema"] == "diag.compare/1"
     assert c["latency"][0]["name"] == "requests" and c["latency"][0]["change"]["p99"] == pytest.approx(change)
@@ -156,22 +166,37 @@ def test_compare_real_captures_flags_the_regression(captures, tmp_path):
     # the healthy server never sleeps; the faulty one once per request
     sleep = next(f for f in c["families"] if f["name"] == "sleep")
     assert not sleep["count"]["base"] and sleep["count"]["current"] >= cur["requests"]["count"]
-    page = (tmp_path / "cmp.html").read_text()
-    assert f"{regressed + new} of 2 gates failed" in page
+    # THEN, when the machine let the healthy run stay clear of the faulty one, the p99 gate flags
+    # the regression and the job fails
+    _skip_unless_the_fault_stands_out(base, cur)
+    assert regressed, change
+    assert gates["p99>+20%"] == "gate FAILED", r.stderr
+    assert "diag: gate FAILED: p99>+20%: request p99: " in r.stderr
+    assert r.returncode == 1, r.stderr
 
 
 @pytest.mark.slow
 def test_compare_the_other_way_passes_the_gates(captures):
     healthy, faulty = captures
     base, cur = (json.loads(p.with_suffix(".json").read_text()) for p in (faulty, healthy))
+    # WHEN the healthy capture is compared to the faulty one as its baseline
     r = _compare(faulty, healthy, "--fail-on", "p99>+20%", "--fail-on", "finding:new", "--quiet")
-    # the healthy p99 is not 20 % over a p99 of at least 20 ms unless noise made it so: the
-    # gates follow the reports' numbers either way
-    regressed, new, change = _expected(base, cur)
+    # (the plumbing, whatever the machine did: each gate follows the two reports' own numbers)
+    regressed, new, _ = _expected(base, cur)
     gates = _gate_lines(r)
     assert gates == {"p99>+20%": "gate FAILED" if regressed else "gate passed",
                      "finding:new": "gate FAILED" if new else "gate passed"}, r.stderr
     assert r.returncode == (1 if regressed or new else 0), r.stderr
+    # THEN both gates pass and so does the job: the healthy run is faster and brings no warning of
+    # its own; unless the machine's noise made it as slow as the faulty one, or made the analysis
+    # find a problem in it (then the claim cannot be decided here, and the test says so)
+    _skip_unless_the_fault_stands_out(cur, base)
+    noise = [f"{f['id']} ({f['severity']}: {f['summary']})" for f in cur["findings"]
+             if f["severity"] in ("warning", "critical") and f["id"] not in {x["id"] for x in base["findings"]}]
+    if noise:
+        pytest.skip(f"the healthy run, on this machine, has warning findings the faulty one has not: {noise}")
+    assert gates == {"p99>+20%": "gate passed", "finding:new": "gate passed"}, r.stderr
+    assert r.returncode == 0, r.stderr
 
 
 def test_compare_rejects_a_json_file_that_is_not_a_report(tmp_path):
