@@ -218,7 +218,11 @@ def run(
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
 ) -> None:
-    """Run a command under diagnosis; its exit code is passed through, unless a --fail-on gate fails (1)."""
+    """Run a command under diagnosis; its exit code is passed through, unless a --fail-on gate fails (1).
+
+    Interrupted (Ctrl-C, SIGTERM), diag stops the command too and exits with its status (128+N
+    when a signal N ended it), 130 if that was 0: never 0.
+    """
     from diag import live
 
     gate_list = _gates(fail_on)
@@ -226,7 +230,8 @@ def run(
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
     if finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list):
         raise typer.Exit(1)
-    raise typer.Exit(rc if rc is not None and rc >= 0 else (128 - rc if rc is not None else 0))
+    # rc: the command's status as a shell gives it; None: it outlived --duration and still runs
+    raise typer.Exit(rc if rc is not None else 0)
 
 
 @app.command()

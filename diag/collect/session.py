@@ -33,6 +33,7 @@ class SessionResult:
     status: str                      # complete | interrupted | target-exited
     started: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    reason: str = ""                 # the signal that stopped the capture (SIGINT, SIGTERM, SIGHUP), if any
 
 
 class StopFlag:
@@ -41,8 +42,10 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = ""
+        self.count = 0                  # how many times it was set (a second Ctrl-C, ...)
 
     def set(self, reason: str) -> None:
+        self.count += 1
         if not self.event.is_set():
             self.reason = reason
             self.event.set()
@@ -85,16 +88,26 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                 target_alive: Callable[[], bool] | None = None, on_tick: Callable[[dict], None] | None = None,
                 tick_s: float = 0.5, before_start: Callable[[], None] | None = None,
                 release: Callable[[], None] | None = None,
-                after_release: list[Collector] | tuple = ()) -> SessionResult:
+                after_release: list[Collector] | tuple = (), stop: StopFlag | None = None) -> SessionResult:
     """Run one capture to its end. `target_alive` defaults to "the pid exists and is not a zombie".
 
     `release` (`diag run`): the target is a command held before its exec; it is called once the
     `collectors` are attached (never when the capture was interrupted before, nor when none could
-    start), then the `after_release` collectors start (py-spy needs the exec'd interpreter).
-    `clock.collectors_started_monotonic_ns` is written to the manifest when all have started:
-    the mark that the capture is ready.
+    start), then the `after_release` collectors start (py-spy needs the exec'd interpreter); the
+    stop flag is checked again after the release (it waits for the exec): once diag is told to
+    stop, a collector still to attach is not started, but one flagged `runs_from_release` (the
+    strace that launched the command, already tracing it) is, so that it is stopped like the others.
+    `clock.collectors_started_monotonic_ns` is written to the manifest when all have started, and
+    with `release` only once the command was released: the mark that the capture is ready. A
+    capture whose command was never released ends "interrupted", without that mark.
+
+    No collector started is an error (EXIT_NO_COLLECTOR), even if a signal came meanwhile, except
+    under `release` when the signal came before a release that could have happened (a collector
+    had started, or some wait for it): the command never ran, the capture is interrupted.
+    `stop`: a flag the caller already feeds from its own signal handlers (`diag run`, so that a
+    signal landing before or after this function is not lost); by default a fresh one.
     """
-    stop = StopFlag()
+    stop = stop if stop is not None else StopFlag()
     previous = {}
 
     def handler(signum, frame):
@@ -108,37 +121,49 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
     alive = target_alive or (lambda: _pid_alive(target.pid))
     started: list[Collector] = []
     status = "complete"
+    released = False
     try:
         started, skipped = start_collectors(collectors, target, writer)
-        if release is not None and not stop.event.is_set() and (started or after_release):
+        if release is not None and (started or after_release) and not stop.event.is_set():
             release()
-            more, why = start_collectors(list(after_release), target, writer)
-            started += more
-            skipped.update(why)
-        if not started and not stop.event.is_set():
+            released = True
+            for c in after_release:
+                if stop.event.is_set() and not getattr(c, "runs_from_release", False):
+                    why = f"not started: diag was stopped ({stop.reason}) before it could attach"
+                    writer.set_collector(c.name, status=UNAVAILABLE, reason=why)
+                    skipped[c.name] = why
+                    continue
+                more, why = start_collectors([c], target, writer)
+                started += more
+                skipped.update(why)
+        # a signal came before a release that could have happened: the command never ran
+        held_back = release is not None and not released and bool(started or after_release)
+        if not started and not held_back:
             writer.finish("failed")
             raise DiagError("no collector could run here: " +
                             "; ".join(f"{k}: {v}" for k, v in skipped.items()) +
                             " (run `diag doctor` for the fixes)", EXIT_NO_COLLECTOR)
-        if started:
+        if held_back:
+            status = "interrupted"       # a signal before the release: the command never ran
+        else:
             writer.manifest["clock"]["collectors_started_monotonic_ns"] = monotonic_ns()
             writer.save()
-        if before_start:
-            before_start()
-        t0 = time.monotonic()
-        while True:
-            if stop.event.wait(tick_s):
-                status = "interrupted"
-                break
-            elapsed = time.monotonic() - t0
-            if on_tick:
-                on_tick({"elapsed_s": elapsed, "duration_s": duration_s,
-                         "collectors": {c.name: c.stats() for c in started}})
-            if not alive():
-                status = "target-exited"
-                break
-            if duration_s is not None and elapsed >= duration_s:
-                break
+            if before_start:
+                before_start()
+            t0 = time.monotonic()
+            while True:
+                if stop.event.wait(tick_s):
+                    status = "interrupted"
+                    break
+                elapsed = time.monotonic() - t0
+                if on_tick:
+                    on_tick({"elapsed_s": elapsed, "duration_s": duration_s,
+                             "collectors": {c.name: c.stats() for c in started}})
+                if not alive():
+                    status = "target-exited"
+                    break
+                if duration_s is not None and elapsed >= duration_s:
+                    break
     finally:
         for c in reversed(started):
             _safe_stop(c, writer)
@@ -146,12 +171,14 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
             signal.signal(s, h)
         if writer.manifest["status"] == "running":
             # Ctrl-C / SIGTERM end a capture normally (all collectors stopped and flushed); only an
-            # exception leaves it "interrupted". A SIGKILL leaves it "running": replay warns.
+            # exception, or a command never released, leaves it "interrupted". A SIGKILL leaves it
+            # "running": replay warns.
             import sys
 
             writer.manifest["end_reason"] = stop.reason or status
-            writer.finish("interrupted" if sys.exc_info()[0] is not None else "complete")
-    return SessionResult(str(writer.root), status, [c.name for c in started], skipped)
+            cut = sys.exc_info()[0] is not None or (release is not None and not released)
+            writer.finish("interrupted" if cut else "complete")
+    return SessionResult(str(writer.root), status, [c.name for c in started], skipped, stop.reason)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -161,4 +188,4 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-__all__ = ["run_capture", "start_collectors", "SessionResult", "OK"]
+__all__ = ["run_capture", "start_collectors", "SessionResult", "StopFlag", "STOP_SIGNALS", "OK"]

@@ -180,7 +180,8 @@ def test_run_passes_exit_code_and_traces_the_command(tmp_path):
     report = load_json(rep)
     fs = [x for x in report["latency"]["syscalls"] if x["name"] == "fsync"]
     assert fs and fs[0]["count"] == 10 and fs[0]["fd_kind"] == "file"
-    assert load_json(cap / "manifest.json")["collectors"]["strace"]["settings"]["seccomp_bpf"] is True
+    strace = load_json(cap / "manifest.json")["collectors"]["strace"]
+    assert strace["status"] == "ok" and strace["settings"]["seccomp_bpf"] is True, strace
 
 
 def test_sigkill_of_diag_leaves_the_target_untraced_and_serving(tmp_path):
@@ -321,24 +322,368 @@ def test_doctor_as_root_and_unprivileged():
     assert u["process"]["ok"]
 
 
+SPIN_UNTIL_SAMPLED = """\
+#!/usr/bin/env python3
+import json, sys, time
+def sampling(manifest):
+    try:
+        with open(manifest) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return bool(m["clock"].get("collectors_started_monotonic_ns")) or \\
+        (m["collectors"].get("py-spy") or {}).get("status") == "ok"
+def shebang_spin(manifest):
+    give_up = time.monotonic() + 60        # bounds a failed test, never the thing tested
+    until, x = None, 0
+    while True:
+        for _ in range(20000):
+            x += 1
+        if until is None:
+            if sampling(manifest):
+                until = time.thread_time() + 0.5
+            elif time.monotonic() > give_up:
+                sys.exit(9)
+        elif time.thread_time() >= until:
+            return
+shebang_spin(sys.argv[1])
+"""
+
+
 def test_run_samples_a_script_started_through_env(tmp_path):
     """`diag run -- ./app.py` with `#!/usr/bin/env python3`: the command is `env` for a moment
-    after its exec; py-spy must still find Python and sample the script's own function."""
+    after its exec; py-spy must still find Python and sample the script's own function. The
+    script spins until the capture's manifest says py-spy is sampling, then 0.5 s of CPU more."""
     require_root()
     require_tool("py-spy")
     app = tmp_path / "app.py"
-    app.write_text("#!/usr/bin/env python3\n"
-                   "import time\n"
-                   "def shebang_spin(until):\n"
-                   "    x = 0\n"
-                   "    while time.thread_time() < until:\n"
-                   "        x += 1\n"
-                   "shebang_spin(time.thread_time() + 1.0)\n")
+    app.write_text(SPIN_UNTIL_SAMPLED)
     app.chmod(0o755)
     cap = tmp_path / "c.diag"
-    r = diag("run", "--collectors", "py-spy,process", "--out", str(cap), "--quiet", "--", str(app))
+    r = diag("run", "--collectors", "py-spy,process", "--out", str(cap), "--quiet", "--", str(app),
+             str(cap / "manifest.json"))
+    assert r.returncode != 9, f"py-spy never said it was sampling within 60 s: {r.stderr[-2000:]}"
     assert r.returncode == 0, r.stderr
     manifest = json.loads((cap / "manifest.json").read_text())
     assert manifest["collectors"]["py-spy"]["status"] not in ("not-applicable", "failed"), manifest["collectors"]["py-spy"]
     data = load_inputs([str(cap)])
     assert any(f.function == "shebang_spin" for s in data.samples for f in s.frames), "py-spy never sampled the script"
+
+
+# ---- diag run: what happens to the command when diag is interrupted, fails, or cannot watch it ----
+
+STOPPABLE = """\
+import signal, sys, time
+ready, mode = sys.argv[1], sys.argv[2]
+if mode == "exit0":
+    signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
+elif mode == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(ready, "w").close()
+give_up = time.monotonic() + 600          # never outlive a failed test for long
+while time.monotonic() < give_up:
+    time.sleep(0.05)
+sys.exit(9)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig, mode, expected", [
+    ("SIGTERM", "default", 128 + 15),      # killed by the forwarded SIGTERM: 143, as a shell says
+    ("SIGINT", "exit0", 130),              # exits 0 on the forwarded SIGINT: still never 0
+    ("SIGTERM", "ignore-term", 128 + 9),   # ignores it: SIGKILL after the bounded wait
+])
+def test_run_interrupted_stops_the_command_and_never_exits_0(tmp_path, sig, mode, expected):
+    import signal
+    # GIVEN `diag run` watching a command that runs until stopped
+    prog, ready = tmp_path / "p.py", tmp_path / "ready"
+    prog.write_text(STOPPABLE)
+    cap, rep = tmp_path / "c.diag", tmp_path / "r.json"
+    d = diag_popen("run", "--collectors", "process", "--out", str(cap), "--json", str(rep), "--quiet", "--",
+                   sys.executable, str(prog), str(ready), mode)
+    try:
+        wait_until(lambda: d.poll() is not None or (ready.exists() and collectors_started_ns(cap)),
+                   "the command running under a ready capture")
+        assert d.poll() is None, d.communicate()[1]
+        pid = load_json(cap / "manifest.json")["target"]["pid"]
+        # WHEN diag is interrupted (a cancelled CI job)
+        d.send_signal(getattr(signal, sig))
+        out, err = d.communicate(timeout=120)
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    # THEN the command was stopped too, diag says so in one line and exits with the command's
+    # status as a shell gives it, never 0; the capture ended normally, with its report
+    assert d.returncode == expected, err
+    assert not _alive(pid)
+    assert f"diag run: {sig}: the capture ended; {sys.executable} (pid {pid}): sent {sig}" in err, err
+    assert "Traceback" not in err
+    m = load_json(cap / "manifest.json")
+    assert m["status"] == "complete" and m["end_reason"] == sig, m
+    assert load_json(rep)["counts"] is not None
+
+
+SHADOWS = ("signal", "os", "posix", "_signal", "sys", "encodings")
+
+
+def _env0(stdout: bytes) -> set[bytes]:
+    return set(x for x in stdout.split(b"\0") if x)
+
+
+def test_run_holder_ignores_the_projects_modules_and_python_variables(tmp_path):
+    """The holder is `python -I -S` importing builtins only: a project's `signal.py`/`os.py` in
+    the cwd, a PYTHONPATH copy, or a PYTHONHOME of another interpreter cannot break it, and the
+    command gets them unchanged."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    for d in (tmp_path, shadow):
+        for mod in SHADOWS:
+            (d / f"{mod}.py").write_text(f"raise ImportError('shadowed {mod} imported from {d}')\n")
+    home = tmp_path / "other-python-home"          # no stdlib there: an interpreter using it dies
+    home.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(shadow), "PYTHONHOME": str(home), "LC_ALL": "C.UTF-8"}
+    # diag itself runs isolated (-I): only the holder it starts is under test
+    r = subprocess.run([sys.executable, "-I", "-m", "diag", "run", "--collectors", "process", "--out",
+                        str(tmp_path / "c.diag"), "--quiet", "--", "env", "-0"],
+                       cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err
+    assert "shadowed" not in err and "Traceback" not in err and "Fatal Python error" not in err, err
+    base = subprocess.run(["env", "-0"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert _env0(r.stdout) == _env0(base.stdout)
+
+
+def test_run_gives_the_command_diags_environment_and_signal_dispositions(tmp_path):
+    """Nothing of the holder's interpreter leaks into the command: in the C locale an isolated
+    interpreter coerces LC_CTYPE (PEP 538), Python ignores SIGPIPE/SIGXFSZ and handles SIGINT."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_CTYPE", "LANG", "LANGUAGE")}
+    env["PYTHONCOERCECLOCALE"] = "0"      # diag's own interpreter must not coerce: only the holder's is tested
+    r = diag("run", "--collectors", "process", "--out", str(tmp_path / "e.diag"), "--quiet", "--", "env", "-0",
+             env=env)
+    assert r.returncode == 0, r.stderr
+    base = subprocess.run(["env", "-0"], env=env, capture_output=True, text=True, timeout=60)
+    assert _env0(r.stdout.encode()) == _env0(base.stdout.encode())
+    assert "LC_CTYPE" not in r.stdout
+    r = diag("run", "--collectors", "process", "--out", str(tmp_path / "s.diag"), "--quiet", "--", "cat",
+             "/proc/self/status", env=env)
+    assert r.returncode == 0, r.stderr
+    base = subprocess.run(["cat", "/proc/self/status"], env=env, capture_output=True, text=True, timeout=60)
+
+    def dispositions(status: str) -> dict:
+        return {k: v for k, v in (ln.split(":", 1) for ln in status.splitlines() if ":" in ln)
+                if k in ("SigBlk", "SigIgn", "SigCgt")}
+    assert dispositions(r.stdout) == dispositions(base.stdout)
+
+
+def test_run_records_strace_failed_when_it_is_not_tracing_the_command(tmp_path):
+    """strace -D attaches before the command's exec; when that fails (ptrace refused) the command
+    runs untraced. Here the holder execs the command itself, as after a failed attach: the launched
+    strace must be recorded failed, and with no other collector the capture is an error (exit 5)."""
+    from diag.capture.bundle import CaptureWriter
+    from diag.collect.base import Target
+    from diag.collect.session import run_capture
+    from diag.collect.strace import StraceCollector
+    from diag.errors import EXIT_NO_COLLECTOR, DiagError
+    from diag.live import HeldCommand, _LaunchedStrace, _strace_launch_argv
+
+    cmd = [sys.executable, "-c", "import time; time.sleep(600)"]
+    writer = CaptureWriter(str(tmp_path / "c.diag"), {"cmdline": cmd}, "run")
+    strace = StraceCollector()
+    _strace_launch_argv(strace, cmd, writer)
+    launched = _LaunchedStrace(strace)
+    held = HeldCommand(cmd, cmd)           # the command itself, with no strace in between
+    try:
+        assert held.wait_held()
+        launched.held = held
+        with pytest.raises(DiagError) as e:
+            run_capture(Target(pid=held.pid, cmdline=cmd, launched=True), [], writer, None,
+                        target_alive=lambda: held.proc.poll() is None, release=held.release,
+                        after_release=[launched])
+        assert e.value.exit_code == EXIT_NO_COLLECTOR
+        assert held.released and held.proc.poll() is None      # released, running, untraced
+    finally:
+        if held.released:
+            held.stop(__import__("signal").SIGKILL)
+        else:
+            held.cancel()
+    entry = load_json(tmp_path / "c.diag" / "manifest.json")["collectors"]["strace"]
+    assert entry["status"] == "failed" and "strace is not tracing" in entry["reason"], entry
+    assert "\n" not in entry["reason"]
+
+
+NOT_PYTHON = {
+    "native": None,
+    "perl-via-env-S": "#!/usr/bin/env -S perl -w\nopen(my $f, '>', $ARGV[0]) or die;\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_PYTHON))
+def test_run_pyspy_only_refuses_a_command_that_is_not_python_before_it_runs(tmp_path, kind):
+    require_tool("py-spy")
+    marker, cap = tmp_path / "ran", tmp_path / "c.diag"
+    if NOT_PYTHON[kind] is None:
+        cmd = ["touch", str(marker)]
+    else:
+        require_tool("perl")
+        script = tmp_path / "tool.pl"
+        script.write_text(NOT_PYTHON[kind])
+        script.chmod(0o755)
+        cmd = [str(script), str(marker)]
+    r = diag("run", "--collectors", "py-spy", "--out", str(cap), "--quiet", "--", *cmd)
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "not Python; it was not run" in r.stderr, r.stderr
+    assert not marker.exists() and not cap.exists()
+
+
+UNCERTAIN = """\
+#!/bin/sh
+touch "$1"
+n=0
+while [ ! -e "$2" ] && [ $n -lt 12000 ]; do sleep 0.05; n=$((n + 1)); done
+touch "$3"
+exit 7
+"""
+
+
+def test_run_pyspy_only_lets_a_released_command_it_cannot_watch_finish(tmp_path):
+    """A shell script may exec Python, so py-spy alone cannot refuse it before it runs; once
+    py-spy finds it is not Python, the script is already running: it is let run to its end
+    (never stopped midway), a warning says it is unobserved, and diag exits 5."""
+    require_tool("py-spy")
+    script, started, go, done = tmp_path / "migrate.sh", tmp_path / "started", tmp_path / "go", tmp_path / "done"
+    script.write_text(UNCERTAIN)
+    script.chmod(0o755)
+    cap = tmp_path / "c.diag"
+    d = diag_popen("run", "--collectors", "py-spy", "--out", str(cap), "--quiet", "--", str(script), str(started),
+                   str(go), str(done))
+    try:
+        def decided():
+            try:
+                return (load_json(cap / "manifest.json")["collectors"].get("py-spy") or {}).get("status")
+            except (OSError, ValueError, KeyError):
+                return None
+        # WHEN py-spy has decided it cannot watch the (running) script
+        status = wait_until(lambda: d.poll() is not None or decided(), "py-spy deciding on the script")
+        assert d.poll() is None, d.communicate()[1]
+        assert status == "not-applicable" and started.exists()
+        # THEN diag still waits for the script, which finishes its work
+        go.touch()
+        out, err = d.communicate(timeout=120)
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    assert d.returncode == 5, err
+    assert done.exists()
+    assert "diag: warning: no collector could run here: py-spy: not applicable" in err, err
+    assert f"diag run: {script} ran to its end unobserved (exit status 7)" in err, err
+    assert "Traceback" not in err
+
+
+def test_run_holder_leaves_no_socket_close_in_the_report(tmp_path):
+    """The holder's go socket is close-on-exec, not closed: the command's first syscalls are its own."""
+    require_root()
+    cap, rep = tmp_path / "c.diag", tmp_path / "r.json"
+    r = diag("run", "--collectors", "ebpf,process", "--ebpf-slow", "0", "--out", str(cap), "--json", str(rep), "--quiet",
+             "--", "true", timeout=300)
+    entry = load_json(cap / "manifest.json")["collectors"].get("ebpf") or {}
+    if entry.get("status") != "ok":
+        pytest.skip(f"eBPF could not run here: {entry}")
+    assert r.returncode == 0, r.stderr
+    rows = [(x["name"], x["fd_kind"]) for x in load_json(rep)["latency"]["syscalls"]]
+    assert ("close", "socket") not in rows, rows
+
+
+# ---- the session itself, with collectors that fail or signal while they start (real signals) ----
+
+class _Fake:
+    """A collector whose start() sends diag (this process) a real SIGINT, waits until the
+    capture's handler has seen it, then works or fails."""
+
+    def __init__(self, name: str, fails: bool, flag) -> None:
+        self.name, self.fails, self.flag = name, fails, flag
+
+    def check(self, target):
+        return None
+
+    def start(self, target, writer):
+        import signal
+
+        from diag.collect.base import Unavailable
+        os.kill(os.getpid(), signal.SIGINT)
+        assert self.flag.event.wait(60), "the capture's SIGINT handler never ran"
+        if self.fails:
+            raise Unavailable(f"{self.name} failed")
+
+    def stats(self):
+        from diag.collect.base import CollectorStats
+        return CollectorStats()
+
+    def stop(self):
+        pass
+
+
+def _session(tmp_path, fails: bool, release=None):
+    """run_capture (in this, the main thread: real signal handlers) with one _Fake collector."""
+    import threading
+
+    from diag.capture.bundle import CaptureWriter
+    from diag.collect.base import Target
+    from diag.collect.session import StopFlag, run_capture
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    stop = StopFlag()
+    writer = CaptureWriter(str(tmp_path / "c.diag"), {"cmdline": ["x"]}, "run" if release else "attach")
+    target = Target(pid=os.getpid(), cmdline=["x"], launched=release is not None)
+    return lambda: run_capture(target, [_Fake("a", fails, stop)], writer, None, release=release, stop=stop)
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_no_collector_is_an_error_even_when_a_signal_came_while_they_started(tmp_path, held):
+    from diag.errors import EXIT_NO_COLLECTOR, DiagError
+    released = []
+    go = _session(tmp_path, fails=True, release=(lambda: released.append(1)) if held else None)
+    with pytest.raises(DiagError) as e:
+        go()
+    assert e.value.exit_code == EXIT_NO_COLLECTOR and "a failed" in str(e.value)
+    assert not released
+    assert load_json(tmp_path / "c.diag" / "manifest.json")["status"] == "failed"
+
+
+def test_a_command_interrupted_before_its_release_is_an_interrupted_capture(tmp_path):
+    released = []
+    go = _session(tmp_path, fails=False, release=lambda: released.append(1))
+    result = go()
+    assert not released and result.status == "interrupted" and result.reason == "SIGINT"
+    m = load_json(tmp_path / "c.diag" / "manifest.json")
+    assert m["status"] == "interrupted" and m["end_reason"] == "SIGINT"
+    assert not m["clock"].get("collectors_started_monotonic_ns"), m["clock"]
+
+
+def test_run_cleans_up_when_the_holder_cannot_be_started(tmp_path, monkeypatch):
+    import errno
+
+    from diag import live
+    from diag.errors import EXIT_NO_TARGET, DiagError
+
+    def no_fork(*a, **kw):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    fds = sorted(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(live.subprocess, "Popen", no_fork)
+    with pytest.raises(DiagError) as e:
+        live.run(["true"], live.CaptureOptions(out=str(tmp_path / "c.diag"), collectors="process", live_view=False))
+    assert e.value.exit_code == EXIT_NO_TARGET
+    assert str(e.value).startswith("diag run: could not start true: Resource temporarily unavailable")
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir("/proc/self/fd")) == fds, "a socket of the holder leaked"
+    assert load_json(tmp_path / "c.diag" / "manifest.json")["status"] == "failed"
