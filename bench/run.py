@@ -208,6 +208,17 @@ def fmt_n(x: float | None) -> str:
     return f"{x:.0f}"
 
 
+def diag_version() -> str:
+    """The commit measured, and whether diag/ or probes/ differed from it (with the diff's hash)."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown commit"
+    diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD", "--", "diag", "probes"], capture_output=True).stdout
+    if not diff:
+        return head
+    import hashlib
+    return f"{head} + uncommitted changes to diag/ or probes/ (diff sha1 {hashlib.sha1(diff).hexdigest()[:10]})"
+
+
 def machine() -> dict:
     def cmd(argv):
         try:
@@ -236,8 +247,7 @@ def machine() -> dict:
                   "strace": cmd(["sh", "-c", "strace -V | head -1"]),
                   "perf": cmd(["perf", "--version"]),
                   "py-spy": cmd([M.PYSPY, "--version"]),
-                  "diag": cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) + " + uncommitted changes (diff sha1 " +
-                  cmd(["sh", "-c", f"git -C {REPO} diff HEAD -- diag probes | sha1sum | cut -c1-10"]) + ")"},
+                  "diag": diag_version()},
         "disk_var_tmp": cmd(["sh", "-c", "df -T /var/tmp | tail -1 | awk '{print $2}'"]),
     }
 
