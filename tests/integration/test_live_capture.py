@@ -492,7 +492,8 @@ def test_run_records_strace_failed_when_it_is_not_tracing_the_command(tmp_path):
     from diag.collect.session import run_capture
     from diag.collect.strace import StraceCollector
     from diag.errors import EXIT_NO_COLLECTOR, DiagError
-    from diag.live import HeldCommand, _LaunchedStrace, _strace_launch_argv
+    from diag.launch import HeldCommand
+    from diag.live import _LaunchedStrace, _strace_launch_argv
 
     cmd = [sys.executable, "-c", "import time; time.sleep(600)"]
     writer = CaptureWriter(str(tmp_path / "c.diag"), {"cmdline": cmd}, "run")
