@@ -1,7 +1,9 @@
 """What the eBPF integration tests share: the skips, the interpreter that imports bcc, the agent."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from diag.collect.ebpf import REPO_ROOT, bcc_python
+from diag.parse.base import ParseContext
+from diag.parse.ebpf import EbpfParser
 
 PY = bcc_python() if os.geteuid() == 0 else None
 EBPF_MARKS = [
@@ -38,3 +42,16 @@ def start_agent(pid: int, out: Path, *extra: str) -> subprocess.Popen:
         time.sleep(0.05)
     proc.kill()
     pytest.fail("agent did not attach in 60 s")
+
+
+def stop_agent(agent: subprocess.Popen, out: Path):
+    """SIGTERM (the collector's way to stop it), then its stream: the raw JSON lines, the parsed
+    records, the parse context and the agent's stderr."""
+    agent.send_signal(signal.SIGTERM)
+    _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err.decode()
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    ctx = ParseContext(path=str(out))
+    with open(out) as f:
+        recs = list(EbpfParser().parse(f, ctx))
+    return lines, recs, ctx, err.decode()

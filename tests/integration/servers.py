@@ -211,6 +211,15 @@ def strace_completed(path, pid: int | None = None) -> int:
     return sum(1 for x in strace_lines(path, pid) if " = " in x and x.rstrip().endswith(">"))
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def procs_mentioning(text: str) -> list[int]:
     """Pids of processes (other than this one) whose command line mentions `text`."""
     import psutil

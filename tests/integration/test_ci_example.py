@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import alive, procs_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -362,7 +363,7 @@ def test_pytest_plugin_interrupted_while_diag_starts_leaves_nothing_attached(wor
     # THEN the session ends interrupted, no test ran, and no diag process stays attached to it
     assert p.returncode == 2, (out + err)[-3000:]
     assert not (workdir / "ran").exists()
-    assert not _processes_with(str(cap)), _processes_with(str(cap))
+    assert not procs_mentioning(str(cap)), procs_mentioning(str(cap))
 
 
 # --- `diag run` holds the command before its exec until the collectors are attached ------------
@@ -454,7 +455,7 @@ def test_run_interrupted_while_the_collectors_start_never_runs_the_command(tmp_p
     m = json.loads((cap / "manifest.json").read_text())
     assert m["status"] == "interrupted", m
     assert not m["clock"].get("collectors_started_monotonic_ns"), m["clock"]
-    assert not _processes_with(str(cap))
+    assert not procs_mentioning(str(cap))
 
 
 def test_run_killed_while_the_collectors_start_never_runs_the_command(tmp_path):
@@ -467,29 +468,8 @@ def test_run_killed_while_the_collectors_start_never_runs_the_command(tmp_path):
     d.wait()
     # THEN the held command sees diag go (EOF) and exits without running; the agent goes too
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (_alive(holder) or _processes_with(str(cap))):
+    while time.monotonic() < deadline and (alive(holder) or procs_mentioning(str(cap))):
         time.sleep(0.05)
     _not_released(marker)
-    assert not _alive(holder) and not _processes_with(str(cap))
+    assert not alive(holder) and not procs_mentioning(str(cap))
     assert not marker.exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _processes_with(arg: str) -> list[int]:
-    """Pids whose command line mentions `arg` (the collectors writing into a capture)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if arg.encode() in (p / "cmdline").read_bytes() and _alive(int(p.name)):
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out

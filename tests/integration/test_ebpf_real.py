@@ -18,7 +18,7 @@ from diag.collect.ebpf import REPO_ROOT, EbpfCollector
 from diag.model import FdKind, StackSample, SyscallAggregate, SyscallEvent
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
-from ebpf_helpers import EBPF_MARKS, PY, WORKDIR, start_agent
+from ebpf_helpers import EBPF_MARKS, PY, WORKDIR, start_agent, stop_agent
 
 pytestmark = [*EBPF_MARKS]
 
@@ -37,14 +37,8 @@ def run(code: str, tmp_path: Path, *agent_args: str, target_args: tuple[str, ...
     stdout, stderr = target.communicate("go\n", timeout=120)
     assert target.returncode == 0, stderr
     # the agent stops by itself once the target has exited; SIGTERM is the collector's way
-    agent.send_signal(signal.SIGTERM)
-    _, agent_err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, agent_err.decode()
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
-    ctx = ParseContext(path=str(out))
-    with open(out) as f:
-        recs = list(EbpfParser().parse(f, ctx))
-    return stdout, lines, recs, agent_err.decode()
+    lines, recs, _, agent_err = stop_agent(agent, out)
+    return stdout, lines, recs, agent_err
 
 
 def aggregates(recs) -> dict[tuple[str, FdKind], SyscallAggregate]:

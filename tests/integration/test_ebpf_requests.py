@@ -7,7 +7,6 @@ latency inside the client's, and the handler's time in the right syscall family.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import socket
@@ -16,7 +15,6 @@ import sys
 import textwrap
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -25,25 +23,12 @@ from diag.collect.base import Target
 from diag.collect.ebpf import REPO_ROOT, EbpfCollector
 from diag.examples.load import drive
 from diag.model import Request, SyscallEvent
-from diag.parse.base import ParseContext
-from diag.parse.ebpf import EbpfParser
-from ebpf_helpers import EBPF_MARKS, WORKDIR, start_agent
+from ebpf_helpers import EBPF_MARKS, WORKDIR, start_agent, stop_agent
 
 pytestmark = [pytest.mark.slow, *EBPF_MARKS]
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-def stop_agent(agent: subprocess.Popen, out: Path):
-    agent.send_signal(signal.SIGTERM)
-    _, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err.decode()
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
-    ctx = ParseContext(path=str(out))
-    with open(out) as f:
-        recs = list(EbpfParser().parse(f, ctx))
-    return lines, recs, ctx
-
 
 def start_server(argv: list[str]) -> tuple[subprocess.Popen, int]:
     """A server process that prints 'listening on 127.0.0.1:PORT' when ready."""
@@ -130,7 +115,7 @@ def test_threaded_server_one_record_per_request(tmp_path):
         agent = start_agent(srv.pid, out)
         load = drive("127.0.0.1", port, requests=N, seconds=60, concurrency=4)
         time.sleep(0.2)                          # the server reads the clients' EOFs
-        lines, recs, ctx = stop_agent(agent, out)
+        lines, recs, ctx, _ = stop_agent(agent, out)
     finally:
         stop_server(srv)
     assert load.sent == N and load.errors == 0 and len(load.latencies_s) == N
@@ -175,7 +160,7 @@ def test_fsync_time_shows_in_the_sync_family(tmp_path):
         agent = start_agent(srv.pid, out)
         load = drive("127.0.0.1", port, requests=n, seconds=120, concurrency=4)
         time.sleep(0.2)
-        lines, recs, _ = stop_agent(agent, out)
+        lines, recs, _, _ = stop_agent(agent, out)
     finally:
         stop_server(srv)
     assert load.errors == 0 and len(load.latencies_s) == n
@@ -256,7 +241,7 @@ def test_upstream_time_and_outbound_sockets_open_no_requests(tmp_path):
         agent = start_agent(front.pid, out)
         load = drive("127.0.0.1", port, requests=n, seconds=60, concurrency=2)
         time.sleep(0.2)
-        lines, recs, _ = stop_agent(agent, out)
+        lines, recs, _, _ = stop_agent(agent, out)
     finally:
         stop_server(front)
         stop_server(up)
@@ -307,7 +292,7 @@ def test_connection_older_than_the_attach(tmp_path):
             conn.request("GET", "/")
             conn.getresponse().read()
         time.sleep(0.2)
-        lines, recs, _ = stop_agent(agent, out)        # the connection is still open: drained at stop
+        lines, recs, _, _ = stop_agent(agent, out)        # the connection is still open: drained at stop
         conn.close()
     finally:
         stop_server(srv)
@@ -327,7 +312,7 @@ def test_no_requests_flag(tmp_path):
         out = tmp_path / "ebpf.jsonl"
         agent = start_agent(srv.pid, out, "--no-requests")
         load = drive("127.0.0.1", port, requests=50, seconds=30, concurrency=2)
-        lines, recs, _ = stop_agent(agent, out)
+        lines, recs, _, _ = stop_agent(agent, out)
     finally:
         stop_server(srv)
     assert load.errors == 0
@@ -366,7 +351,7 @@ def test_requests_through_the_perf_buffer(tmp_path):
         agent = start_agent(srv.pid, out, "--no-ringbuf")
         load = drive("127.0.0.1", port, requests=50, seconds=30, concurrency=2)
         time.sleep(0.2)
-        lines, recs, _ = stop_agent(agent, out)
+        lines, recs, _, _ = stop_agent(agent, out)
     finally:
         stop_server(srv)
     assert load.errors == 0 and lines[0]["ringbuf"] is False

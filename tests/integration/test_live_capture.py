@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from servers import (ROOT, HttpLoad, all_tracers, collectors_started_ns, diag, diag_popen, example_server, http_ok,
+from servers import (ROOT, HttpLoad, all_tracers, alive, collectors_started_ns, diag, diag_popen, example_server, http_ok,
                      load_json, procs_mentioning, redis_server, require_root, require_tool, stop_diag,
                      strace_completed, strace_lines, tracer_pid, wait_until)
 
@@ -387,14 +387,6 @@ sys.exit(9)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("sig, mode, expected", [
     ("SIGTERM", "default", 128 + 15),      # killed by the forwarded SIGTERM: 143, as a shell says
     ("SIGINT", "exit0", 130),              # exits 0 on the forwarded SIGINT: still never 0
@@ -423,7 +415,7 @@ def test_run_interrupted_stops_the_command_and_never_exits_0(tmp_path, sig, mode
     # THEN the command was stopped too, diag says so in one line and exits with the command's
     # status as a shell gives it, never 0; the capture ended normally, with its report
     assert d.returncode == expected, err
-    assert not _alive(pid)
+    assert not alive(pid)
     assert f"diag run: {sig}: the capture ended; {sys.executable} (pid {pid}): sent {sig}" in err, err
     assert "Traceback" not in err
     m = load_json(cap / "manifest.json")
