@@ -264,6 +264,15 @@ GOALS = [
 ]
 
 
+def profile_tables(prof: dict, n_self: int, n_total: int) -> list[str]:
+    """The self-time and inclusive-time tables of a py-spy profile summary."""
+    L = ["| self time | function (file) |", "|---|---|"]
+    L += [f"| {v:.1f} % | `{k}` |" for k, v in prof["self"][:n_self]]
+    L += ["", "| inclusive time | diag function (file) |", "|---|---|"]
+    L += [f"| {v:.1f} % | `{k}` |" for k, v in prof["total"][:n_total]]
+    return L + [""]
+
+
 def write_results(path: Path, data: dict, args) -> None:
     L: list[str] = []
     m = data["machine"]
@@ -470,16 +479,7 @@ def write_results(path: Path, data: dict, args) -> None:
         else:
             L.append(f"`{prof['command']}` -> `{prof['file']}` ({prof['samples']} samples; open it in "
                      f"https://www.speedscope.app). Summary also in `bench/profiles/`.\n")
-            L.append("| self time | function (file) |")
-            L.append("|---|---|")
-            for k, v in prof["self"][:12]:
-                L.append(f"| {v:.1f} % | `{k}` |")
-            L.append("")
-            L.append("| inclusive time | diag function (file) |")
-            L.append("|---|---|")
-            for k, v in prof["total"][:12]:
-                L.append(f"| {v:.1f} % | `{k}` |")
-            L.append("")
+            L += profile_tables(prof, 12, 12)
     pc = data.get("probe")
     if pc and pc.get("error"):
         L.append(f"## eBPF probe: target CPU per traced call\n\nNot measured: {pc['error']}\n")
@@ -526,16 +526,7 @@ def write_results(path: Path, data: dict, args) -> None:
     cp = (cap or {}).get("profile")
     if cp and not cp.get("error"):
         L.append(f"Profile of one replay of this capture to JSON: `{cp['file']}` ({cp['samples']} samples).\n")
-        L.append("| self time | function (file) |")
-        L.append("|---|---|")
-        for k, v in cp["self"][:10]:
-            L.append(f"| {v:.1f} % | `{k}` |")
-        L.append("")
-        L.append("| inclusive time | diag function (file) |")
-        L.append("|---|---|")
-        for k, v in cp["total"][:14]:
-            L.append(f"| {v:.1f} % | `{k}` |")
-        L.append("")
+        L += profile_tables(cp, 10, 14)
     for ex in data.get("experiments", []):
         L.append(f"## {ex['title']}\n")
         L.append(ex["text"] + "\n")
