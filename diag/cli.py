@@ -54,15 +54,10 @@ def _parse_duration_ns(value: Optional[str], flag: str) -> Optional[int]:
     """'50ms', '1.5s', '200us', '120' (ms) -> ns."""
     if value is None:
         return None
-    v = value.strip().lower()
-    for suffix, mult in (("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)):
-        if v.endswith(suffix):
-            num = v[: -len(suffix)]
-            break
-    else:
-        num, mult = v, 1_000_000
+    from diag.units import parse_duration_ns
+
     try:
-        return int(float(num) * mult)
+        return parse_duration_ns(value)
     except ValueError:
         raise DiagError(f"{flag} {value!r}: expected a duration such as 50ms, 1.5s or 200us")
 
@@ -247,13 +242,13 @@ def export(
     from diag.export import export as do_export
     from diag.export import format_for
     from diag.load import LoadOptions, load_inputs
-    from diag.render.html import write_text
+    from diag.fsutil import write_text
 
     kind = format_for(out, fmt)
     data = load_inputs(inputs, LoadOptions())
     text = do_export(data, build_report(data), kind)
     if out and out != "-":
-        write_text(text, out)
+        write_text(out, text)
         err_console.print(f"{kind} export written to {out}", markup=False, highlight=False)
     else:
         sys.stdout.write(text)

@@ -103,7 +103,7 @@ def render_terminal(cmp: dict, console=None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from diag.render.html import dur
+    from diag.units import fmt_duration
 
     c = console or Console(width=None if Console().is_terminal else 120)
     c.print(Text.assemble(("diag compare", "bold"), "  base ", Text(cmp["base"]["label"]), "  →  current ",
@@ -114,7 +114,7 @@ def render_terminal(cmp: dict, console=None) -> None:
     for col in ("", *PCTS):
         t.add_column(col, justify="left" if not col else "right")
     for r in cmp["latency"]:
-        t.add_row(r["name"], *[Text(f"{dur(r['base'][m])} → {dur(r['current'][m])} ({_fmt_change(r['change'][m])})",
+        t.add_row(r["name"], *[Text(f"{fmt_duration(r['base'][m])} → {fmt_duration(r['current'][m])} ({_fmt_change(r['change'][m])})",
                                     style="red" if (r["change"][m] or 0) > 0.1 else "green"
                                     if (r["change"][m] or 0) < -0.1 else "") for m in PCTS])
     c.print(t)
@@ -147,6 +147,6 @@ def render_html(cmp: dict, gate_results: list | None = None) -> str:
 
 
 def write_html(cmp: dict, path: str, gate_results: list | None = None) -> None:
-    from diag.render.html import write_text
+    from diag.fsutil import write_text
 
-    write_text(render_html(cmp, gate_results), path)
+    write_text(path, render_html(cmp, gate_results))

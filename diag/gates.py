@@ -30,13 +30,11 @@ import re
 from dataclasses import dataclass
 
 from diag.errors import DiagError
+from diag.syscalls import PROCESS_WAITS, WAIT_FAMILIES
+from diag.units import DURATION_UNITS, NS_PER_MS, SEVERITY_RANK, fmt_duration
 
 METRICS = ("p50", "p90", "p99", "max")
-SEVERITY_LEVEL = {"info": 0, "warning": 1, "critical": 2}
-WAIT_FAMILIES = frozenset({"poll", "accept", "futex", "sleep"})
-PROCESS_WAITS = frozenset({"wait4", "waitid", "pause", "rt_sigsuspend", "rt_sigtimedwait", "sigsuspend"})
 _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
-_UNITS = (("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000))
 
 _LATENCY = re.compile(r"^(?:(?P<subject>[a-z0-9_]+)\.)?(?P<metric>p50|p90|p99|max)(?P<op>>=|<=|>|<)"
                       r"(?P<sign>\+)?(?P<value>[0-9.]+)(?P<unit>ns|us|µs|ms|s|%)?$")
@@ -94,7 +92,7 @@ def parse(expr: str) -> Gate:
                 raise _bad(expr, "a percentage is a change against the baseline: write it '+20%'")
             return Gate(expr=expr, kind="latency", metric=m["metric"], subject=m["subject"], op=m["op"],
                         percent=num, change=True)
-        mult = dict(_UNITS)[unit] if unit else 1_000_000
+        mult = dict(DURATION_UNITS)[unit] if unit else NS_PER_MS
         return Gate(expr=expr, kind="latency", metric=m["metric"], subject=m["subject"], op=m["op"],
                     value_ns=int(num * mult), change=sign)
     if s.startswith("finding:"):
@@ -104,18 +102,6 @@ def parse(expr: str) -> Gate:
 
 def parse_all(exprs: list[str] | None) -> list[Gate]:
     return [parse(e) for e in exprs or []]
-
-
-def _fmt(ns: float | None) -> str:
-    if ns is None:
-        return "n/a"
-    if ns >= 1e9:
-        return f"{ns / 1e9:.2f} s"
-    if ns >= 1e6:
-        return f"{ns / 1e6:.1f} ms" if ns < 1e8 else f"{ns / 1e6:.0f} ms"
-    if ns >= 1e3:
-        return f"{ns / 1e3:.0f} µs"
-    return f"{ns:.0f} ns"
 
 
 def _is_work(row: dict) -> bool:
@@ -159,9 +145,9 @@ def _check_findings(gate: Gate, report: dict) -> GateResult:
             return GateResult(gate, True, f"finding {f['id']} ({f.get('severity')}, "
                                           f"{f.get('share', 0):.0%}): {f.get('summary', '')}")
         return GateResult(gate, False, f"finding {gate.finding} did not fire")
-    want = SEVERITY_LEVEL[gate.level]
+    want = SEVERITY_RANK[gate.level]
     cmp = (lambda a, b: a == b) if gate.op == "==" else _OPS[gate.op]
-    hit = [f for f in findings if cmp(SEVERITY_LEVEL.get(f.get("severity"), 0), want)]
+    hit = [f for f in findings if cmp(SEVERITY_RANK.get(f.get("severity"), 0), want)]
     if hit:
         return GateResult(gate, True, ", ".join(f"{f['id']} ({f.get('severity')})" for f in hit[:5]))
     return GateResult(gate, False, f"no finding with severity {gate.op} {gate.level}")
@@ -183,7 +169,7 @@ def evaluate(gates: list[Gate], report: dict) -> list[GateResult]:
             out.append(GateResult(g, True, f"not measurable: {what}"))
             continue
         failed = _OPS[g.op](value, g.value_ns)
-        out.append(GateResult(g, failed, f"{what} = {_fmt(value)} (limit {g.op} {_fmt(g.value_ns)})"))
+        out.append(GateResult(g, failed, f"{what} = {fmt_duration(value)} (limit {g.op} {fmt_duration(g.value_ns)})"))
     return out
 
 
@@ -194,7 +180,7 @@ def evaluate_compare(gates: list[Gate], base: dict, current: dict) -> list[GateR
         if g.kind == "finding" and g.finding == "new":
             before = {f["id"] for f in base.get("findings") or []}
             new = [f"{f['id']} ({f.get('severity')})" for f in current.get("findings") or []
-                   if f["id"] not in before and SEVERITY_LEVEL.get(f.get("severity"), 0) >= SEVERITY_LEVEL["warning"]]
+                   if f["id"] not in before and SEVERITY_RANK.get(f.get("severity"), 0) >= SEVERITY_RANK["warning"]]
             out.append(GateResult(g, bool(new), ("appeared: " + ", ".join(new)) if new
                                   else "no new warning or critical finding"))
             continue
@@ -209,12 +195,12 @@ def evaluate_compare(gates: list[Gate], base: dict, current: dict) -> list[GateR
         if g.percent is not None:
             change = (c - b) / b * 100 if b else (0.0 if c == b else float("inf"))
             failed = _OPS[g.op](change, g.percent)
-            out.append(GateResult(g, failed, f"{what_c}: {_fmt(b)} -> {_fmt(c)} ({change:+.1f}%, "
+            out.append(GateResult(g, failed, f"{what_c}: {fmt_duration(b)} -> {fmt_duration(c)} ({change:+.1f}%, "
                                              f"limit {g.op} +{g.percent:g}%)"))
         else:
             failed = _OPS[g.op](c - b, g.value_ns)
-            out.append(GateResult(g, failed, f"{what_c}: {_fmt(b)} -> {_fmt(c)} ({'+' if c >= b else '-'}"
-                                             f"{_fmt(abs(c - b))}, limit {g.op} +{_fmt(g.value_ns)})"))
+            out.append(GateResult(g, failed, f"{what_c}: {fmt_duration(b)} -> {fmt_duration(c)} ({'+' if c >= b else '-'}"
+                                             f"{fmt_duration(abs(c - b))}, limit {g.op} +{fmt_duration(g.value_ns)})"))
     return out
 
 

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from diag.analyze.context import fmt_ms
+from diag.units import fmt_duration
 from diag.capture.bundle import CaptureWriter
 from diag.capture.clock import monotonic_ns
 from diag.collect import parse_selection, policy
@@ -97,7 +97,7 @@ class LiveView:
         parts = [head, t]
         if slow:
             slow.sort(key=lambda x: -x[1])
-            parts.append(Text("slowest so far: " + ", ".join(f"{n} {fmt_ms(d)}" for n, d in slow[:5])))
+            parts.append(Text("slowest so far: " + ", ".join(f"{n} {fmt_duration(d)}" for n, d in slow[:5])))
         self.live.update(Group(*parts))
 
 

@@ -9,15 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-
-class FdKind(str, Enum):
-    """What an fd points at, where the trace lets us know."""
-
-    SOCKET = "socket"
-    FILE = "file"      # a regular file (or a directory / block device opened as a file)
-    PIPE = "pipe"
-    OTHER = "other"    # eventfd, epoll, timerfd, character devices, anon inodes...
-    UNKNOWN = "unknown"
+from diag.syscalls import FdKind
 
 
 class Clock(str, Enum):
@@ -198,28 +190,6 @@ class Dataset:
         self.requests.extend(other.requests)
         self.streams.extend(other.streams)
         self.warnings.extend(other.warnings)
-
-
-# Syscall families, the unit the decision rules reason in.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "accept": ("accept", "accept4"),
-    "read": ("read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"),
-    "write": ("write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg",
-              "sendmmsg", "sendfile", "sendfile64"),
-    "sync": ("fsync", "fdatasync", "sync_file_range", "syncfs", "sync", "msync"),
-    "poll": ("epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select",
-             "pselect6", "_newselect"),
-    "connect": ("connect",),
-    "close": ("close", "shutdown"),
-    "futex": ("futex", "futex_waitv"),
-    "sleep": ("nanosleep", "clock_nanosleep"),
-}
-FAMILY_OF: dict[str, str] = {name: fam for fam, names in FAMILIES.items() for name in names}
-
-
-def family(syscall: str) -> str:
-    """The family a syscall belongs to, or "other"."""
-    return FAMILY_OF.get(syscall, "other")
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,13 +95,3 @@ class AnalysisContext:
         """The filesystem/block-layer functions in a stack, root to leaf, or [] if none."""
         return [f.function for f in sample.frames if f.function.startswith(IO_KERNEL_PREFIXES)]
 
-
-def fmt_ms(ns: int | float | None) -> str:
-    if ns is None:
-        return "n/a"
-    ms = ns / 1e6
-    if ms >= 100:
-        return f"{ms:.0f} ms"
-    if ms >= 1:
-        return f"{ms:.1f} ms"
-    return f"{ms * 1000:.0f} µs" if ms >= 0.001 else f"{ns:.0f} ns"

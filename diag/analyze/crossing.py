@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from diag.analyze.requests import RequestSet, family_of, rebuild
 from diag.analyze.stats import percentile
-from diag.model import Dataset, Request, StackSample, SyscallEvent, family
+from diag.model import Dataset, Request, StackSample, SyscallEvent
+from diag.syscalls import family
 
 # Keys of a breakdown. "runq": runnable but waiting for a CPU (eBPF sched_switch, outside
 # syscalls). "user" is what neither explains: on-CPU code (or waiting to run, without eBPF).

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diag.analyze.context import AnalysisContext, fmt_ms
-from diag.model import FdKind, family
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
+from diag.syscalls import FdKind, family
 
 TRIGGERED, NOT_TRIGGERED, NOT_MEASURABLE = "triggered", "not-triggered", "not-measurable"
 
@@ -53,7 +54,7 @@ def _poll_row(ctx: AnalysisContext) -> MatrixRow:
     row.status = TRIGGERED if with_events else NOT_TRIGGERED
     worst = max(polls, key=lambda e: e.dur_ns or 0)
     row.evidence.append(f"{len(polls)} poll waits, {len(long)} over 100 ms ({len(with_events)} returned ready "
-                        f"events, {len(long) - len(with_events)} timed out idle); longest {fmt_ms(worst.dur_ns)}")
+                        f"events, {len(long) - len(with_events)} timed out idle); longest {fmt_duration(worst.dur_ns)}")
     if with_events:
         row.evidence.append("a long wait that ends with events is normal on an idle server; it matters when "
                             "it overlaps slow requests")
@@ -114,11 +115,11 @@ def _io_path_row(ctx: AnalysisContext) -> MatrixRow:
     worst = max(io_calls, key=lambda e: e.dur_ns or 0, default=None)
     if worst is None or (worst.dur_ns or 0) < IO_PATH_MIN_NS:
         row.status = NOT_TRIGGERED
-        row.evidence.append(f"slowest file/sync call {fmt_ms(worst.dur_ns) if worst else 'none'} "
-                            f"(trigger ≥ {fmt_ms(IO_PATH_MIN_NS)})")
+        row.evidence.append(f"slowest file/sync call {fmt_duration(worst.dur_ns) if worst else 'none'} "
+                            f"(trigger ≥ {fmt_duration(IO_PATH_MIN_NS)})")
         return row
     row.status = TRIGGERED
-    row.evidence.append(f"{worst.name} of {fmt_ms(worst.dur_ns)} on tid {worst.tid}")
+    row.evidence.append(f"{worst.name} of {fmt_duration(worst.dur_ns)} on tid {worst.tid}")
     kernel = [s for s in ctx.samples_in(worst.tid, worst.start_ns, worst.end_ns) if ctx.io_kernel_path(s)]
     if kernel:
         row.evidence.append("kernel stack: " + " -> ".join(ctx.io_kernel_path(kernel[0])[:6]))

@@ -9,7 +9,8 @@ from diag.align import alignment_summary, stream_time_range
 from diag.analyze import matrix, stats
 from diag.analyze.context import AnalysisContext
 from diag.analyze.rules import run_rules
-from diag.model import Dataset, Finding, family
+from diag.model import Dataset, Finding
+from diag.syscalls import WAIT_FAMILIES, family
 
 SCHEMA = "diag.report/1"
 
@@ -193,7 +194,7 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
         },
         "slowest": [_event_json(e) for e in stats.slowest(data.syscalls, 10)],
         "slowest_waits": [_event_json(e) for e in stats.slowest(
-            [e for e in data.syscalls if family(e.name) in stats.WAIT_FAMILIES], 5, include_waits=True)],
+            [e for e in data.syscalls if family(e.name) in WAIT_FAMILIES], 5, include_waits=True)],
         "spikes": [{"start_ns": s.start_ns, "end_ns": s.end_ns, "calls": s.calls, "total_ns": s.total_ns,
                     "worst": _event_json(s.worst)} for s in spikes],
         "requests": requests_section(ctx),

@@ -27,12 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diag.model import FdKind, Request, SyscallEvent, family
+from diag.model import Request, SyscallEvent
+from diag.syscalls import ACCEPT_NAMES, READ_NAMES, WRITE_NAMES, FdKind, family
 
-READ_NAMES = frozenset(("read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"))
-WRITE_NAMES = frozenset(("write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg",
-                         "sendfile", "sendfile64"))
-ACCEPT_NAMES = frozenset(("accept", "accept4"))
 IDLE, READING, WRITING = 0, 1, 2
 
 

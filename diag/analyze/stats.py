@@ -7,12 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from diag.model import FdKind, SyscallEvent, family
+from diag.model import SyscallEvent
+from diag.syscalls import WAIT_FAMILIES, FdKind, family
 
-# Families whose long calls are usually a thread waiting for work, not work taking long: an idle
-# worker in epoll_wait or accept, a thread parked on a futex, an explicit sleep. They are shown,
-# but never called a latency spike on their own.
-WAIT_FAMILIES = frozenset({"poll", "accept", "futex", "sleep"})
 
 
 @dataclass(frozen=True)

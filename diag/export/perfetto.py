@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from diag.model import family
+from diag.syscalls import family
 
 
 def _us(ns: int) -> float:

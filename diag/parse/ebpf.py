@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from typing import IO, Iterator
 
-from diag.model import Clock, FdKind, Frame, Request, StackSample, SyscallAggregate, SyscallEvent, family
+from diag.model import Clock, Frame, Request, StackSample, SyscallAggregate, SyscallEvent
+from diag.syscalls import BYTE_COUNT, FdKind, family
 from diag.parse.base import BadLines, ParseContext, json_lines
 
 FORMAT_TAG = "diag.ebpf/1"
-_BYTE_FAMILIES = ("read", "write")
 
 
 def _kind(v) -> FdKind:
@@ -107,7 +107,7 @@ class EbpfParser:
         pid = int(obj.get("pid") or tid)
         ret = _opt_int(obj.get("ret"))
         nbytes = _opt_int(obj.get("bytes"))
-        if nbytes is None and family(name) in _BYTE_FAMILIES and ret is not None and ret >= 0:
+        if nbytes is None and name in BYTE_COUNT and ret is not None and ret >= 0:
             nbytes = ret
         ev = SyscallEvent(pid=pid, tid=tid, name=name, start_ns=start, dur_ns=_opt_int(obj.get("dur_ns")),
                           ret=ret, errno=obj.get("errno"), fd=_opt_int(obj.get("fd")),

@@ -50,7 +50,8 @@ import errno as _errno
 import re
 from typing import IO, Iterator
 
-from diag.model import FAMILY_OF, Clock, Frame, StackSample, SyscallEvent
+from diag.model import Clock, Frame, StackSample, SyscallEvent
+from diag.syscalls import BYTE_COUNT, FD_FIRST
 from diag.parse.base import BadLines, ParseContext, numbered_lines
 
 # --- sample lines -------------------------------------------------------------------------------
@@ -148,19 +149,6 @@ _X86_64 = """
 """
 X86_64_SYSCALLS: dict[int, str] = {int(nr): name for nr, name in
                                    (item.split(":") for item in _X86_64.split())}
-
-# Calls whose first argument is an fd (the one SyscallEvent.fd reports).
-FD_FIRST_ARG = frozenset({
-    "read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
-    "pwritev2", "recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg", "sendfile",
-    "sendfile64", "accept", "accept4", "connect", "close", "shutdown", "fsync", "fdatasync",
-    "sync_file_range", "syncfs", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "fstat",
-    "newfstat", "lseek", "ioctl", "fcntl", "getdents", "getdents64", "bind", "listen", "getsockopt",
-    "setsockopt", "getsockname", "getpeername", "flock", "ftruncate", "fchmod", "fchown", "fallocate",
-    "fadvise64", "readahead", "splice", "tee", "copy_file_range", "fstatfs", "dup", "dup2", "dup3",
-})
-# Calls whose non-negative return value is a byte count (mmsg calls return message counts).
-_BYTES_RET = frozenset(n for n, fam in FAMILY_OF.items() if fam in ("read", "write")) - {"recvmmsg", "sendmmsg"}
 
 # Kernel-internal restart codes a traced call can end with (not in the errno module).
 _KERNEL_ERRNO = {512: "ERESTARTSYS", 513: "ERESTARTNOINTR", 514: "ERESTARTNOHAND", 515: "ENOIOCTLCMD",
@@ -428,7 +416,7 @@ class _SyscallPairer:
                 if not m:
                     return False
                 name = self._name(int(m.group("nr")))
-                if name in FD_FIRST_ARG:
+                if name in FD_FIRST:
                     first = m.group("args").split(",")[0].strip()
                     try:
                         fd = _signed(int(first, 16), 32)
@@ -436,7 +424,7 @@ class _SyscallPairer:
                         fd = None
             else:
                 assert name is not None
-                if name in FD_FIRST_ARG:
+                if name in FD_FIRST:
                     f = _SC_FIELD.match(payload)
                     if f:
                         v = f.group("value")
@@ -476,7 +464,7 @@ class _SyscallPairer:
         nbytes = None
         if raw_ret is not None:
             ret, err = _ret_errno(raw_ret)
-            if err is None and name in _BYTES_RET and ret >= 0:
+            if err is None and name in BYTE_COUNT and ret >= 0:
                 nbytes = ret
         ev = SyscallEvent(pid=pid, tid=s.tid, name=name, start_ns=start,
                           dur_ns=None if end_ns is None else end_ns - start, ret=ret, errno=err, fd=fd,

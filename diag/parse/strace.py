@@ -43,7 +43,7 @@ Rules chosen (what a reader of the records may rely on):
   error name, including ERESTARTSYS / ERESTART_RESTARTBLOCK etc. for interrupted calls.
   `restart_syscall(<... resuming interrupted NAME ...>)` is emitted under NAME.
 * `fd`/`fd_kind` only for calls whose first argument is an fd (read, write, fsync, close,
-  sendto, ioctl, epoll_wait (the epoll fd), ...; see `FD_FIRST`). The kind comes from the -y
+  sendto, ioctl, epoll_wait (the epoll fd), ...; see `diag.syscalls.FD_FIRST`). The kind comes from the -y
   decoration when present (TCP:/UDP:/UNIX:/NETLINK:/socket: -> SOCKET, pipe: -> PIPE,
   /dev/* character devices, anon_inode:, memfd -> OTHER, other paths and block devices ->
   FILE), else from a per-process fd table learned from socket/accept, open*/creat (/dev/*
@@ -51,7 +51,7 @@ Rules chosen (what a reader of the records may rely on):
   epoll/eventfd/timerfd/signalfd/inotify/memfd/..., dup*/fcntl(F_DUPFD*) and close/close_range.
   Fds the trace never showed being created (inherited, passed over a socket, CLOEXEC after
   exec is not tracked) are UNKNOWN.
-* `nbytes` is the return value of the read/write families (`NBYTES`) when it is >= 0.
+* `nbytes` is the return value of the read/write families (`diag.syscalls.BYTE_COUNT`) when it is >= 0.
 * Lines that are not strace's (the target's stderr) go to `BadLines`: a few are a warning, many
   an error naming the first one. A strace line torn by the target's output or by `strace:
   Process N attached/detached` messages is first glued back together with the next line(s)
@@ -78,7 +78,8 @@ import re
 import sys
 from typing import IO, Iterator
 
-from diag.model import Clock, FdKind, SyscallEvent
+from diag.model import Clock, SyscallEvent
+from diag.syscalls import BYTE_COUNT, CLONES, FD_FIRST, NEW_OTHER, NEW_SOCKET, OPENS, FdKind
 from diag.parse.base import BadLines, ParseContext
 
 _SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIPE, FdKind.OTHER, FdKind.UNKNOWN
@@ -127,39 +128,15 @@ _HEX = re.compile(r"0x([0-9a-fA-F]+)")
 _NAME_PID = re.compile(r".\.(\d{1,7})\Z")
 
 # --- syscall tables ----------------------------------------------------------------------
-FD_FIRST = frozenset((
-    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
-    "pwritev2", "recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg", "sendfile",
-    "sendfile64", "splice", "tee", "vmsplice", "copy_file_range", "fsync", "fdatasync",
-    "sync_file_range", "syncfs", "readahead", "accept", "accept4", "close", "connect", "shutdown",
-    "bind", "listen", "getsockname", "getpeername", "getsockopt", "setsockopt", "epoll_wait",
-    "epoll_pwait", "epoll_pwait2", "epoll_ctl", "fstat", "fstatfs", "lseek", "_llseek", "getdents",
-    "getdents64", "ioctl", "fcntl", "fcntl64", "flock", "ftruncate", "fallocate", "fadvise64",
-    "fchmod", "fchown", "fchdir", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr",
-    "dup", "dup2", "dup3", "inotify_add_watch", "inotify_rm_watch", "timerfd_settime",
-    "timerfd_gettime", "io_uring_enter", "io_uring_register",
-))
-NBYTES = frozenset((
-    "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "write", "writev",
-    "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendfile", "sendfile64",
-))
-_OPENS = frozenset(("open", "openat", "openat2", "creat", "open_by_handle_at"))
-_NEW_SOCKET = frozenset(("socket", "accept", "accept4"))
-_NEW_OTHER = frozenset((
-    "epoll_create", "epoll_create1", "eventfd", "eventfd2", "timerfd_create", "signalfd",
-    "signalfd4", "inotify_init", "inotify_init1", "fanotify_init", "memfd_create", "memfd_secret",
-    "userfaultfd", "perf_event_open", "pidfd_open", "pidfd_getfd", "io_uring_setup",
-))
 _PAIRS = {"pipe": _PIPE, "pipe2": _PIPE, "socketpair": _SOCKET}
-_CLONES = frozenset(("clone", "clone2", "clone3", "fork", "vfork"))
-_SPECIAL = (_OPENS | _NEW_SOCKET | _NEW_OTHER | frozenset(_PAIRS) | _CLONES | frozenset((
+_SPECIAL = (OPENS | NEW_SOCKET | NEW_OTHER | frozenset(_PAIRS) | CLONES | frozenset((
     "dup", "dup2", "dup3", "fcntl", "fcntl64", "close", "close_range", "exit", "exit_group",
     "set_tid_address", "gettid", "restart_syscall")))
 A_FD, A_NBYTES, A_SPECIAL, A_CLONE = 1, 2, 4, 8
 _ACT: dict[str, int] = {}
-for _n in FD_FIRST | NBYTES | _SPECIAL:
-    _ACT[_n] = (A_FD if _n in FD_FIRST else 0) | (A_NBYTES if _n in NBYTES else 0) | \
-        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in _CLONES else 0)
+for _n in FD_FIRST | BYTE_COUNT | _SPECIAL:
+    _ACT[_n] = (A_FD if _n in FD_FIRST else 0) | (A_NBYTES if _n in BYTE_COUNT else 0) | \
+        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in CLONES else 0)
 CLONE_THREAD = 0x00010000
 F_DUPFD_RAW = ("0", "1030", "0x406")
 CLOSE_RANGE_CLOEXEC = 4
@@ -352,7 +329,7 @@ class _Run:
                 anyp = self.any_prefixed = True
             tgid = tgid_get(tid)
             if tgid is None:
-                tgid = self._new_tid(tid, rname is not None and rname in _CLONES)
+                tgid = self._new_tid(tid, rname is not None and rname in CLONES)
                 unres = self.unres
                 if out:                              # events held back until the pid was known
                     yield from out
@@ -674,11 +651,11 @@ class _Run:
     def _special(self, name, tid, tgid, args, ret, tail, fd, kind, nbytes):
         """Calls that change the fd table or the process tree. Returns (name, fd, kind, nbytes)."""
         ok = ret is not None and ret >= 0
-        if name in _CLONES:
+        if name in CLONES:
             pending_thread = self.pclone.pop(tid, None)
             if ok and ret > 0:
                 self._register_child(tid, tgid, ret, _is_thread(name, args) or bool(pending_thread))
-        elif name in _OPENS:
+        elif name in OPENS:
             if ok:
                 if tail.startswith("<"):
                     k = decoration_kind(tail, 1)
@@ -686,10 +663,10 @@ class _Run:
                     q = _QUOTED.search(args)
                     k = path_kind(q.group(1)) if q else _FILE
                 self._table(tgid)[ret] = k
-        elif name in _NEW_SOCKET:
+        elif name in NEW_SOCKET:
             if ok:
                 self._table(tgid)[ret] = _SOCKET
-        elif name in _NEW_OTHER:
+        elif name in NEW_OTHER:
             if ok:
                 self._table(tgid)[ret] = _OTHER
         elif name in _PAIRS:
@@ -917,7 +894,7 @@ class _Run:
             if old is not None:
                 self._cut(tid, old)
             self.pending[tid] = (name, start, m.group(2), lineno, None, None)
-            if name in _CLONES:
+            if name in CLONES:
                 self.pclone[tid] = _is_thread(name, m.group(2))
             return True
         m = _B_FULL.match(body)
@@ -958,7 +935,7 @@ class _Run:
         tid = self._tid_of(p1, p2)
         name = sys.intern(name)
         if tid not in self.tgid_of:
-            self._new_tid(tid, name in _CLONES)
+            self._new_tid(tid, name in CLONES)
         self.last_tid = tid
         end = self._stamp(tod, num, frac)
         p = self.pending.pop(tid, None)

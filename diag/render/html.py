@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from diag import fsutil
+from diag.units import fmt_count, fmt_duration, fmt_pct
 
 EXTENSION = ".html"
 NAME = "html"
@@ -32,31 +33,6 @@ FAMILY_COLORS = {"read": "#4e79a7", "write": "#f28e2b", "sync": "#e15759", "poll
                  "other": "#7f7f7f"}
 
 
-# ---------------------------------------------------------------- formatting (Jinja filters)
-
-def dur(ns) -> str:
-    if ns is None:
-        return "n/a"
-    ns = float(ns)
-    if ns >= 1e9:
-        return f"{ns / 1e9:.2f} s"
-    if ns >= 1e8:
-        return f"{ns / 1e6:.0f} ms"
-    if ns >= 1e6:
-        return f"{ns / 1e6:.1f} ms"
-    if ns >= 1e3:
-        return f"{ns / 1e3:.0f} µs"
-    return f"{ns:.0f} ns"
-
-
-def pct(x) -> str:
-    return "n/a" if x is None else f"{float(x) * 100:.0f}%"
-
-
-def num(x) -> str:
-    return "n/a" if x is None else f"{x:,}"
-
-
 # ---------------------------------------------------------------- view model (pure functions)
 
 def verdict(report: dict) -> dict:
@@ -66,7 +42,7 @@ def verdict(report: dict) -> dict:
     if bad:
         top = bad[0]
         return {"level": top["severity"], "head": f"{top['severity'].upper()}: {top['id']} explains "
-                                                  f"{pct(top.get('share'))} of the time",
+                                                  f"{fmt_pct(top.get('share'))} of the time",
                 "text": top.get("summary", "")}
     if not counts.get("timed_syscalls") and not counts.get("stack_samples") and not (report.get("requests") or {}).get("count"):
         return {"level": "empty", "head": "Nothing to diagnose",
@@ -107,7 +83,7 @@ def distributions(report: dict) -> dict:
     ticks = []
     t = lo
     while t <= hi * 1.0001:
-        ticks.append({"x": _x(t, lo, hi), "label": dur(t)})
+        ticks.append({"x": _x(t, lo, hi), "label": fmt_duration(t)})
         t *= 10
     return {"rows": rows, "ticks": ticks}
 
@@ -121,7 +97,7 @@ def request_histogram(report: dict) -> dict | None:
     w = 1000 / len(hist)
     slow = req.get("slow_threshold_ns")
     bars = [{"x": round(i * w, 1), "w": round(w - 2, 1), "h": round(c / top * 140, 1), "count": c,
-             "label": dur(lo), "slow": slow is not None and lo >= slow} for i, (lo, c) in enumerate(hist)]
+             "label": fmt_duration(lo), "slow": slow is not None and lo >= slow} for i, (lo, c) in enumerate(hist)]
     return {"bars": bars, "label_every": max(1, len(bars) // 10)}
 
 
@@ -213,14 +189,14 @@ def timeline_view(report: dict, i: int, tl: dict, table: StackTable | None = Non
     if reqs:
         lanes.append({"name": "request", "marks": [
             {"x": x(r["start_ns"]), "w": wd(r["start_ns"], r["end_ns"]), "cls": "req",
-             "title": f"request {dur(r.get('latency_ns') or (r['end_ns'] - r['start_ns']))}"
+             "title": f"request {fmt_duration(r.get('latency_ns') or (r['end_ns'] - r['start_ns']))}"
                       + (f" fd {r['fd']}" if r.get("fd") is not None else "")
                       + (f", {r['bytes_in']:,} B in / {r.get('bytes_out') or 0:,} B out"
                          if isinstance(r.get("bytes_in"), int) else "")} for r in reqs]})
     lanes.append({"name": "syscalls", "marks": [
         {"x": x(e["start_ns"]), "w": wd(e["start_ns"], e["start_ns"] + (e.get("dur_ns") or 0)),
          "cls": "sc", "color": FAMILY_COLORS.get(e.get("family"), "#7f7f7f"),
-         "title": f"{e.get('name')} {dur(e.get('dur_ns'))}"
+         "title": f"{e.get('name')} {fmt_duration(e.get('dur_ns'))}"
                   + (f" fd {e['fd']} ({e.get('fd_kind')})" if e.get("fd") is not None else "")
                   + (f" {e['bytes']:,} B" if isinstance(e.get("bytes"), int) else "")
                   + (f" {e['errno']}" if e.get("errno") else "")} for e in calls if e.get("start_ns") is not None]})
@@ -233,7 +209,7 @@ def timeline_view(report: dict, i: int, tl: dict, table: StackTable | None = Non
         idx = table.add(s.get("frames"))
         by_lane.setdefault(lane, []).append(
             {"x": x(ts), "w": wd(ts, ts + s["dur_ns"]) if off else 1.6, "cls": "off" if off else "smp", "i": idx,
-             "title": (f"off-CPU {dur(s['dur_ns'])}: " if off else "") + _leaf(s.get("frames") or [])})
+             "title": (f"off-CPU {fmt_duration(s['dur_ns'])}: " if off else "") + _leaf(s.get("frames") or [])})
     order = sorted(by_lane, key=lambda n: (0 if "py-spy" in n else 1 if "off-CPU" not in n else 2, n))
     lanes.extend({"name": n, "marks": by_lane[n]} for n in order)
     for k, lane in enumerate(lanes):
@@ -249,14 +225,14 @@ def timeline_view(report: dict, i: int, tl: dict, table: StackTable | None = Non
         py = [s for s in samples if s.get("source") == "py-spy" and s.get("ts_ns") is not None]
         if py:
             s = min(py, key=lambda s: abs(s["ts_ns"] - mid))
-            focus.append({"what": f"py-spy frames of tid {tid}, {dur(abs(s['ts_ns'] - mid))} from the middle of "
+            focus.append({"what": f"py-spy frames of tid {tid}, {fmt_duration(abs(s['ts_ns'] - mid))} from the middle of "
                                   + (f"the {worst.get('name')}" if worst.get("name") else "the request"),
                           "frames": [str(f) for f in s.get("frames") or []]})
         off = [s for s in samples if s.get("on_cpu") is False and s.get("ts_ns") is not None
                and s["ts_ns"] <= b and s["ts_ns"] + (s.get("dur_ns") or 0) >= a]
         if off:
             s = max(off, key=lambda s: s.get("dur_ns") or 0)
-            focus.append({"what": f"off-CPU kernel stack ({s.get('source')}), blocked {dur(s.get('dur_ns'))}",
+            focus.append({"what": f"off-CPU kernel stack ({s.get('source')}), blocked {fmt_duration(s.get('dur_ns'))}",
                           "frames": [str(f) for f in s.get("frames") or []]})
     ticks = [{"x": round(k * W / 5, 1), "label": f"{k * span / 5 / 1e6:.1f} ms"} for k in range(6)]
     hi = None
@@ -365,8 +341,8 @@ def _env(directory: Path = REPORTS_DIR):
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(directory / "templates")),
                              autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(dur=dur, pct=pct, num=num)
-    env.globals.update(dur=dur, pct=pct, num=num)
+    env.filters.update(dur=fmt_duration, pct=fmt_pct, num=fmt_count)
+    env.globals.update(dur=fmt_duration, pct=fmt_pct, num=fmt_count)
     return env
 
 
@@ -398,10 +374,6 @@ def render(report: dict) -> str:
     return render_template("report.html.j2", {"v": v, "data": data}, scripts)
 
 
-def write_text(text: str, path: str) -> None:
-    """Write atomically: a CI job never uploads a half-written report (devices in place)."""
-    fsutil.write_text(path, text)
-
-
 def write(report: dict, path: str) -> None:
-    write_text(render(report), path)
+    """Written atomically: a CI job never uploads a half-written report."""
+    fsutil.write_text(path, render(report))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import html
 import re
 
-from diag.render.html import dur, pct, verdict, write_text
+from diag.fsutil import write_text
+from diag.render.html import verdict
+from diag.units import fmt_duration, fmt_pct
 
 EXTENSION = ".md"
 NAME = "markdown"
@@ -41,8 +43,8 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
     if req.get("count"):
         lat = req.get("latency") or {}
         out += ["| requests | p50 | p90 | p99 | max | slow |", "|---:|---:|---:|---:|---:|---:|",
-                f"| {req['count']:,} | {dur(lat.get('p50_ns'))} | {dur(lat.get('p90_ns'))} | {dur(lat.get('p99_ns'))} "
-                f"| {dur(lat.get('max_ns'))} | {req.get('slow_count', 0):,} |", ""]
+                f"| {req['count']:,} | {fmt_duration(lat.get('p50_ns'))} | {fmt_duration(lat.get('p90_ns'))} | {fmt_duration(lat.get('p99_ns'))} "
+                f"| {fmt_duration(lat.get('max_ns'))} | {req.get('slow_count', 0):,} |", ""]
     if gates:
         out += ["| gate | result | detail |", "|---|---|---|"]
         for g in gates:
@@ -52,7 +54,7 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
     if findings:
         out += ["| # | finding | severity | share | summary |", "|---:|---|---|---:|---|"]
         for f in findings[:top]:
-            out.append(f"| {f.get('rank')} | {code(f.get('id'))} | {esc(f.get('severity'))} | {pct(f.get('share'))} "
+            out.append(f"| {f.get('rank')} | {code(f.get('id'))} | {esc(f.get('severity'))} | {fmt_pct(f.get('share'))} "
                        f"| {esc(f.get('summary'))} |")
         if len(findings) > top:
             out.append(f"\n{len(findings) - top} more findings in the HTML/JSON report.")
@@ -62,8 +64,8 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
         out += ["| syscall family | calls | total | p50 | p99 | max |", "|---|---:|---:|---:|---:|---:|"]
         for name, st in sorted(fams.items(), key=lambda kv: -(kv[1].get("total_ns") or 0))[:6]:
             q = "≈" if st.get("approx") else ""
-            out.append(f"| {esc(name)} | {st.get('count', 0):,} | {dur(st.get('total_ns'))} | {q}{dur(st.get('p50_ns'))} "
-                       f"| {q}{dur(st.get('p99_ns'))} | {dur(st.get('max_ns'))} |")
+            out.append(f"| {esc(name)} | {st.get('count', 0):,} | {fmt_duration(st.get('total_ns'))} | {q}{fmt_duration(st.get('p50_ns'))} "
+                       f"| {q}{fmt_duration(st.get('p99_ns'))} | {fmt_duration(st.get('max_ns'))} |")
         out.append("")
     bad = [n for n, c in sorted((report.get("collectors") or {}).items()) if c.get("status") not in ("ok", None)]
     if bad:
@@ -74,4 +76,4 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
 
 
 def write(report: dict, path: str, gates: list | None = None, html_path: str | None = None) -> None:
-    write_text(render(report, gates, html_path), path)
+    write_text(path, render(report, gates, html_path))

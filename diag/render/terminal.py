@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from diag.analyze.context import fmt_ms
+from diag.units import fmt_duration
 
 BREAKDOWN_LABEL = {"user": "on CPU (user space)", "runq": "waiting for a CPU", "sync": "fsync",
                    "file": "file I/O", "upstream": "upstream calls", "futex": "lock/GIL waits", "sleep": "sleeping",
@@ -70,11 +70,11 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
         lat_r = req["latency"]
         c.print(Text.assemble(("Requests ", "bold"), f"{req['count']:,} on {req['connections']:,} connections "
                               f"({'summarized in the kernel' if req['source'] == 'ebpf' else 'rebuilt from syscalls'}): "
-                              f"p50 {fmt_ms(lat_r['p50_ns'])}, p90 {fmt_ms(lat_r['p90_ns'])}, "
-                              f"p99 {fmt_ms(lat_r['p99_ns'])}, max {fmt_ms(lat_r['max_ns'])}"))
+                              f"p50 {fmt_duration(lat_r['p50_ns'])}, p90 {fmt_duration(lat_r['p90_ns'])}, "
+                              f"p99 {fmt_duration(lat_r['p99_ns'])}, max {fmt_duration(lat_r['max_ns'])}"))
         total = req["slow_total_ns"] or 1
         parts = sorted(req["breakdown"].items(), key=lambda kv: -kv[1])
-        c.print(Text(f"  {req['slow_count']} slow requests (≥ {fmt_ms(req['slow_threshold_ns'])}, "
+        c.print(Text(f"  {req['slow_count']} slow requests (≥ {fmt_duration(req['slow_threshold_ns'])}, "
                      f"{req['slow_threshold_from']}) spent their time: " +
                      ", ".join(f"{BREAKDOWN_LABEL.get(k, k)} {v / total:.0%}" for k, v in parts if v / total >= 0.01)))
         c.print()
@@ -86,9 +86,9 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
             t.add_column(col, justify="left" if col in ("syscall", "fd") else "right")
         for row in lat[:top]:
             q = "≈" if row.get("approx") else ""
-            t.add_row(row["name"], row["fd_kind"], f"{row['count']:,}", fmt_ms(row["total_ns"]),
-                      q + fmt_ms(row["p50_ns"]), q + fmt_ms(row["p90_ns"]), q + fmt_ms(row["p99_ns"]),
-                      fmt_ms(row["max_ns"]), str(row["errors"] or ""))
+            t.add_row(row["name"], row["fd_kind"], f"{row['count']:,}", fmt_duration(row["total_ns"]),
+                      q + fmt_duration(row["p50_ns"]), q + fmt_duration(row["p90_ns"]), q + fmt_duration(row["p99_ns"]),
+                      fmt_duration(row["max_ns"]), str(row["errors"] or ""))
         if any(row.get("approx") for row in lat):
             t.caption = "≈: from in-kernel log2 histograms (exact counts and totals)"
         if len(lat) > top:
@@ -102,7 +102,7 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
         for e in report["slowest"][:8]:
             res = e["errno"] or (f"{e['bytes']} B" if e["bytes"] is not None else str(e["ret"]))
             fd = f"{e['fd']} {e['fd_kind']}" if e["fd"] is not None else ""
-            t.add_row(_rel(report, e["start_ns"]), str(e["tid"]), e["name"], fd, fmt_ms(e["dur_ns"]), res)
+            t.add_row(_rel(report, e["start_ns"]), str(e["tid"]), e["name"], fd, fmt_duration(e["dur_ns"]), res)
         c.print(t)
 
     if report["spikes"]:
@@ -112,7 +112,7 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
         for s in report["spikes"][:5]:
             wst = s["worst"]
             t.add_row(f"{_rel(report, s['start_ns'])} .. {_rel(report, s['end_ns'])}", str(s["calls"]),
-                      fmt_ms(s["total_ns"]), f"{wst['name']} {fmt_ms(wst['dur_ns'])} tid {wst['tid']}")
+                      fmt_duration(s["total_ns"]), f"{wst['name']} {fmt_duration(wst['dur_ns'])} tid {wst['tid']}")
         c.print(t)
 
     t = Table(title="Decision matrix (source document)", title_justify="left")

@@ -15,7 +15,8 @@ import pytest
 from diag.capture.bundle import CaptureWriter
 from diag.collect.base import Target, Unavailable
 from diag.collect.ebpf import REPO_ROOT, EbpfCollector
-from diag.model import FdKind, StackSample, SyscallAggregate, SyscallEvent
+from diag.model import StackSample, SyscallAggregate, SyscallEvent
+from diag.syscalls import FdKind
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
 from ebpf_helpers import EBPF_MARKS, PY, WORKDIR, start_agent, stop_agent

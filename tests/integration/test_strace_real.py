@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from diag.model import FdKind
+from diag.syscalls import FdKind
 from diag.parse import detect, parse_file
 from diag.parse.base import ParseContext
 from diag.parse.strace import StraceParser

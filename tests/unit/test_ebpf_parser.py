@@ -7,7 +7,8 @@ import json
 import pytest
 
 from diag.errors import ParseError
-from diag.model import FdKind, Request, StackSample, SyscallAggregate, SyscallEvent
+from diag.model import Request, StackSample, SyscallAggregate, SyscallEvent
+from diag.syscalls import FdKind
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
 

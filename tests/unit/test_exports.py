@@ -15,7 +15,8 @@ import pytest
 from diag.analyze.report import build_report
 from diag.export import export, format_for
 from diag.errors import DiagError
-from diag.model import Dataset, FdKind, Frame, ProcessSnapshot, StackSample, SyscallEvent
+from diag.model import Dataset, Frame, ProcessSnapshot, StackSample, SyscallEvent
+from diag.syscalls import FdKind
 
 ROOT = Path(__file__).resolve().parents[2]
 MS = 1_000_000

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from diag.analyze import stats
 from diag.analyze.report import build_report
-from diag.model import Dataset, FdKind, SyscallEvent
+from diag.model import Dataset, SyscallEvent
+from diag.syscalls import FdKind
 
 
 def ev(name, start, dur, tid=1, kind=FdKind.FILE, ret=0):

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from diag.errors import ParseError
-from diag.model import FdKind, SyscallEvent
+from diag.model import SyscallEvent
+from diag.syscalls import FdKind
 from diag.parse import parse_file
 from diag.parse.base import ParseContext
 from diag.parse.strace import StraceParser

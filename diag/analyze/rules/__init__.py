@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext
 from diag.model import Finding
+from diag.units import SEVERITY_RANK, ladder
 
 TAXONOMY = ("disk-sync", "file-io", "small-reads", "small-writes", "cpu-bound", "cpu-stall",
             "event-loop-blocked", "lock-contention", "gil-contention", "gc-pause", "explicit-sleep",
             "slow-upstream", "accept-backlog", "time-wait")
 
-SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 
 def all_rules():
@@ -33,7 +33,7 @@ def run_rules(ctx: AnalysisContext) -> list[Finding]:
             found.append(f)
     # By share of the time explained; findings below the harm thresholds (info) come after the
     # ones that are not, so a large share of something harmless never hides a real cause.
-    found.sort(key=lambda f: (f.severity != "info", f.share, SEVERITY_ORDER[f.severity], f.impact_ns), reverse=True)
+    found.sort(key=lambda f: (f.severity != "info", f.share, SEVERITY_RANK[f.severity], f.impact_ns), reverse=True)
     return found
 
 
@@ -43,8 +43,4 @@ def severity_for(share: float, impact_ns: int, worst_ns: int) -> str:
     critical: explains most of the slow time and single occurrences cost tens of ms;
     warning: a real fraction and at least a few ms per occurrence; info: the rest.
     """
-    if share >= 0.5 and worst_ns >= 20_000_000:
-        return "critical"
-    if share >= 0.2 and worst_ns >= 5_000_000:
-        return "warning"
-    return "info"
+    return ladder(share, worst_ns, 5_000_000, 20_000_000, warning_share=0.2)

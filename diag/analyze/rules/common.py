@@ -1,7 +1,8 @@
 """What the request-time rules share: share of slow-request time, evidence lines, severity."""
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration, ladder
 from diag.analyze.crossing import SlowRequest, hot_python_frames
 from diag.model import Evidence, Finding, SyscallEvent
 
@@ -24,9 +25,9 @@ def requests_line(ctx: AnalysisContext, key: str, label: str) -> Evidence:
     r = worst.request
     src = "ebpf (in-kernel request sums)" if ra.source == "ebpf" else "syscalls (requests rebuilt)"
     return Evidence(source=src, text=(
-        f"{len(ra.slow)} slow requests (≥ {fmt_ms(ra.threshold_ns)}, {ra.threshold_from}) of {len(ra.requests):,}: "
-        f"{fmt_ms(part)} of their {fmt_ms(tot)} ({part / tot:.0%}) inside {label}; worst: "
-        f"{fmt_ms(worst.breakdown.get(key, 0))} of a {fmt_ms(r.latency_ns)} request on tid {r.tid} fd {r.fd}"),
+        f"{len(ra.slow)} slow requests (≥ {fmt_duration(ra.threshold_ns)}, {ra.threshold_from}) of {len(ra.requests):,}: "
+        f"{fmt_duration(part)} of their {fmt_duration(tot)} ({part / tot:.0%}) inside {label}; worst: "
+        f"{fmt_duration(worst.breakdown.get(key, 0))} of a {fmt_duration(r.latency_ns)} request on tid {r.tid} fd {r.fd}"),
         window=(r.start_ns, r.end_ns))
 
 
@@ -37,8 +38,8 @@ def calls_line(calls: list[SyscallEvent], label: str) -> Evidence | None:
     worst = max(timed, key=lambda c: c.dur_ns or 0)
     srcs = "+".join(sorted({c.source for c in timed}))
     names = "/".join(sorted({c.name for c in timed}))
-    return Evidence(source=srcs, text=(f"{names}: {len(timed)} calls in slow requests, {fmt_ms(sum(c.dur_ns or 0 for c in timed))} "
-                                       f"in all, worst {fmt_ms(worst.dur_ns)} (fd {worst.fd}, {worst.fd_kind.value})"
+    return Evidence(source=srcs, text=(f"{names}: {len(timed)} calls in slow requests, {fmt_duration(sum(c.dur_ns or 0 for c in timed))} "
+                                       f"in all, worst {fmt_duration(worst.dur_ns)} (fd {worst.fd}, {worst.fd_kind.value})"
                                        f"{' — ' + label if label else ''}"),
                     window=(worst.start_ns, worst.end_ns))
 
@@ -48,8 +49,8 @@ def kernel_line(ctx: AnalysisContext, call: SyscallEvent) -> Evidence | None:
     for s in ctx.samples_in(call.tid, call.start_ns - 1_000_000, call.end_ns + 1_000_000):
         if s.source == "ebpf" and s.frames:
             names = [f.function for f in s.frames if not f.function.startswith(("entry_SYSCALL", "do_syscall"))]
-            blocked = f", off CPU {fmt_ms(s.dur_ns)}" if s.dur_ns else ""
-            return Evidence("ebpf", f"{call.name} {fmt_ms(call.dur_ns)} blocked in "
+            blocked = f", off CPU {fmt_duration(s.dur_ns)}" if s.dur_ns else ""
+            return Evidence("ebpf", f"{call.name} {fmt_duration(call.dur_ns)} blocked in "
                                     f"{' -> '.join(names[:7])}{blocked}", (call.start_ns, call.end_ns))
         if s.source == "perf" and ctx.io_kernel_path(s):
             return Evidence("perf", f"kernel stack during {call.name}: {' -> '.join(ctx.io_kernel_path(s)[:7])}",
@@ -66,16 +67,6 @@ def frames_line(slow: list[SlowRequest], what: str = "Python frames in slow requ
     text = ", ".join(f"{f} ({n / total:.0%})" for f, n in hot)
     w = slow_window(slow)
     return Evidence("py-spy", f"{what}: {text}", w)
-
-
-def ladder(share: float, per_request_ns: float, warning_ns: float, critical_ns: float) -> str:
-    """critical: at least half the slow time and `critical_ns` per slow request; warning: a
-    quarter and `warning_ns`; info otherwise."""
-    if share >= 0.5 and per_request_ns >= critical_ns:
-        return "critical"
-    if share >= 0.25 and per_request_ns >= warning_ns:
-        return "warning"
-    return "info"
 
 
 def severity(share: float, per_request_ns: float, typical_ns: int | None = None) -> str:
@@ -104,7 +95,7 @@ def behind_line(ctx: AnalysisContext, key: str, label: str) -> Evidence | None:
     if ns <= 0:
         return None
     n = sum(1 for s in ra.slow if s.behind.get(key))
-    return Evidence("syscalls", f"{n} slow requests also waited {fmt_ms(ns)} on a lock (long futex waits) while "
+    return Evidence("syscalls", f"{n} slow requests also waited {fmt_duration(ns)} on a lock (long futex waits) while "
                                 f"another thread of the process was inside {label}: the lock spreads that "
                                 f"latency to every waiter", slow_window(ra.slow))
 
@@ -157,6 +148,6 @@ def time_finding(ctx: AnalysisContext, rule_id: str, key: str, what: str, holder
     if f:
         evidence.append(f)
     return Finding(rule_id, severity(share, per_req, ra.typical_without(key, ctx.idx)), share,
-                   summary.format(share=share, per_req=fmt_ms(per_req)), tuple(evidence),
+                   summary.format(share=share, per_req=fmt_duration(per_req)), tuple(evidence),
                    recommendation + (" Never hold a lock across it: other requests queue behind it." if b else ""),
                    part)

@@ -6,9 +6,10 @@ code. Requests served by an event loop are `event-loop-blocked`'s, not this rule
 """
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration, ladder
 from diag.analyze.crossing import hot_frames_any
-from diag.analyze.rules.common import frames_line, ladder, slow_window
+from diag.analyze.rules.common import frames_line, slow_window
 from diag.model import Evidence, Finding
 
 ID = "cpu-bound"
@@ -28,10 +29,10 @@ def check(ctx: AnalysisContext) -> Finding | None:
     if share < MIN_SHARE:
         return None
     per_req = user / len(ra.slow)
-    text = (f"{fmt_ms(user + runq)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) of slow-request time outside any "
-            f"syscall: {fmt_ms(per_req)} of user-space time per slow request")
+    text = (f"{fmt_duration(user + runq)} of {fmt_duration(ra.slow_total_ns)} ({share:.0%}) of slow-request time outside any "
+            f"syscall: {fmt_duration(per_req)} of user-space time per slow request")
     if runq:
-        text += f"; of that, {fmt_ms(runq)} runnable but waiting for a CPU (eBPF sched_switch)"
+        text += f"; of that, {fmt_duration(runq)} runnable but waiting for a CPU (eBPF sched_switch)"
     evidence = [Evidence("syscalls+ebpf" if runq else "syscalls", text, slow_window(slow))]
     f = frames_line(slow, "hottest Python frames in slow requests")
     if f:
@@ -50,7 +51,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
                                                 f"({cpu:.2f} CPU-s in {dt:.1f} s)"))
     # share >= MIN_SHARE (0.5) here: severity follows the on-CPU time per slow request
     return Finding(ID, ladder(share, per_req, 5_000_000, 50_000_000), share,
-                   f"on-CPU code dominates slow requests: {share:.0%} of their time, {fmt_ms(per_req)} each",
+                   f"on-CPU code dominates slow requests: {share:.0%} of their time, {fmt_duration(per_req)} each",
                    tuple(evidence),
                    "Profile the functions named above and make them cheaper (algorithm, caching, fewer "
                    "allocations), or move the work off the request path; for CPU-heavy Python, consider more "

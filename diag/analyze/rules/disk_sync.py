@@ -5,9 +5,11 @@ that moment is in the filesystem/block layer, the profiler is hot in the caller.
 """
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
 from diag.analyze.rules import severity_for
-from diag.model import Evidence, Finding, family
+from diag.model import Evidence, Finding
+from diag.syscalls import family
 
 ID = "disk-sync"
 MIN_WORST_NS = 100_000      # without requests: syncs that never take 0.1 ms are not worth a finding
@@ -65,8 +67,8 @@ def _from_syscalls(ctx: AnalysisContext) -> Finding | None:
     where = f" on tid {worst.tid}" if worst else ""
     evidence = [Evidence(
         source="+".join(sources),
-        text=(f"{'/'.join(names)}: {count:,} calls, {fmt_ms(total)} in all ({share:.0%} of the time spent "
-              f"in work syscalls), p99 {'≈' if approx else ''}{fmt_ms(p99)}, worst {fmt_ms(worst_ns)}{where}"),
+        text=(f"{'/'.join(names)}: {count:,} calls, {fmt_duration(total)} in all ({share:.0%} of the time spent "
+              f"in work syscalls), p99 {'≈' if approx else ''}{fmt_duration(p99)}, worst {fmt_duration(worst_ns)}{where}"),
         window=window)]
     if worst is not None:
         kernel = [s for s in ctx.samples_in(worst.tid, worst.start_ns, worst.end_ns)
@@ -84,6 +86,6 @@ def _from_syscalls(ctx: AnalysisContext) -> Finding | None:
                                      window=window))
     return Finding(
         id=ID, severity=severity_for(share, total, worst_ns), share=share,
-        summary=f"{'/'.join(names)} on the work path: {count:,} calls take {fmt_ms(total)}, worst {fmt_ms(worst_ns)}",
+        summary=f"{'/'.join(names)} on the work path: {count:,} calls take {fmt_duration(total)}, worst {fmt_duration(worst_ns)}",
         evidence=tuple(evidence),
         recommendation=RECOMMENDATION, impact_ns=total)

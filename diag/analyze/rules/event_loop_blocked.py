@@ -7,9 +7,11 @@ what blocks it.
 """
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
-from diag.analyze.rules.common import MIN_SHARE, calls_line, frames_line, ladder, slow_window
-from diag.model import Evidence, Finding, family
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration, ladder
+from diag.analyze.rules.common import MIN_SHARE, calls_line, frames_line, slow_window
+from diag.model import Evidence, Finding
+from diag.syscalls import family
 
 ID = "event-loop-blocked"
 # fsync, file I/O and upstream calls on the loop have their own findings (which say the thread is
@@ -36,8 +38,8 @@ def check(ctx: AnalysisContext) -> Finding | None:
     top = max(parts, key=parts.get)
     loop_tids = sorted({s.request.tid for s in slow})
     evidence = [Evidence("syscalls", f"{len(slow)} slow requests served by polling thread(s) {loop_tids}: "
-                                     f"{fmt_ms(blocked)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) spent blocking "
-                                     f"the loop, mostly {LABEL[top]} ({fmt_ms(parts[top])})", slow_window(slow))]
+                                     f"{fmt_duration(blocked)} of {fmt_duration(ra.slow_total_ns)} ({share:.0%}) spent blocking "
+                                     f"the loop, mostly {LABEL[top]} ({fmt_duration(parts[top])})", slow_window(slow))]
     if top != "user":
         fams = {"sleep": ("sleep",), "futex": ("futex",), "connect": ("connect",)}.get(top)
         calls = [c for s in slow for c in s.calls if fams is None or family(c.name) in fams]
@@ -54,7 +56,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     # A loop shares its thread between connections: a few ms of other requests' work inside a
     # request is normal interleaving. Blocking means tens of ms at a stretch.
     return Finding(ID, ladder(share, per_req, 10_000_000, 20_000_000), share,
-                   f"event loop blocked by {LABEL[top]}: {share:.0%} of slow-request time, {fmt_ms(per_req)} each",
+                   f"event loop blocked by {LABEL[top]}: {share:.0%} of slow-request time, {fmt_duration(per_req)} each",
                    tuple(evidence),
                    "Never block the loop thread: await the async form (asyncio.sleep, an async driver), or run "
                    "blocking calls and CPU work in an executor (loop.run_in_executor / asyncio.to_thread).",

@@ -5,9 +5,11 @@ names the sleep; it is not counted here.
 """
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
 from diag.analyze.rules.common import behind_line, MIN_SHARE, calls_line, calls_of, frames_line, requests_line, severity
-from diag.model import Finding, family
+from diag.model import Finding
+from diag.syscalls import family
 
 ID = "explicit-sleep"
 
@@ -33,7 +35,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     if f:
         evidence.append(f)
     return Finding(ID, severity(share, per_req, ra.typical_without("sleep", ctx.idx)), share,
-                   f"sleeps on the request path: {share:.0%} of slow-request time, {fmt_ms(per_req)} per slow request",
+                   f"sleeps on the request path: {share:.0%} of slow-request time, {fmt_duration(per_req)} per slow request",
                    tuple(evidence),
                    "Remove the sleep from the request path (retry back-off, polling loops, rate limiting by "
                    "sleeping): wait on the event that matters instead, or move the delay off the request.",

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext
 from diag.analyze.rules.common import time_finding
-from diag.model import FdKind, Finding, family
+from diag.model import Finding
+from diag.syscalls import FdKind, family
 
 ID = "file-io"
 

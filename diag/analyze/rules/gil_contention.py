@@ -6,7 +6,8 @@ time is user-space work.
 """
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
 from diag.analyze.rules.common import STRACE_NOTE, strace_inflated, frames_line, severity
 from diag.analyze.rules.lock_contention import long_behind, long_waits
 from diag.model import Evidence, Finding
@@ -34,7 +35,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     if share < MIN_SHARE or len(threads) < 2 or user_per_req < MIN_USER_NS:
         return None
     per_req = short / len(ra.slow)
-    evidence = [Evidence("syscalls", f"{fmt_ms(short)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) of slow-request time "
+    evidence = [Evidence("syscalls", f"{fmt_duration(short)} of {fmt_duration(ra.slow_total_ns)} ({share:.0%}) of slow-request time "
                                      f"in short futex waits (≤ 6 ms, the GIL's hand-off) on {len(threads)} threads")]
     f = frames_line(ra.slow, "Python frames of the waiting threads")
     if f:

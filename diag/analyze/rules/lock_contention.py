@@ -6,9 +6,11 @@ count here (a lock held across slow work); the short ones are `gil-contention`'s
 """
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
 from diag.analyze.rules.common import STRACE_NOTE, strace_inflated, MIN_SHARE, calls_line, frames_line, severity
-from diag.model import Evidence, Finding, family
+from diag.model import Evidence, Finding
+from diag.syscalls import family
 
 ID = "lock-contention"
 GIL_WAIT_MAX_NS = 6_000_000     # CPython's switch interval (5 ms) plus scheduling slack
@@ -45,9 +47,9 @@ def check(ctx: AnalysisContext) -> Finding | None:
     if share < MIN_SHARE or len(threads) < 1:
         return None
     per_req = total / len(ra.slow)
-    evidence = [Evidence("syscalls", f"{len(waits)} futex waits longer than {fmt_ms(GIL_WAIT_MAX_NS)} (a GIL hand-off "
+    evidence = [Evidence("syscalls", f"{len(waits)} futex waits longer than {fmt_duration(GIL_WAIT_MAX_NS)} (a GIL hand-off "
                                      f"never waits that long) in {len(ra.slow)} slow requests on {len(threads)} "
-                                     f"threads: {fmt_ms(total)} of {fmt_ms(ra.slow_total_ns)} ({share:.0%}) while "
+                                     f"threads: {fmt_duration(total)} of {fmt_duration(ra.slow_total_ns)} ({share:.0%}) while "
                                      f"the lock holder was not itself blocked in a syscall")]
     line = calls_line(waits, "threads blocked on a lock held by another")
     if line:

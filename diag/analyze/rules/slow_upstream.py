@@ -2,9 +2,11 @@
 a cache, another service): reads/writes/connects on sockets the target called connect() on."""
 from __future__ import annotations
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
 from diag.analyze.rules.common import time_finding
-from diag.model import Evidence, Finding, family
+from diag.model import Evidence, Finding
+from diag.syscalls import family
 
 ID = "slow-upstream"
 
@@ -14,7 +16,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
         calls = [e for e in ctx.timed_syscalls if e.name == "connect"]
         if calls:
             yield Evidence("syscalls", f"{len(calls)} connect() calls in the capture, worst "
-                                       f"{fmt_ms(max(e.dur_ns or 0 for e in calls))}")
+                                       f"{fmt_duration(max(e.dur_ns or 0 for e in calls))}")
 
     upstream = ctx.req.upstream_fds if ctx.req is not None else set()
     return time_finding(

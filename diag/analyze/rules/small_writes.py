@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import median
 
-from diag.analyze.context import AnalysisContext, fmt_ms
+from diag.analyze.context import AnalysisContext
+from diag.units import fmt_duration
 from diag.model import Evidence, Finding
 
 ID = "small-writes"
@@ -46,12 +47,12 @@ def check(ctx: AnalysisContext) -> Finding | None:
     nagle = bool(gaps) and len(stalled) >= 0.5 * len(gaps)
     if gaps:
         ev.append(Evidence("syscalls", f"gap before the client's next request on the same connection: median "
-                                       f"{fmt_ms(median(gaps))}; {len(stalled)} of {len(gaps)} in "
-                                       f"{fmt_ms(DELAYED_ACK_NS[0])}-{fmt_ms(DELAYED_ACK_NS[1])}, the delayed-ACK "
+                                       f"{fmt_duration(median(gaps))}; {len(stalled)} of {len(gaps)} in "
+                                       f"{fmt_duration(DELAYED_ACK_NS[0])}-{fmt_duration(DELAYED_ACK_NS[1])}, the delayed-ACK "
                                        f"stall of Nagle's algorithm"))
     if nagle:
         summary = (f"write-write-read stall (Nagle + delayed ACK): {len(stalled)} responses waited "
-                   f"~{fmt_ms(median(stalled))} each")
+                   f"~{fmt_duration(median(stalled))} each")
         sev = "critical" if share >= 0.5 else "warning"
     elif writes >= MANY_WRITES:
         summary = f"responses sent in many small writes: {writes:.0f} writes of ~{size:.0f} B"
