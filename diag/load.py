@@ -68,6 +68,7 @@ def load_capture(path: str) -> Dataset:
                 continue
             display = cap.member_path(rel)
             ctx = context_for(display, fmt, entry, start, end, target)
+            ctx.read_companion = _companions(cap, rel)
             if cap.read_head(rel, 1) == "":
                 if entry.get("status") in ("ok", "degraded") and entry.get("events"):
                     data.warnings.append(f"{display}: stream is empty")
@@ -77,6 +78,14 @@ def load_capture(path: str) -> Dataset:
     finally:
         cap.close()
     return data
+
+
+def _companions(cap: Capture, rel: str):
+    """Files a stream names beside itself, read from the capture (directory or archive)."""
+    import posixpath
+
+    base = posixpath.dirname(rel)
+    return lambda name: cap.read_bytes(posixpath.join(base, name) if base else name)
 
 
 def _expand(paths: list[str]) -> list[str]:

@@ -145,10 +145,90 @@ class Request:
     seq: int = 0                         # index of the request on its connection (0 = first)
     family_ns: tuple[tuple[str, int], ...] | None = None
     source: str = "strace"
+    queued_ns: int | None = None         # its connection's wait in the accept queue, when measured
+    weight: int = 1                      # requests this record stands for (an exemplar of many)
 
     @property
     def latency_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+    @property
+    def client_start_ns(self) -> int:
+        """When the client's wait began: for a connection's first request whose accept-queue
+        wait was measured, its handshake; else the request's own start."""
+        if self.seq == 0 and self.queued_ns is not None and self.conn_start_ns is not None:
+            return min(self.start_ns, self.conn_start_ns - self.queued_ns)
+        return self.start_ns
+
+    @property
+    def client_latency_ns(self) -> int:
+        return self.end_ns - self.client_start_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """A target thread that had blocked for a while was woken (eBPF sched:sched_waking, which
+    runs in the waker's context): the edge the critical path follows from a wait to its cause.
+
+    `call`/`arg`: the traced call the wakee blocked in (None: not in one) and its futex address
+    or fd. The waker: a thread of a target process (`waker_target`) with the traced call it was
+    in (`waker_call`, entered at `waker_call_start_ns`) and whether it served a request; or the
+    kernel (`waker_irq`: the waking ran on an interrupt stack, `waker_idle`: from an idle CPU); or
+    another process (`waker_comm` names it: kernel threads such as jbd2/ or kworker/).
+    """
+
+    pid: int
+    tid: int
+    start_ns: int                # when the wakee blocked
+    end_ns: int                  # when it was woken
+    call: str | None
+    arg: int
+    waker_pid: int
+    waker_tid: int
+    waker_comm: str
+    waker_call: str | None = None
+    waker_call_start_ns: int | None = None
+    waker_target: bool = False
+    waker_irq: bool = False
+    waker_idle: bool = False
+    waker_serving: bool = False
+    wakee_serving: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunqWait:
+    """A target thread runnable but waiting for a CPU (eBPF sched_switch): after being preempted
+    (`preempted`) or woken; `call` is the traced call it was inside, if any."""
+
+    pid: int
+    tid: int
+    start_ns: int
+    end_ns: int
+    preempted: bool
+    call: str | None = None
+    serving: bool = False
+
+
+@dataclass(frozen=True)
+class RequestHistogram:
+    """Every request the probe saw, exported or not: a log-linear latency histogram per kind of
+    latency ("server", "client") and how the probe chose which requests to export."""
+
+    latency: str
+    count: int
+    slots: tuple[tuple[int, int, int], ...]      # (lower ns, upper ns, count)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSetting:
+    """From `ts_ns` on, the probe exported every request at least `threshold_ns` slow and 1 in
+    (`mask` + 1) of the others (threshold 0, mask 0: every request); `rate`: requests per second
+    in the second it was decided on."""
+
+    ts_ns: int
+    threshold_ns: int
+    mask: int
+    rate: int
 
 
 @dataclass
@@ -178,6 +258,10 @@ class Dataset:
     snapshots: list[ProcessSnapshot] = field(default_factory=list)
     aggregates: list[SyscallAggregate] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)     # summarized at the source (eBPF)
+    wakeups: list[Wakeup] = field(default_factory=list)
+    runq_waits: list[RunqWait] = field(default_factory=list)
+    request_hists: dict[str, RequestHistogram] = field(default_factory=dict)
+    request_export: list[ExportSetting] = field(default_factory=list)
     streams: list[StreamInfo] = field(default_factory=list)
     manifest: dict | None = None
     warnings: list[str] = field(default_factory=list)
@@ -188,6 +272,10 @@ class Dataset:
         self.snapshots.extend(other.snapshots)
         self.aggregates.extend(other.aggregates)
         self.requests.extend(other.requests)
+        self.wakeups.extend(other.wakeups)
+        self.runq_waits.extend(other.runq_waits)
+        self.request_hists.update(other.request_hists)
+        self.request_export.extend(other.request_export)
         self.streams.extend(other.streams)
         self.warnings.extend(other.warnings)
 

@@ -164,6 +164,20 @@ class Capture:
             raise ParseError(self.member_path(rel), None, "stream listed in the manifest is missing")
         return io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline="")
 
+    def read_bytes(self, rel: str) -> bytes | None:
+        """A stream's whole content as bytes, or None when the capture does not have it."""
+        _check_rel(self.path, rel)
+        if self._tar is None:
+            try:
+                return (Path(self.path) / rel).read_bytes()
+            except OSError:
+                return None
+        try:
+            f = self._tar.extractfile(self._prefix + rel)
+        except KeyError:
+            return None
+        return f.read() if f is not None else None
+
     def read_head(self, rel: str, n: int = 65536) -> str:
         with self.open_text(rel) as f:
             return f.read(n)

@@ -1,10 +1,11 @@
-"""The eBPF collector: every call of the target timed in the kernel, at ~1 µs per call.
+"""The eBPF collector: every call of the target timed in the kernel, requests summarized there,
+and who woke each of its blocked threads.
 
-It runs diag.collect.ebpf_agent as a subprocess (PDEATHSIG=SIGTERM: if diag dies, the agent
-detaches and finalizes its stream). The agent loads probes/syscall_latency.c with BCC, writes
-streams/ebpf.jsonl ("ebpf-jsonl") and rewrites logs/ebpf.progress.json every second. With
-`requests=True` (the default) the probe also summarizes server-side requests in the kernel: one
-record per request (see probes/syscall_latency.c).
+It runs the agent (diag.agent) as a subprocess (PDEATHSIG=SIGTERM: if diag dies, the agent
+detaches and finalizes its stream). The agent loads probes/diag_probe.c with BCC, writes
+streams/ebpf.jsonl ("ebpf-jsonl") and its binary record files beside it (diag/capture/
+ebpf_stream.py), and rewrites logs/ebpf.progress.json every second. With `requests=True` (the
+default) the probe also summarizes server-side requests in the kernel.
 
 The agent runs under the first interpreter that can import `bcc`: ours (the venv is built with
 --system-site-packages for this), else /usr/bin/python3 with the repository on PYTHONPATH.
@@ -19,11 +20,12 @@ import sys
 from pathlib import Path
 
 from diag.capture.bundle import CaptureWriter
+from diag.capture.ebpf_stream import MAIN as STREAM
 from diag.collect.base import (DEGRADED, FAILED, OK, CollectorStats, SubprocessCollector, Target, Unavailable,
                                wait_for)
+from diag.resources import package_root
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STREAM = "ebpf.jsonl"
+REPO_ROOT = package_root()
 SYSTEM_PYTHON = "/usr/bin/python3"
 TRACING_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -55,13 +57,15 @@ class EbpfCollector(SubprocessCollector):
     stop_timeout_s = 15.0
     ready_timeout_s = 30.0
 
-    def __init__(self, slow_ns: int = 1_000_000, ringbuf_pages: int = 256, no_ringbuf: bool = False,
-                 probe: str | None = None, extra_args: list[str] | None = None, requests: bool = True) -> None:
+    def __init__(self, slow_ns: int = 1_000_000, ringbuf_pages: int = 256, probe: str | None = None,
+                 extra_args: list[str] | None = None, requests: bool = True, slow_request_ns: int | None = None,
+                 export_all: bool = False) -> None:
         super().__init__()
         self.requests = requests
         self.slow_ns = slow_ns
         self.ringbuf_pages = ringbuf_pages
-        self.no_ringbuf = no_ringbuf
+        self.slow_request_ns = slow_request_ns
+        self.export_all = export_all
         self.probe = probe
         self.extra_args = list(extra_args or [])
         self.progress_path: Path | None = None
@@ -88,15 +92,17 @@ class EbpfCollector(SubprocessCollector):
     def argv(self, target: Target, out: Path, progress: Path) -> list[str]:
         py = bcc_python() or SYSTEM_PYTHON
         pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        a = ["/usr/bin/env", f"PYTHONPATH={pythonpath}", py, "-m", "diag.collect.ebpf_agent",
+        a = ["/usr/bin/env", f"PYTHONPATH={pythonpath}", py, "-m", "diag.agent",
              "--pid", str(target.pid), "--slow-ns", str(self.slow_ns), "--out", str(out),
              "--progress", str(progress), "--ringbuf-pages", str(self.ringbuf_pages)]
         if target.follow_children:
             a.append("--follow")
-        if self.no_ringbuf:
-            a.append("--no-ringbuf")
         if not self.requests:
             a.append("--no-requests")
+        if self.slow_request_ns:
+            a += ["--slow-request-ns", str(self.slow_request_ns)]
+        if self.export_all:
+            a += ["--requests", "all"]
         if self.probe:
             a += ["--probe", str(self.probe)]
         return a + self.extra_args
@@ -138,8 +144,9 @@ class EbpfCollector(SubprocessCollector):
         h = self.header
         writer.set_collector(self.name, status=OK, stream=STREAM, format="ebpf-jsonl",
                              started_monotonic_ns=self.started_ns,
-                             settings={"slow_ns": self.slow_ns, "ringbuf": h.get("ringbuf"),
-                                       "requests": bool(h.get("requests")),
+                             settings={"slow_ns": self.slow_ns, "wake_min_ns": h.get("wake_min_ns"),
+                                       "requests": bool(h.get("requests")), "request_export": h.get("request_export"),
+                                       "accept_queue": h.get("accept_queue"),
                                        "buffer_pages": h.get("buffer_pages"), "tracepoints": h.get("tracepoints"),
                                        "missing": h.get("missing"), "compile_ms": h.get("compile_ms"),
                                        "attach_ms": h.get("attach_ms"), "follow": target.follow_children})

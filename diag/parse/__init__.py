@@ -5,8 +5,7 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
-from diag.model import (Clock, Dataset, ProcessSnapshot, Request, StackSample, StreamInfo, SyscallAggregate,
-                        SyscallEvent)
+from diag.model import (Clock, Dataset, ExportSetting, ProcessSnapshot, Request, RequestHistogram, RunqWait, StackSample, StreamInfo, SyscallAggregate, SyscallEvent, Wakeup)
 from diag.parse.base import ParseContext, ParsedStream, Parser
 
 SNIFF_BYTES = 64 * 1024
@@ -95,6 +94,14 @@ def _collect(records, data: Dataset) -> int:
             data.aggregates.append(r)
         elif t is Request:
             data.requests.append(r)
+        elif t is Wakeup:
+            data.wakeups.append(r)
+        elif t is RunqWait:
+            data.runq_waits.append(r)
+        elif t is RequestHistogram:
+            data.request_hists[r.latency] = r
+        elif t is ExportSetting:
+            data.request_export.append(r)
         else:  # pragma: no cover - a parser bug, not user input
             raise TypeError(f"parser yielded {t.__name__}")
     return n

@@ -33,6 +33,23 @@ class ParseContext:
     thread_groups: dict[int, int] = field(default_factory=dict)   # OS tid -> tgid, known threads
     stream_start_ns: int | None = None  # CLOCK_MONOTONIC when the collector started (py-spy)
     warnings: list[str] = field(default_factory=list)
+    # the bytes of a file the stream names beside itself (the eBPF stream's binary records), or
+    # None when it is missing; by default, from the stream's own directory
+    read_companion: Callable[[str], bytes | None] | None = None
+
+    def companion(self, name: str) -> bytes | None:
+        if "/" in name or "\\" in name or name.startswith("."):
+            return None
+        if self.read_companion is not None:
+            return self.read_companion(name)
+        import os
+
+        p = os.path.join(os.path.dirname(self.path), name)
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -31,7 +31,7 @@ WORKDIR = "/var/tmp"
 def start_agent(pid: int, out: Path, *extra: str) -> subprocess.Popen:
     """Start the eBPF agent on `pid`; return once it wrote its header (attached)."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.Popen([PY, "-m", "diag.collect.ebpf_agent", "--pid", str(pid), "--out", str(out), *extra],
+    proc = subprocess.Popen([PY, "-m", "diag.agent", "--pid", str(pid), "--out", str(out), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -135,7 +135,7 @@ def test_threaded_server_one_record_per_request(tmp_path):
     check_connections(reqs)
     for r in reqs:
         check_inside(r)
-        assert dict(r.family_ns).get("sock", 0) > 0           # the response write
+        assert dict(r.family_ns).get("socket", 0) > 0          # the response write
     # each server latency lies inside its client's: the sorted distributions are ordered pointwise
     server = sorted(r.latency_ns for r in reqs)
     client = sorted(int(s * 1e9) for s in load.latencies_s)
@@ -340,19 +340,3 @@ def test_collector_reports_requests(tmp_path):
     assert load.errors == 0
     assert entry["status"] == "ok" and entry["requests"] == 40 and entry["lost_requests"] == 0
     assert entry["inflight"] == 0
-
-
-def test_requests_through_the_perf_buffer(tmp_path):
-    """Kernels without the BPF ring buffer: request records go through a second perf buffer."""
-    srv, port = start_server([sys.executable, "-m", "diag.examples.journal_server", "--fault", "none",
-                              "--port", "0"])
-    try:
-        out = tmp_path / "ebpf.jsonl"
-        agent = start_agent(srv.pid, out, "--no-ringbuf")
-        load = drive("127.0.0.1", port, requests=50, seconds=30, concurrency=2)
-        time.sleep(0.2)
-        lines, recs, _, _ = stop_agent(agent, out)
-    finally:
-        stop_server(srv)
-    assert load.errors == 0 and lines[0]["ringbuf"] is False
-    assert len(requests_of(recs)) == 50 and lines[-2]["lost_requests"] == 0

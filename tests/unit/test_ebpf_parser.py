@@ -142,7 +142,7 @@ def test_request_record():
     assert r.latency_ns == 7_000_000
     assert (r.bytes_in, r.bytes_out, r.reads, r.writes) == (68, 157, 1, 1)
     assert r.write_tid is None                       # the reading thread wrote the response
-    assert r.family_ns == (("futex", 100), ("sock", 20_000), ("sync", 5_000_000))   # sorted
+    assert r.family_ns == (("futex", 100), ("socket", 20_000), ("sync", 5_000_000))   # sorted, "sock" named "socket"
     assert ctx.warnings == []
 
 
