@@ -171,7 +171,7 @@ class Wakeup:
     runs in the waker's context): the edge the critical path follows from a wait to its cause.
 
     `call`/`arg`: the traced call the wakee blocked in (None: not in one) and its futex address
-    or fd. The waker: a thread of a target process (`waker_target`) with the traced call it was
+    or fd (with the fd's kind and, for sockets, which side the target is on). The waker: a thread of a target process (`waker_target`) with the traced call it was
     in (`waker_call`, entered at `waker_call_start_ns`) and whether it served a request; or the
     kernel (`waker_irq`: the waking ran on an interrupt stack, `waker_idle`: from an idle CPU); or
     another process (`waker_comm` names it: kernel threads such as jbd2/ or kworker/).
@@ -193,6 +193,8 @@ class Wakeup:
     waker_idle: bool = False
     waker_serving: bool = False
     wakee_serving: bool = False
+    fd_kind: FdKind = FdKind.UNKNOWN     # of the fd the wakee's call waited on
+    fd_role: str | None = None           # "server" (a client's connection), "out" (an upstream), None
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,5 +189,7 @@ struct diag_sched {
     s32 waker_nr;        /* the traced call the waker is in; -1: none or not a target */
     u32 flags;           /* SCHEDF_* */
     u8 waker_comm[16];   /* WAKEUP: the waker's command name (kernel threads: jbd2/..., kworker/...) */
+    u32 wakee_fdv;       /* WAKEUP: kind and role bits of the wakee call's fd (0: no fd) */
+    u32 pad;
 };
 #endif

@@ -910,6 +910,7 @@ TRACEPOINT_PROBE(sched, sched_waking)
     s->tgid = f->tgid;
     s->wakee_nr = f->start_ns ? (s32)f->nr : -1;
     s->arg = f->uaddr ? f->uaddr : (u64)(s64)f->fd;
+    s->wakee_fdv = (f->start_ns && (f->flags & SF_FD0)) ? f->fdv : 0;
     s->flags = f->serve.tgid ? SCHEDF_WAKEE_SERVING : 0;
     s->waker_call_ns = 0;
     s->waker_nr = -1;

@@ -42,6 +42,8 @@ class SlowRequest:
     samples: list[StackSample]          # stack samples of the serving thread inside it
     behind: dict[str, int] = field(default_factory=dict)   # futex-wait time spent behind another
                                                           # thread's blocking call, per its family
+    blame: list = field(default_factory=list)             # its lock/GIL waits followed to their cause
+                                                          # (diag.analyze.blame), when the probe saw wakeups
 
 
 @dataclass
@@ -53,6 +55,13 @@ class RequestAnalysis:
     slow: list[SlowRequest]
     upstream_fds: set[tuple[int, int]] = field(default_factory=set)
     inflight: int = 0
+    followed: bool = False               # waits followed to their waker (eBPF wakeups), see `blamed`
+
+    def blamed(self, **kw) -> int:
+        """Wait time of the slow requests attributed by the critical path (blame.total filters)."""
+        from diag.analyze.blame import total
+
+        return sum(total(s.blame, **kw) for s in self.slow)
 
     @property
     def slow_total_ns(self) -> int:
@@ -258,6 +267,7 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         if len(lat) >= MIN_SLOW and lat[-MIN_SLOW] < threshold:
             threshold, frm = lat[-MIN_SLOW], f"p99, at least the {MIN_SLOW} slowest"
     loops = event_loop_threads(requests)
+    path = critical_path(data, upstream)
     slow = []
     for r in requests:
         if r.latency_ns < threshold or r.latency_ns <= 0:
@@ -281,9 +291,35 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
             scale = r.latency_ns / used
             b = {k: int(v * scale) if k != "user" else 0 for k, v in b.items()}
         sr = SlowRequest(r, dict(b), calls, idx.stacks(r.tid, r.start_ns, r.end_ns))
-        sr.behind = waits_behind(sr, idx, upstream)
+        if path is not None:
+            sr.blame = path.request(r.pid, r.tid, r.start_ns, r.end_ns)
+            sr.behind = behind_from_blame(sr.blame)
+        else:
+            sr.behind = waits_behind(sr, idx, upstream)
         slow.append(sr)
-    return RequestAnalysis(requests, source, threshold, frm, slow, upstream, inflight)
+    return RequestAnalysis(requests, source, threshold, frm, slow, upstream, inflight, followed=path is not None)
+
+
+def critical_path(data: Dataset, upstream: set[tuple[int, int]]):
+    """The critical-path walker when the capture has wakeup records (eBPF), else None."""
+    if not data.wakeups:
+        return None
+    from diag.analyze.blame import CriticalPath, SchedIndex
+    from diag.analyze.runtime import runtime_of
+
+    return CriticalPath(SchedIndex(data, upstream), runtime_of(data))
+
+
+def behind_from_blame(blame) -> dict[str, int]:
+    """Lock waits whose chain ended in another thread's blocking call, per its family: what the
+    time rules add to their own (a lock held across an fsync makes every waiter's time fsync time)."""
+    from diag.analyze.blame import GIL
+
+    out: dict[str, int] = defaultdict(int)
+    for b in blame:
+        if b.via != GIL and b.root in HOLDER_FAMILIES:
+            out[b.root] += b.ns
+    return dict(out)
 
 
 def hot_python_frames(samples: list[StackSample], n: int = 3) -> list[tuple[str, int]]:

@@ -32,6 +32,7 @@ REQF_SLOW, REQF_EXEMPLAR, REQF_QUEUED = 0x1, 0x2, 0x4
 SCHED_WAKEUP, SCHED_RUNQ = 1, 2
 SCHEDF_WAKER_TARGET, SCHEDF_WAKER_IRQ, SCHEDF_WAKER_IDLE = 0x01, 0x02, 0x04
 SCHEDF_WAKER_SERVING, SCHEDF_WAKEE_SERVING, SCHEDF_PREEMPTED = 0x08, 0x10, 0x20
+KIND_MASK, FDR_SERVER, FDR_OUT = 0xff, 0x100, 0x200
 
 
 def _kind(v) -> FdKind:
@@ -159,7 +160,7 @@ class EbpfParser:
             elif kind == "requests":
                 yield from self._requests(rows, col, families, offset, exports)
             elif kind == "sched":
-                yield from self._sched(rows, col, names, offset)
+                yield from self._sched(rows, col, names, offset, kinds)
 
     @staticmethod
     def _calls(rows, col, names, kinds, offset, kstacks) -> Iterator[object]:
@@ -211,12 +212,13 @@ class EbpfParser:
                           queued_ns=r[i_q] if flags & REQF_QUEUED else None, weight=weight)
 
     @staticmethod
-    def _sched(rows, col, names, offset) -> Iterator[object]:
+    def _sched(rows, col, names, offset, kinds) -> Iterator[object]:
         g = col.__getitem__
         i_type, i_ts, i_since, i_arg, i_wcall = g("type"), g("ts_ns"), g("since_ns"), g("arg"), g("waker_call_ns")
         i_tid, i_tgid, i_nr, i_wtid, i_wtgid, i_wnr, i_flags = (g("tid"), g("tgid"), g("wakee_nr"), g("waker_tid"),
                                                                  g("waker_tgid"), g("waker_nr"), g("flags"))
         comm_cols = [col[f"waker_comm.{i}"] for i in range(16) if f"waker_comm.{i}" in col]
+        i_fdv = col.get("wakee_fdv")
         comms: dict[bytes, str] = {}
         for r in rows:
             flags = r[i_flags]
@@ -226,8 +228,12 @@ class EbpfParser:
                 comm = comms.get(raw)
                 if comm is None:
                     comm = comms[raw] = raw.decode(errors="replace")
+                fdv = r[i_fdv] if i_fdv is not None else 0
+                k = fdv & KIND_MASK
                 yield Wakeup(pid=r[i_tgid], tid=r[i_tid], start_ns=r[i_since] + offset, end_ns=r[i_ts] + offset,
-                             call=call, arg=r[i_arg], waker_pid=r[i_wtgid], waker_tid=r[i_wtid], waker_comm=comm,
+                             call=call, arg=r[i_arg], fd_kind=kinds[k] if k < len(kinds) else FdKind.UNKNOWN,
+                             fd_role="out" if fdv & FDR_OUT else "server" if fdv & FDR_SERVER else None,
+                             waker_pid=r[i_wtgid], waker_tid=r[i_wtid], waker_comm=comm,
                              waker_call=names.get(r[i_wnr]) if r[i_wnr] >= 0 else None,
                              waker_call_start_ns=r[i_wcall] + offset if r[i_wcall] else None,
                              waker_target=bool(flags & SCHEDF_WAKER_TARGET), waker_irq=bool(flags & SCHEDF_WAKER_IRQ),

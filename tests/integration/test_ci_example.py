@@ -122,7 +122,8 @@ def test_ci_example_passes_the_job_on_the_healthy_server(workdir):
     assert not any(f["id"] == "disk-sync" for f in report["findings"])
     # the latency gate reads the report's own p99 and the exit code follows the gates (the
     # plumbing, whatever the machine did)
-    from diag.gates import _fmt, latency_value
+    from diag.gates import latency_value
+    from diag.units import fmt_duration as _fmt
 
     p99, what = latency_value(report, "p99")
     assert p99 is not None, what
@@ -400,9 +401,10 @@ def test_run_sees_the_command_from_its_first_syscall(tmp_path, collectors):
     assert marker.exists()
     pid = manifest["target"]["pid"]
     if name == "ebpf":
-        recs = [json.loads(ln) for ln in (cap / "streams" / "ebpf.jsonl").read_text().splitlines()]
-        fsyncs = [x for x in recs if x.get("type") == "syscall" and x["name"] == "fsync"]
-        assert [(x["pid"], x["fd"], x["ret"]) for x in fsyncs] == [(pid, 217, 0)], fsyncs
+        from diag.load import load_capture
+
+        fsyncs = [e for e in load_capture(str(cap)).syscalls if e.name == "fsync"]
+        assert [(e.pid, e.fd, e.ret) for e in fsyncs] == [(pid, 217, 0)], fsyncs
     else:
         text = (cap / "streams" / "strace.txt").read_text()
         fsyncs = [ln for ln in text.splitlines() if " fsync(" in ln]
