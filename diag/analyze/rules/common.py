@@ -84,6 +84,30 @@ def severity(share: float, per_request_ns: float, typical_ns: int | None = None)
                   min(20_000_000, max(50 * t, 1_000_000)))
 
 
+def holder_frames_line(ctx: AnalysisContext, blames, what: str, n: int = 3) -> Evidence | None:
+    """The Python frames (else native) other threads ran while the requests waited for them: the
+    samples of each blamed holder inside the interval it was blamed for."""
+    samples = []
+    for b in blames:
+        if b.holder is not None:
+            samples.extend(ctx.samples_in(b.holder, b.window[0], b.window[1]))
+    hot = hot_python_frames(samples, n)
+    if hot:
+        total = sum(s.weight for s in samples if s.source == "py-spy") or 1
+        text = ", ".join(f"{f} ({c / total:.0%})" for f, c in hot)
+    else:
+        from diag.analyze.crossing import hot_frames_any
+
+        hot = hot_frames_any(samples, n)
+        if not hot:
+            return None
+        text = ", ".join(f for f, _ in hot)
+    tids = sorted({b.holder for b in blames if b.holder is not None})
+    window = max(blames, key=lambda b: b.ns).window if blames else None
+    return Evidence("py-spy" if any(s.source == "py-spy" for s in samples) else "perf",
+                    f"{what} (tid {', '.join(map(str, tids[:5]))}): {text}", window)
+
+
 def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:
     return [c for sr in slow for c in sr.calls if pred(c)]
 
