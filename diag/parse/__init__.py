@@ -5,8 +5,8 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
-from diag.model import (Clock, Dataset, ProcessSnapshot, Request, StackSample, StreamInfo, SyscallAggregate,
-                        SyscallEvent)
+from diag.model import (Clock, Dataset, GcPause, GilSpan, ProcessSnapshot, Request, RuntimeWindow, StackSample,
+                        StreamInfo, SyscallAggregate, SyscallEvent)
 from diag.parse.base import ParseContext, ParsedStream, Parser
 
 SNIFF_BYTES = 64 * 1024
@@ -16,12 +16,13 @@ def parsers() -> list[Parser]:
     """All known raw formats, most specific first (JSON formats before line formats)."""
     from diag.parse.ebpf import EbpfParser
     from diag.parse.perf import PerfScriptParser
+    from diag.parse.pyruntime import PyRuntimeParser
     from diag.parse.pyspy import ChrometraceParser, PyspyRawParser, SpeedscopeParser
     from diag.parse.snapshots import SnapshotParser
     from diag.parse.strace import StraceParser
 
-    return [EbpfParser(), SpeedscopeParser(), ChrometraceParser(), SnapshotParser(), PerfScriptParser(),
-            PyspyRawParser(), StraceParser()]
+    return [EbpfParser(), SpeedscopeParser(), ChrometraceParser(), SnapshotParser(), PyRuntimeParser(),
+            PerfScriptParser(), PyspyRawParser(), StraceParser()]
 
 
 def parser_for(fmt: str) -> Parser:
@@ -95,6 +96,12 @@ def _collect(records, data: Dataset) -> int:
             data.aggregates.append(r)
         elif t is Request:
             data.requests.append(r)
+        elif t is GilSpan:
+            data.gil.append(r)
+        elif t is GcPause:
+            data.gc_pauses.append(r)
+        elif t is RuntimeWindow:
+            data.runtime_windows.append(r)
         else:  # pragma: no cover - a parser bug, not user input
             raise TypeError(f"parser yielded {t.__name__}")
     return n
