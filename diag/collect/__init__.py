@@ -9,7 +9,7 @@ attached to a busy server, filtered or not), so in attach mode it runs only when
 py-spy runs non-blocking on Python targets (blocking cost 44 % of a threaded server's
 throughput); perf samples system-wide at 99 Hz (within noise); the process sampler always runs.
 The CPython runtime sampler (`pyruntime`: GIL holder and GC state read from the target's memory,
-200 Hz) runs on CPython targets: it costs about 1 % of one of diag's cores and nothing in the
+200 Hz) runs on CPython targets: it costs 1-2 % of one of diag's cores and nothing in the
 target (no ptrace stop, no injected code); on other targets it reports "not applicable".
 """
 from __future__ import annotations

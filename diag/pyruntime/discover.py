@@ -24,7 +24,14 @@ _PYEXE = re.compile(r"^python(\d)\.(\d+)")
 
 
 class NotPython(Exception):
-    """No CPython runtime in this process (the message says what was searched)."""
+    """No CPython runtime in this process (the message says what was searched). `named` is the
+    (major, minor) of a pythonX.Y / libpythonX.Y file that is mapped all the same (a Python too
+    old to have `_PyRuntime`, 3.6 and before), else None."""
+
+    def __init__(self, message: str, named: tuple[int, int] | None = None, file: str = "") -> None:
+        super().__init__(message)
+        self.named = named
+        self.file = file
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,11 @@ def find_runtime(pid: int) -> Runtime:
     process's maps cannot be read; ElfError when the file that should hold it cannot be read."""
     maps = read_maps(pid)
     searched, problems = [], []
+    named: tuple[tuple[int, int], str] | None = None
     for m in _candidates(pid, maps):
         searched.append(os.path.basename(m.path))
+        if named is None and _version_from_name(m.path):
+            named = (_version_from_name(m.path), os.path.basename(m.path))
         try:
             elf, opened = _open_mapped(pid, m)
         except ElfError as e:
@@ -148,4 +158,5 @@ def find_runtime(pid: int) -> Runtime:
     what = ", ".join(searched) or "no file-backed mapping"
     if problems:
         raise ElfError(f"pid {pid}: could not read {'; '.join(problems)}")
-    raise NotPython(f"pid {pid}: no mapped file defines _PyRuntime (searched: {what})")
+    raise NotPython(f"pid {pid}: no mapped file defines _PyRuntime (searched: {what})",
+                    *(named or (None, "")))
