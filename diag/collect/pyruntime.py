@@ -262,6 +262,7 @@ class PyRuntimeCollector:
                "not_ready": self.not_ready, "late": self.late, "gil_records": b.gil_records,
                "gc_records": b.gc_records, "gil_switches": b.switches(),
                "gc_collections": b.collections_seen_by_stats(), "first_error": self.first_error,
+               "unknown": self._reader.unknown if self._reader is not None else [],
                "ended": self.ended or "stopped",
                "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 4)}
         try:

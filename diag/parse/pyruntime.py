@@ -95,4 +95,5 @@ class PyRuntimeParser:
                              read_errors=_opt_int((end or {}).get("read_errors")),
                              gc_collections=tuple(int(c) for c in colls) if colls else None,
                              gil_switches=_opt_int((end or {}).get("gil_switches")),
-                             unknown=tuple(str(u) for u in header.get("unknown") or ()))
+                             unknown=tuple(dict.fromkeys(str(u) for u in [*(header.get("unknown") or ()),
+                                                                          *((end or {}).get("unknown") or ())])))

@@ -136,7 +136,8 @@ class RuntimeReader:
     def _describe(self) -> None:
         v = self.runtime.version
         if self.debug is not None:
-            self.method = f"{self.runtime.describe()}; debug offsets (_Py_DebugOffsets, {version_text(self.debug['version'])})"
+            v_text = version_text(self.debug["version"])
+            self.method = f"{self.runtime.describe()}; debug offsets (_Py_DebugOffsets, {v_text})"
             self.fields = {"gil": "interp->ceval.gil (debug offsets)", "gc": "interp->gc, collecting (debug offsets)"}
             if not self.unknown:
                 self.fields["gc_counts"] = "generations[i].count, generation_stats[i].collections (table, 3.13)"
@@ -266,6 +267,8 @@ class RuntimeReader:
         if tid in self._known_tids:
             return True
         if tid > 0 and os.path.exists(f"/proc/{self.pid}/task/{tid}"):
+            if len(self._known_tids) > 4096:      # a server with thread churn: keep it bounded
+                self._known_tids.clear()
             self._known_tids.add(tid)
             return True
         return False

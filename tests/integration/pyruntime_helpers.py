@@ -99,6 +99,27 @@ while True:
     time.sleep(1)
 """
 
+# Two threads spinning in pure Python: they hand the GIL to each other every switch interval.
+TWO_SPINNERS = r"""
+import json, threading, time
+tids = []
+lock = threading.Lock()
+both = threading.Barrier(3)
+def spin():
+    with lock:
+        tids.append(threading.get_native_id())
+    both.wait()
+    x = 0
+    while True:
+        x += 1
+for i in range(2):
+    threading.Thread(target=spin, daemon=True).start()
+both.wait()
+print(json.dumps({"spinners": tids, "main": threading.get_native_id()}), flush=True)
+while True:
+    time.sleep(1)
+"""
+
 # A large cyclic graph kept alive, then full collections on "go", each timed by the target itself
 # (gc.callbacks, CLOCK_MONOTONIC), printed as JSON. Automatic collection is off: every collection
 # that runs is one the target asked for and timed.
@@ -184,5 +205,5 @@ def require_gcc() -> str:
     return gcc
 
 
-__all__ = ["Interp", "supported_params", "unsupported_params", "SPINNER", "GC_TARGET", "target", "read_json_line",
+__all__ = ["Interp", "supported_params", "unsupported_params", "SPINNER", "TWO_SPINNERS", "GC_TARGET", "target", "read_json_line",
            "Sampling", "require_gcc"]

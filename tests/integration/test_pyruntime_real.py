@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from pyruntime_helpers import (GC_TARGET, SPINNER, Interp, Sampling, read_json_line, supported_params, target,
-                               unsupported_params)
+from pyruntime_helpers import (GC_TARGET, SPINNER, TWO_SPINNERS, Interp, Sampling, read_json_line, supported_params,
+                               target, unsupported_params)
 from servers import ROOT, wait_until
 
 from diag.collect.base import Target
@@ -59,6 +59,27 @@ def test_the_spinning_thread_is_named_as_the_gil_holder(interp: Interp, tmp_path
     # and the query helper agrees over the sampled window
     w = data.runtime().gil_window(window.start_ns, window.end_ns)
     assert w.top() == tids["spinner"] and w.share(tids["spinner"]) >= 0.8
+
+
+@pytest.mark.parametrize("interp", supported_params())
+def test_two_spinning_threads_share_the_gil_and_the_hand_offs_are_counted(interp: Interp, tmp_path):
+    # GIVEN two threads spinning in pure Python (the GIL changes hands every switch interval)
+    with target(interp.exe, TWO_SPINNERS) as p:
+        tids = read_json_line(p)
+        s = Sampling(p.pid, tmp_path, RATE_HZ)
+        s.start()
+        wait_until(lambda: s.samples >= 400, "400 samples read")
+        data = s.stop()
+    # THEN both are named as holders, each in a good part of the samples, and the interpreter's
+    # own count of hand-offs shows many more than the changes the samples saw
+    (window,) = data.runtime_windows
+    counts = {t: sum(sp.samples for sp in data.gil if sp.held and sp.tid == t) for t in tids["spinners"]}
+    holders = [sp.tid for sp in sorted(data.gil, key=lambda sp: sp.start_ns) if sp.held]
+    changes = sum(1 for a, b in zip(holders, holders[1:]) if a != b)     # each needs >= 1 hand-off
+    print(f"\n{interp.label}: samples per spinner {counts} of {window.samples}; GIL switches counted "
+          f"{window.gil_switches}, holder changes seen {changes}")
+    assert all(n >= 0.15 * window.samples for n in counts.values()), counts
+    assert window.gil_switches is not None and window.gil_switches >= changes > 0
 
 
 @pytest.mark.parametrize("interp", supported_params())

@@ -155,3 +155,22 @@ def test_find_runtime_of_this_very_process():
     except ValueError:
         pytest.skip("this interpreter does not export _PyRuntime to ctypes")
     assert rt.address == want
+
+
+def test_a_mapped_file_is_opened_through_the_targets_own_root_when_map_files_fails(built):
+    from dataclasses import replace
+
+    from diag.pyruntime.discover import _open_mapped
+
+    # GIVEN this process's mapping of the library, named by a range map_files does not have
+    lib = ctypes.CDLL(str(built["lib"]))  # noqa: F841 (kept loaded while its mapping is used)
+    m = min((m for m in read_maps(os.getpid()) if m.path == str(built["lib"])), key=lambda m: m.offset)
+    fake = replace(m, start=1, end=2)
+    # WHEN it is opened THEN it is read through /proc/PID/root (the target's mount namespace)
+    elf, opened = _open_mapped(os.getpid(), fake)
+    with elf:
+        assert opened == f"/proc/{os.getpid()}/root{built['lib']}"
+        assert "diag_marker" in elf.symbols({"diag_marker"})
+    # AND a file replaced on disk since it was mapped (another inode) is refused, not misread
+    with pytest.raises(ElfError, match="replaced"):
+        _open_mapped(os.getpid(), replace(fake, inode=m.inode + 1))
