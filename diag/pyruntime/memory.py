@@ -56,6 +56,7 @@ class RemoteMemory:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._mem_fd: int | None = None
+        self._small: dict[int, ReadPlan] = {}     # reusable plans for pointer-sized reads
         self.method = "process_vm_readv" if _vm_readv is not None else f"/proc/{pid}/mem"
         if _vm_readv is None:
             self._open_mem()
@@ -77,16 +78,11 @@ class RemoteMemory:
     def read(self, addr: int, size: int) -> bytes:
         """`size` bytes at `addr`, or ReadError (never fewer bytes)."""
         if size <= 8 and self._mem_fd is None:
-            return self._small.read_at(addr)[:size]
+            plan = self._small.get(size)
+            if plan is None:
+                plan = self._small[size] = ReadPlan(self, [(0, size)])
+            return plan.read_at(addr)
         return self.readv([(addr, size)])[0]
-
-    @property
-    def _small(self) -> "ReadPlan":
-        """A reusable 8-byte plan for the many pointer-sized reads (no ctypes allocation each)."""
-        plan = self.__dict__.get("_small_plan")
-        if plan is None:
-            plan = self.__dict__["_small_plan"] = ReadPlan(self, [(0, 8)])
-        return plan
 
     def readv(self, spans: list[tuple[int, int]]) -> list[bytes]:
         """Several (addr, size) spans in one system call (process_vm_readv), each complete."""

@@ -80,6 +80,9 @@ class RuntimeReader:
         if rt.version not in SUPPORTED:
             raise Unsupported(f"Python {rt.version[0]}.{rt.version[1]} ({os.path.basename(rt.binary)}): diag reads "
                               f"the GIL and GC state of CPython 3.8-3.13 only")
+        if rt.version < (3, 13) and rt.machine != EM_X86_64:
+            raise Unsupported(f"Python {rt.version[0]}.{rt.version[1]} on ELF machine {rt.machine}: the offset "
+                              "tables are verified on x86-64 only")
         self.layout = LAYOUTS[rt.version]
         self.mem = RemoteMemory(pid)
         self.debug: dict[str, int] | None = None
@@ -91,10 +94,11 @@ class RuntimeReader:
         self._tid_off: int | None = None     # struct pthread tid offset (<= 3.10)
         self._known_tids: set[int] = set()
         if rt.version >= (3, 13):
-            self._read_debug_offsets()
-        elif rt.machine != EM_X86_64:
-            raise Unsupported(f"Python {rt.version[0]}.{rt.version[1]} on ELF machine {rt.machine}: the offset "
-                              "tables are verified on x86-64 only")
+            try:
+                self._read_debug_offsets()
+            except BaseException:
+                self.mem.close()
+                raise
         self.version_hex = (self.debug or {}).get("version") or rt.version_hex
         self._describe()
 
