@@ -40,6 +40,7 @@ class CaptureOptions:
     follow: bool = False
     strace_payload: int = 0
     pyspy_rate: int = 100
+    pyruntime_rate: int = 200
     ebpf_slow_ns: int = 1_000_000
     live_view: bool | None = None       # None: when stderr is a terminal
 
@@ -102,7 +103,8 @@ class LiveView:
 
 
 def _collector_opts(opts: CaptureOptions) -> dict:
-    return {"strace_payload": opts.strace_payload, "pyspy_rate": opts.pyspy_rate, "ebpf_slow_ns": opts.ebpf_slow_ns}
+    return {"strace_payload": opts.strace_payload, "pyspy_rate": opts.pyspy_rate, "ebpf_slow_ns": opts.ebpf_slow_ns,
+            "pyruntime_rate": opts.pyruntime_rate}
 
 
 def _capture(target: Target, writer: CaptureWriter, collectors: list, opts: CaptureOptions,
