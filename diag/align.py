@@ -56,7 +56,7 @@ def anchor_for(fmt: str, entry: dict, start: ClockPair | None, end: ClockPair | 
             return Anchor(0, None, "no clock pair in manifest: strace stays on wall-clock time")
         off, unc = realtime_to_monotonic(start, end)
         return Anchor(off, unc + STRACE_STAMP_LAG_NS, "CLOCK_REALTIME->MONOTONIC pair read at start and end")
-    if fmt in ("perf-script", "process-jsonl", "ebpf-jsonl"):
+    if fmt in ("perf-script", "process-jsonl", "ebpf-jsonl", "pyruntime-jsonl"):
         return Anchor(0, 0, "recorded on CLOCK_MONOTONIC")
     if fmt == "pyspy-chrometrace":
         started = explicit.get("started_monotonic_ns") or entry.get("started_monotonic_ns")

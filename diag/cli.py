@@ -156,7 +156,7 @@ DurationOpt = Annotated[float, typer.Option("--duration", "-d", help="Seconds to
 OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Capture directory to write "
                                                                   "(default: diag-COMM-PID-TIME.diag).")]
 CollectorsOpt = Annotated[str, typer.Option("--collectors", "-c", help="auto, or a comma list of ebpf, strace, "
-                                                                        "perf, py-spy, process.")]
+                                                                        "perf, py-spy, pyruntime, process.")]
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Also trace child processes.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
 PayloadOpt = Annotated[int, typer.Option("--strace-payload", help="Bytes of syscall buffers strace may record "
@@ -311,7 +311,7 @@ def doctor(
             t.add_row(c.collector, Text("ready" if c.ok else "unavailable", style="green" if c.ok else "red"),
                       Text(c.detail), Text(c.fix))
         Console().print(t)
-    core = [c for c in checks if c.collector in ("ebpf", "strace", "perf", "py-spy", "process")]
+    core = [c for c in checks if c.collector in ("ebpf", "strace", "perf", "py-spy", "pyruntime", "process")]
     raise typer.Exit(0 if any(c.ok for c in core) else 5)
 
 

@@ -87,6 +87,19 @@ def check_pyspy(target: Target | None) -> Check:
     return Check("py-spy", True, f"{path}; target is Python; non-blocking sampling")
 
 
+def check_pyruntime(target: Target | None) -> Check:
+    from diag.collect.pyruntime import PyRuntimeCollector
+
+    if target is None:
+        return Check("pyruntime", True, "reads the GIL holder and GC state of CPython 3.8-3.13 targets from "
+                                        "their memory (process_vm_readv: root or the target's user)")
+    reason = PyRuntimeCollector().check(target)
+    if reason:
+        na = reason.startswith("not applicable")      # not a failure, as for py-spy
+        return Check("pyruntime", na, reason, "" if na else reason.rsplit(": ", 1)[-1])
+    return Check("pyruntime", True, "target is CPython; GIL holder and GC state readable")
+
+
 def check_ebpf(target: Target) -> Check:
     try:
         from diag.collect.ebpf import EbpfCollector
@@ -122,5 +135,6 @@ def run_checks(pid: int | None = None) -> list[Check]:
         target = Target(pid=os.getpid(), comm="diag", is_python=True)
     checks = [check_ebpf(target), check_strace(target)]
     checks += check_perf()
-    checks += [check_pyspy(target if pid is not None else None), check_process(target)]
+    checks += [check_pyspy(target if pid is not None else None),
+               check_pyruntime(target if pid is not None else None), check_process(target)]
     return checks

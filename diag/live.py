@@ -24,7 +24,7 @@ from rich.text import Text
 from diag.units import fmt_duration
 from diag.capture.bundle import CaptureWriter
 from diag.capture.clock import monotonic_ns
-from diag.collect import parse_selection, policy
+from diag.collect import AFTER_EXEC, parse_selection, policy
 from diag.collect.base import Target, Unavailable
 from diag.collect.pyspy import is_python
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
@@ -40,6 +40,7 @@ class CaptureOptions:
     follow: bool = False
     strace_payload: int = 0
     pyspy_rate: int = 100
+    pyruntime_rate: int = 200
     ebpf_slow_ns: int = 1_000_000
     live_view: bool | None = None       # None: when stderr is a terminal
 
@@ -102,7 +103,8 @@ class LiveView:
 
 
 def _collector_opts(opts: CaptureOptions) -> dict:
-    return {"strace_payload": opts.strace_payload, "pyspy_rate": opts.pyspy_rate, "ebpf_slow_ns": opts.ebpf_slow_ns}
+    return {"strace_payload": opts.strace_payload, "pyspy_rate": opts.pyspy_rate, "ebpf_slow_ns": opts.ebpf_slow_ns,
+            "pyruntime_rate": opts.pyruntime_rate}
 
 
 def _capture(target: Target, writer: CaptureWriter, collectors: list, opts: CaptureOptions,
@@ -126,17 +128,20 @@ def attach(pid: int, opts: CaptureOptions) -> SessionResult:
     return _capture(target, writer, collectors, opts)
 
 
-def _require_python(pyspy, cmd0: str, path: str, probe: Target) -> None:
-    """py-spy is the only collector: fail before anything starts (the command never runs) when it
-    cannot run here, or when the command is clearly not a Python program."""
-    reason = pyspy.check(Target(pid=os.getpid(), cmdline=probe.cmdline, comm=probe.comm, is_python=True,
-                                launched=True))
-    if reason:
-        raise DiagError(f"no collector could run here: py-spy: {reason} (run `diag doctor` for the fixes); "
+def _require_python(collectors: list, cmd0: str, path: str, probe: Target) -> None:
+    """Only collectors of a Python interpreter (py-spy, pyruntime) were asked for: fail before
+    anything starts (the command never runs) when none can run here (each checked on diag's own
+    interpreter), or when the command is clearly not a Python program."""
+    me = Target(pid=os.getpid(), cmdline=probe.cmdline, comm=probe.comm, is_python=True, launched=True)
+    reasons = {c.name: c.check(me) for c in collectors}
+    if all(reasons.values()):
+        why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+        raise DiagError(f"no collector could run here: {why} (run `diag doctor` for the fixes); "
                         f"{cmd0} was not run", EXIT_NO_COLLECTOR)
     verdict, what = python_verdict(path)
     if verdict is False:
-        raise DiagError(f"no collector could run here: py-spy: not applicable: {cmd0} is {what}, not Python; "
+        names = " and ".join(reasons)
+        raise DiagError(f"no collector could run here: {names}: not applicable: {cmd0} is {what}, not Python; "
                         f"it was not run (observe it with --collectors auto, strace or process)", EXIT_NO_COLLECTOR)
 
 
@@ -177,14 +182,16 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
     The command is started held before its exec (same pid before and after it): the collectors
     that attach to a pid start first, then it is released, so they see it from its first syscall.
     With strace it is strace that the holder execs (`strace -D --seccomp-bpf -- CMD`: the command
-    keeps the pid). py-spy attaches once the command has exec'd (it needs a running interpreter).
+    keeps the pid). py-spy and pyruntime attach once the command has exec'd (they need its
+    running interpreter).
 
     Interrupted (SIGINT, SIGTERM, SIGHUP) before the release, the command never runs (exit 130).
     After the release, the capture ends, the signal is forwarded to the command (then SIGTERM,
     then SIGKILL, see HeldCommand.stop) and its status is returned, 130 if it was 0: an
     interrupted `diag run` never exits 0. An error after the release stops the command the same
-    way (SIGTERM first), except when py-spy was the only collector and could not watch it: the
-    command then runs to its end, unobserved, and diag exits 5 (it is not stopped midway).
+    way (SIGTERM first), except when only Python collectors (py-spy, pyruntime) were asked for and
+    none could watch it: the command then runs to its end, unobserved, and diag exits 5 (it is not
+    stopped midway).
     """
     if not cmd:
         raise DiagError("diag run: give the command after --, e.g. `diag run -- python3 server.py`")
@@ -192,9 +199,9 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
     name = os.path.basename(cmd[0])
     probe = Target(pid=os.getpid(), cmdline=cmd, comm=name, launched=True, follow_children=opts.follow)
     collectors = policy(parse_selection(opts.collectors), probe, **_collector_opts(opts))
-    pyspy_only = [c.name for c in collectors] == ["py-spy"]
-    if pyspy_only:
-        _require_python(collectors[0], cmd[0], path, probe)
+    python_only = bool(collectors) and all(c.name in AFTER_EXEC for c in collectors)
+    if python_only:
+        _require_python(collectors, cmd[0], path, probe)
     writer = CaptureWriter(opts.out or default_out(name, None), {"cmdline": cmd, "comm": name}, "run")
     argv, after = cmd, []
     strace = next((c for c in collectors if c.name == "strace"), None)
@@ -202,8 +209,8 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
         argv = _strace_launch_argv(strace, cmd, writer)
         collectors.remove(strace)
         after.append(_LaunchedStrace(strace))
-    after += [c for c in collectors if c.name == "py-spy"]
-    collectors = [c for c in collectors if c.name != "py-spy"]
+    after += [c for c in collectors if c.name in AFTER_EXEC]
+    collectors = [c for c in collectors if c.name not in AFTER_EXEC]
     stop = StopFlag()
     with _signals_to(stop) as ignored:
         try:
@@ -235,7 +242,7 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
                 if writer.manifest["status"] == "running":
                     writer.finish("failed")
                 raise
-            _after_release_error(e, held, stop, cmd[0], pyspy_only)
+            _after_release_error(e, held, stop, cmd[0], python_only)
             raise
         if not held.released:
             held.cancel()
@@ -258,7 +265,7 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
         return result, rc
 
 
-def _after_release_error(e: BaseException, held: HeldCommand, stop: StopFlag, cmd0: str, pyspy_only: bool) -> None:
+def _after_release_error(e: BaseException, held: HeldCommand, stop: StopFlag, cmd0: str, python_only: bool) -> None:
     """The capture of a released command failed (`e`): never leave the command running unwatched.
     Stops it (HeldCommand.stop) and lets the caller re-raise `e`, or raises what replaces it."""
     no_collector = isinstance(e, DiagError) and e.exit_code == EXIT_NO_COLLECTOR
@@ -269,8 +276,8 @@ def _after_release_error(e: BaseException, held: HeldCommand, stop: StopFlag, cm
                             f"(pid {held.pid}): {done}", rc or EXIT_INTERRUPTED) from None
         _say(f"diag run: {stop.reason}: {cmd0} (pid {held.pid}): {done}")
         return
-    if no_collector and pyspy_only:
-        # py-spy could not watch a command it could not rule out before the release (a shell
+    if no_collector and python_only:
+        # py-spy/pyruntime could not watch a command not ruled out before the release (a shell
         # script may exec Python): stopping it midway could do more harm (a half-done migration)
         # than letting it finish unobserved
         _say(f"diag: warning: {e}; {cmd0} (pid {held.pid}) is already running: it runs to its end, "

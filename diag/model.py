@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diag.runtime_index import RuntimeIndex
 
 from diag.syscalls import FdKind
 
@@ -233,6 +237,70 @@ class ExportSetting:
     rate: int
 
 
+@dataclass(frozen=True, slots=True)
+class GilSpan:
+    """A run of consecutive samples of the CPython runtime that saw the same GIL state.
+
+    `held` with `tid` the holder's OS thread id (None: held by a thread the sampler could not
+    identify), or not `held` (the GIL was free). The samples were read within [start_ns, end_ns];
+    the state began at most one sampling period before and ended at most one period after.
+    `switches` is how many times the interpreter handed the GIL over inside the span (its own
+    counter): above 0 on a held span, other threads held it between samples, unseen.
+    """
+
+    tid: int | None
+    held: bool
+    start_ns: int
+    end_ns: int
+    samples: int
+    switches: int | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GcPause:
+    """A cyclic-GC collection seen running (`collecting` set) in `samples` consecutive samples,
+    read within [start_ns, end_ns] (the collection itself is longer by up to a period per side).
+
+    `generation` is the oldest generation collected (2: a full collection), None when it could not
+    be told; `collections` how many collections the interpreter's stats counted over the window
+    (more than 1: several ran back to back and were seen as one); `tid` the thread that held the
+    GIL while it ran (the thread paying for it).
+    """
+
+    start_ns: int
+    end_ns: int
+    generation: int | None
+    samples: int
+    collections: int | None = None
+    tid: int | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeWindow:
+    """When and how a CPython runtime sampler watched one process: the span its GilSpan and GcPause
+    records cover. `samples`/`read_errors`/`gc_collections` come from the stream's end line
+    (None when the capture was cut before it); `gc_collections` counts every collection per
+    generation that completed in the window, seen or not (short gen-0 ones mostly are not)."""
+
+    pid: int
+    python: str
+    method: str
+    rate_hz: int
+    start_ns: int
+    end_ns: int
+    samples: int | None = None
+    read_errors: int | None = None
+    gc_collections: tuple[int, int, int] | None = None
+    gil_switches: int | None = None
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def period_ns(self) -> int:
+        return 1_000_000_000 // max(1, self.rate_hz)
+
+
 @dataclass
 class StreamInfo:
     """One parsed stream: where it came from, its clock, and how it was put on CLOCK_MONOTONIC."""
@@ -264,9 +332,13 @@ class Dataset:
     runq_waits: list[RunqWait] = field(default_factory=list)
     request_hists: dict[str, RequestHistogram] = field(default_factory=dict)
     request_export: list[ExportSetting] = field(default_factory=list)
+    gil: list[GilSpan] = field(default_factory=list)           # CPython runtime sampler
+    gc_pauses: list[GcPause] = field(default_factory=list)
+    runtime_windows: list[RuntimeWindow] = field(default_factory=list)
     streams: list[StreamInfo] = field(default_factory=list)
     manifest: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    _runtime_index: "RuntimeIndex | None" = field(default=None, init=False, repr=False, compare=False)
 
     def extend(self, other: "Dataset") -> None:
         self.syscalls.extend(other.syscalls)
@@ -278,8 +350,22 @@ class Dataset:
         self.runq_waits.extend(other.runq_waits)
         self.request_hists.update(other.request_hists)
         self.request_export.extend(other.request_export)
+        self.gil.extend(other.gil)
+        self.gc_pauses.extend(other.gc_pauses)
+        self.runtime_windows.extend(other.runtime_windows)
         self.streams.extend(other.streams)
         self.warnings.extend(other.warnings)
+
+    def runtime(self) -> "RuntimeIndex":
+        """Queries over the CPython runtime records (who held the GIL, was the GC running):
+        diag.runtime_index.RuntimeIndex, built on first use and again once records were added."""
+        from diag.runtime_index import RuntimeIndex
+
+        cached = self._runtime_index
+        if cached is None or cached.source_sizes != (len(self.gil), len(self.gc_pauses), len(self.runtime_windows)):
+            cached = RuntimeIndex(self.gil, self.gc_pauses, self.runtime_windows)
+            self._runtime_index = cached
+        return cached
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
-from diag.model import (Clock, Dataset, ExportSetting, ProcessSnapshot, Request, RequestHistogram, RunqWait, StackSample, StreamInfo, SyscallAggregate, SyscallEvent, Wakeup)
+from diag.model import (Clock, Dataset, ExportSetting, GcPause, GilSpan, ProcessSnapshot, Request, RequestHistogram,
+                        RunqWait, RuntimeWindow, StackSample, StreamInfo, SyscallAggregate, SyscallEvent, Wakeup)
 from diag.parse.base import ParseContext, ParsedStream, Parser
 
 SNIFF_BYTES = 64 * 1024
@@ -15,12 +16,13 @@ def parsers() -> list[Parser]:
     """All known raw formats, most specific first (JSON formats before line formats)."""
     from diag.parse.ebpf import EbpfParser
     from diag.parse.perf import PerfScriptParser
+    from diag.parse.pyruntime import PyRuntimeParser
     from diag.parse.pyspy import ChrometraceParser, PyspyRawParser, SpeedscopeParser
     from diag.parse.snapshots import SnapshotParser
     from diag.parse.strace import StraceParser
 
-    return [EbpfParser(), SpeedscopeParser(), ChrometraceParser(), SnapshotParser(), PerfScriptParser(),
-            PyspyRawParser(), StraceParser()]
+    return [EbpfParser(), SpeedscopeParser(), ChrometraceParser(), SnapshotParser(), PyRuntimeParser(),
+            PerfScriptParser(), PyspyRawParser(), StraceParser()]
 
 
 def parser_for(fmt: str) -> Parser:
@@ -77,33 +79,31 @@ def collect_records(records, data: Dataset) -> int:
             gc.enable()
 
 
+# where each record type goes in a Dataset (lists; RequestHistogram goes by its latency kind)
+_LIST_OF = {SyscallEvent: "syscalls", StackSample: "samples", ProcessSnapshot: "snapshots",
+            SyscallAggregate: "aggregates", Request: "requests", Wakeup: "wakeups", RunqWait: "runq_waits",
+            ExportSetting: "request_export", GilSpan: "gil", GcPause: "gc_pauses", RuntimeWindow: "runtime_windows"}
+
+
 def _collect(records, data: Dataset) -> int:
     n = 0
     sys_append = data.syscalls.append
     smp_append = data.samples.append
+    lists = {t: getattr(data, name).append for t, name in _LIST_OF.items()}
     for r in records:
         n += 1
         t = type(r)
-        if t is SyscallEvent:
+        if t is SyscallEvent:              # the bulk of a large trace: no dict lookup
             sys_append(r)
         elif t is StackSample:
             smp_append(r)
-        elif t is ProcessSnapshot:
-            data.snapshots.append(r)
-        elif t is SyscallAggregate:
-            data.aggregates.append(r)
-        elif t is Request:
-            data.requests.append(r)
-        elif t is Wakeup:
-            data.wakeups.append(r)
-        elif t is RunqWait:
-            data.runq_waits.append(r)
         elif t is RequestHistogram:
             data.request_hists[r.latency] = r
-        elif t is ExportSetting:
-            data.request_export.append(r)
-        else:  # pragma: no cover - a parser bug, not user input
-            raise TypeError(f"parser yielded {t.__name__}")
+        else:
+            append = lists.get(t)
+            if append is None:  # pragma: no cover - a parser bug, not user input
+                raise TypeError(f"parser yielded {t.__name__}")
+            append(r)
     return n
 
 
