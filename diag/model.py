@@ -295,6 +295,7 @@ class RuntimeWindow:
     gc_collections: tuple[int, int, int] | None = None
     gil_switches: int | None = None
     unknown: tuple[str, ...] = ()
+    gil_state: tuple[int, int] | None = None   # (address, size) of the GIL's state in the process
 
     @property
     def period_ns(self) -> int:

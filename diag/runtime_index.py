@@ -75,11 +75,16 @@ class _Track:
 
     def overlapping(self, t0: int, t1: int):
         """(record, overlap ns) for every record whose widened bounds overlap [t0, t1)."""
+        for r, s, e in self.pieces(t0, t1):
+            yield r, e - s
+
+    def pieces(self, t0: int, t1: int):
+        """(record, start, end): each record's widened bounds clipped to [t0, t1), when not empty."""
         i = bisect_right(self.hi, t0)
         while i < len(self.items) and self.lo[i] < t1:
-            ov = min(self.hi[i], t1) - max(self.lo[i], t0)
-            if ov > 0:
-                yield self.items[i], ov
+            s, e = max(self.lo[i], t0), min(self.hi[i], t1)
+            if e > s:
+                yield self.items[i], s, e
             i += 1
 
 
@@ -124,6 +129,14 @@ class RuntimeIndex:
                     free += ns
         seen = sum(by_tid.values()) + free
         return GilWindow(t0, t1, by_tid, free, max(0, (t1 - t0) - seen))
+
+    def gil_pieces(self, t0: int, t1: int, pid: int | None = None) -> list[tuple[GilSpan, int, int]]:
+        """The GIL's states over [t0, t1] as (span, start, end), in time order: who held it when."""
+        return [p for track in self._tracks(self._gil, pid) for p in track.pieces(t0, t1)]
+
+    def gc_pieces(self, t0: int, t1: int, pid: int | None = None) -> list[tuple[GcPause, int, int]]:
+        """Collections running over [t0, t1] as (pause, start, end)."""
+        return [p for track in self._tracks(self._gc, pid) for p in track.pieces(t0, t1)]
 
     def gil_at(self, t: int, pid: int | None = None) -> GilSpan | None:
         """The GIL span the instant `t` is attributed to (None: no sample near it)."""

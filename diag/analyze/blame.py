@@ -56,27 +56,37 @@ class Blame:
     detail: str = ""             # what ended the chain: "jbd2/vda-8", "interrupt", "fsync", ...
 
 
-@dataclass
 class Runtime:
-    """What the Python runtime sampler told about the target (empty when it did not run)."""
+    """What the Python runtime sampler told about the target: where each process's GIL state
+    lives, who held the GIL and when the cyclic GC ran (a diag.runtime_index.RuntimeIndex)."""
 
-    gil_ranges: list[tuple[int, int, int]] = field(default_factory=list)   # (pid, lo, hi) of the GIL state
-    holders: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # pid -> (start, end, tid)
-    gc: dict[int, list[tuple[int, int, int | None]]] = field(default_factory=dict)  # pid -> (start, end, gen)
+    def __init__(self, index=None, gil_ranges: list[tuple[int, int, int]] | None = None) -> None:
+        self.index = index
+        self.gil_ranges = gil_ranges or []          # (pid, lo, hi)
+
+    def watched(self, pid: int, t0: int, t1: int) -> bool:
+        """Whether the sampler watched this process's GIL over [t0, t1]."""
+        return self.index is not None and pid in self.index.pids() and self.index.sampled(t0, t1, pid)
 
     def is_gil(self, pid: int, uaddr: int) -> bool:
         return any(p == pid and lo <= uaddr < hi for p, lo, hi in self.gil_ranges)
 
     def gil_holders(self, pid: int, t0: int, t1: int) -> list[tuple[int, int, int]]:
-        """(tid, start, end) of the GIL holders over [t0, t1], clipped."""
-        out = []
-        for a, b, tid in self.holders.get(pid, ()):
-            if b > t0 and a < t1:
-                out.append((tid, max(a, t0), min(b, t1)))
-        return out
+        """(tid, start, end) of the identified GIL holders over [t0, t1]."""
+        if self.index is None:
+            return []
+        return [(span.tid, s, e) for span, s, e in self.index.gil_pieces(t0, t1, pid)
+                if span.held and span.tid is not None]
+
+    def gil_free_ns(self, pid: int, t0: int, t1: int) -> int:
+        if self.index is None:
+            return 0
+        return self.index.gil_window(t0, t1, pid).free_ns
 
     def gc_overlap(self, pid: int, t0: int, t1: int) -> list[tuple[int, int]]:
-        return [(max(a, t0), min(b, t1)) for a, b, _ in self.gc.get(pid, ()) if b > t0 and a < t1]
+        if self.index is None:
+            return []
+        return [(s, e) for _, s, e in self.index.gc_pieces(t0, t1, pid)]
 
 
 class SchedIndex:
@@ -181,9 +191,16 @@ class CriticalPath:
     # --- one wait ---------------------------------------------------------------------------
     def _wait(self, w: Wakeup, a: int, b: int, depth: int, path: tuple[int, ...]) -> list[Blame]:
         via = self._via(w)
-        if via == GIL and self.rt.holders.get(w.pid):
-            return self._behind_gil(w.pid, a, b, depth, path)
-        from_kernel = not w.waker_target or w.waker_irq or w.waker_idle
+        if via == GIL and self.rt.watched(w.pid, a, b):
+            out = self._behind_gil(w.pid, a, b, depth, path)
+            if out or depth == 1:
+                return out
+            # inside a holder's interval the sampler saw no other holder (its resolution is a
+            # few ms): follow this wait's own waker instead
+        # a thread wakes another only from inside a syscall (futex wake, write, close...): a target
+        # thread seen waking from user space was interrupted there by the real waker (a timer, the
+        # network), whose code ran on that thread's stack (interrupts from user mode do)
+        from_kernel = not w.waker_target or w.waker_irq or w.waker_idle or w.waker_call is None
         root = _kernel_root(w, self.idx.upstream_fds)
         if root == SLEEP or from_kernel or w.waker_tid in path or depth > MAX_DEPTH:
             detail = _waker_label(w) if from_kernel else ("a wait cycle" if w.waker_tid in path else "depth")
@@ -197,15 +214,34 @@ class CriticalPath:
         return IPC
 
     def _behind_gil(self, pid: int, a: int, b: int, depth: int, path: tuple[int, ...]) -> list[Blame]:
+        """A GIL wait: the threads that held the GIL over it. The sampler sees the holder every few
+        ms, so the edges of a wait may show the waiter itself holding it, or nobody: that part is
+        shared among the other holders seen; with none seen, the GIL was free while the waiter
+        waited for a CPU to take it (runq), or nothing was sampled."""
         out: list[Blame] = []
-        covered = 0
+        held: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for tid, s, e in self.rt.gil_holders(pid, a, b):
-            if tid in path:
-                continue
-            out.extend(self._activity(tid, pid, s, e, depth, (*path, tid), GIL, None))
-            covered += e - s
-        if b - a - covered > 0:
-            out.append(Blame(FUTEX, GIL, b - a - covered, None, None, path, (a, b), "GIL holder not sampled"))
+            if tid not in path:
+                held[tid].append((s, e))
+        covered = sum(e - s for iv in held.values() for s, e in iv)
+        rest = b - a - covered
+        if not held:
+            if depth > 1:
+                return []
+            free = self.rt.gil_free_ns(pid, a, b)
+            if free:
+                out.append(Blame(RUNQ, GIL, min(free, b - a), None, None, path, (a, b), "GIL free, waiting to take it"))
+            if b - a - free > 0:
+                out.append(Blame(FUTEX, GIL, b - a - free, None, None, path, (a, b), "GIL holder not sampled"))
+            return out
+        for tid, ivs in held.items():
+            mine = sum(e - s for s, e in ivs)
+            extra = rest * mine // covered if covered else 0
+            for i, (s, e) in enumerate(ivs):
+                pieces = self._activity(tid, pid, s, e, depth, (*path, tid), GIL, None)
+                if i == 0 and extra:
+                    pieces = _scaled(pieces, (e - s + extra) / (e - s))
+                out.extend(pieces)
         return out
 
     # --- what a thread did over an interval -------------------------------------------------
@@ -236,6 +272,10 @@ class CriticalPath:
             if e - s - gc > 0:
                 out.append(Blame(CPU, via, e - s - gc, tid, role, path, (s, e)))
         return out
+
+
+def _scaled(pieces: list[Blame], factor: float) -> list[Blame]:
+    return [Blame(p.root, p.via, int(p.ns * factor), p.holder, p.role, p.chain, p.window, p.detail) for p in pieces]
 
 
 def _clip_all(iv: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:

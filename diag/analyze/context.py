@@ -70,6 +70,13 @@ class AnalysisContext:
         """Time spent in work syscalls (see stats.is_work), from the same rows as the tables."""
         return sum(st.total_ns for (name, kind), st in self.by_syscall.items() if stats.is_work(name, kind))
 
+    def own_gc_ns(self, sr) -> int:
+        """Time a slow request's own thread spent collecting garbage inside the request (the
+        runtime sampler's GC pauses whose paying thread is that thread)."""
+        r = sr.request
+        return sum(e - s for p, s, e in self.data.runtime().gc_pieces(r.start_ns, r.end_ns, r.pid)
+                   if p.tid == r.tid)
+
     def samples_in(self, tid: int, t0: int, t1: int, source: str | None = None) -> list[StackSample]:
         """Timed stack samples of thread `tid` with t0 <= ts <= t1 (optionally of one source)."""
         ts = self._ts_by_tid.get(tid)

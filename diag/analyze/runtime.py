@@ -1,7 +1,8 @@
-"""The Python runtime as the analysis sees it: GIL holders and GC pauses over time, per process.
+"""The Python runtime as the critical path sees it: per process, where the GIL's state lives, who
+held the GIL when, and when the cyclic GC ran.
 
-Filled from the runtime sampler's records (diag/collect/pyruntime.py) when the capture has them;
-empty otherwise, and the critical path then follows GIL waits to whichever thread woke them.
+From the runtime sampler's records (diag/collect/pyruntime.py) when the capture has them; empty
+otherwise, and the critical path then follows a GIL wait to whichever thread woke it.
 """
 from __future__ import annotations
 
@@ -10,13 +11,6 @@ from diag.model import Dataset
 
 
 def runtime_of(data: Dataset) -> Runtime:
-    rt = Runtime()
-    for r in getattr(data, "gil_holds", ()):      # filled once the runtime sampler's records exist
-        rt.holders.setdefault(r.pid, []).append((r.start_ns, r.end_ns, r.tid))
-    for g in getattr(data, "gc_pauses", ()):
-        rt.gc.setdefault(g.pid, []).append((g.start_ns, g.end_ns, g.generation))
-    for pid, lo, hi in getattr(data, "gil_ranges", ()):
-        rt.gil_ranges.append((pid, lo, hi))
-    for v in rt.holders.values():
-        v.sort()
-    return rt
+    ranges = [(w.pid, w.gil_state[0], w.gil_state[0] + w.gil_state[1]) for w in data.runtime_windows if w.gil_state]
+    index = data.runtime()
+    return Runtime(index if index else None, ranges)

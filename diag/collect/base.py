@@ -159,12 +159,19 @@ class SubprocessCollector:
             out["cpu_s_total"] = round(self._cpu_total, 3)
         return out
 
-    def terminate(self) -> int | None:
-        """Send the stop signal, wait, escalate to SIGKILL after `stop_timeout_s`."""
-        if self.proc is None:
-            return None
-        import resource
+    def begin_stop(self) -> None:
+        """Send the stop signal without waiting: the session tells every collector to stop at
+        once, so that their streams end together, then waits for each (`stop`)."""
+        if self.proc is None or getattr(self, "_signalled", False) or self.proc.poll() is not None:
+            return
+        self._note_cpu_at_stop()
+        try:
+            self.proc.send_signal(self.stop_signal)
+            self._signalled = True
+        except ProcessLookupError:
+            pass
 
+    def _note_cpu_at_stop(self) -> None:
         try:
             import psutil
 
@@ -173,11 +180,22 @@ class SubprocessCollector:
         except Exception:
             self._cpu_at_stop = None
         self._stopped_ns = monotonic_ns()
+
+    def terminate(self) -> int | None:
+        """Send the stop signal (unless begin_stop did), wait, escalate to SIGKILL after
+        `stop_timeout_s`."""
+        if self.proc is None:
+            return None
+        import resource
+
+        if not getattr(self, "_signalled", False):
+            self._note_cpu_at_stop()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         reaped_here = self.proc.returncode is None
         if self.proc.poll() is None:
             try:
-                self.proc.send_signal(self.stop_signal)
+                if not getattr(self, "_signalled", False):
+                    self.proc.send_signal(self.stop_signal)
             except ProcessLookupError:
                 pass
             try:

@@ -170,6 +170,9 @@ class ProcessSampler:
         return CollectorStats(events=self.events, running=bool(self._thread and self._thread.is_alive()),
                               note=self.error or "")
 
+    def begin_stop(self) -> None:
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread:

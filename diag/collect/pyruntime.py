@@ -40,6 +40,10 @@ FLUSH_EVERY_NS = 250_000_000
 # (the dynamic loader maps it after the exec diag waited for). Other commands are not waited for.
 LAUNCH_WAIT_S = 5.0
 
+# sizeof(struct _gil_runtime_state) on x86-64 glibc, 3.8-3.13: interval, last_holder, locked,
+# switch_number, then the condition variables and mutexes whose futex words GIL waits sleep on
+GIL_STATE_SIZE = 208
+
 
 def _now() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -168,6 +172,9 @@ class PyRuntimeCollector:
         return CollectorStats(events=self.samples, running=bool(self._thread and self._thread.is_alive()),
                               note=self.ended or note)
 
+    def begin_stop(self) -> None:
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -226,6 +233,10 @@ class PyRuntimeCollector:
             try:
                 sample = reader.sample()
                 self.samples += 1
+                if self.samples == 1:
+                    # where the GIL's state lives: a futex wait inside it is a wait for the GIL
+                    lines.append(json.dumps({"type": "gil_state", "addr": reader.gil_address(),
+                                             "size": GIL_STATE_SIZE}, separators=(",", ":")))
             except NotReady:
                 self.not_ready += 1
             except TargetGone:

@@ -165,6 +165,14 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                 if duration_s is not None and elapsed >= duration_s:
                     break
     finally:
+        # every collector is told at once (streams end together), then each is waited for
+        for c in reversed(started):
+            begin = getattr(c, "begin_stop", None)
+            if begin is not None:
+                try:
+                    begin()
+                except Exception:
+                    pass
         for c in reversed(started):
             _safe_stop(c, writer)
         for s, h in previous.items():

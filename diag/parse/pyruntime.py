@@ -33,6 +33,7 @@ class PyRuntimeParser:
         off = ctx.offset_ns
         header: dict | None = None
         end: dict | None = None
+        gil_state: tuple[int, int] | None = None
         last_ns: int | None = None
         pid = ctx.pid
         for lineno, line, obj in json_lines(stream, bad):
@@ -63,6 +64,8 @@ class PyRuntimeParser:
                                   pid=pid)
                     last_ns = max(last_ns or rec.end_ns, rec.end_ns)
                     yield rec
+                elif kind == "gil_state":
+                    gil_state = (int(obj["addr"]), int(obj["size"]))
                 elif kind == "end":
                     end = obj
                     int(obj["end_ns"])
@@ -75,13 +78,14 @@ class PyRuntimeParser:
                 ctx.warn(f"{ctx.path}: no header line: the sampler's window (pid, rate) is unknown")
         else:
             try:
-                yield self._window(header, end, last_ns, off, pid)
+                yield self._window(header, end, last_ns, off, pid, gil_state)
             except (KeyError, TypeError, ValueError) as e:
                 ctx.warn(f"{ctx.path}: header or end line unusable ({e}): the sampler's window is unknown")
         bad.finish(good + bad.count, good)
 
     @staticmethod
-    def _window(header: dict, end: dict | None, last_ns: int | None, off: int, pid: int | None) -> RuntimeWindow:
+    def _window(header: dict, end: dict | None, last_ns: int | None, off: int, pid: int | None,
+                gil_state: tuple[int, int] | None = None) -> RuntimeWindow:
         start = int(header["start_ns"]) + off
         if end is not None:
             stop = int(end["end_ns"]) + off
@@ -94,6 +98,6 @@ class PyRuntimeParser:
                              samples=_opt_int((end or {}).get("samples")),
                              read_errors=_opt_int((end or {}).get("read_errors")),
                              gc_collections=tuple(int(c) for c in colls) if colls else None,
-                             gil_switches=_opt_int((end or {}).get("gil_switches")),
+                             gil_switches=_opt_int((end or {}).get("gil_switches")), gil_state=gil_state,
                              unknown=tuple(dict.fromkeys(str(u) for u in [*(header.get("unknown") or ()),
                                                                           *((end or {}).get("unknown") or ())])))

@@ -157,6 +157,10 @@ class RuntimeReader:
             self.tid_method = "PyThreadState.thread_id -> struct pthread tid (calibrated)"
         self.fields["holder_tid"] = self.tid_method
 
+    def gil_address(self) -> int:
+        """Where the interpreter's GIL state is (struct _gil_runtime_state), once resolved."""
+        return self._ensure().gil_addr
+
     def _u64(self, addr: int) -> int:
         return struct.unpack("<Q", self.mem.read(addr, 8))[0]
 

@@ -11,8 +11,13 @@ small JSON body; the fault is the only thing wrong with it:
 - small-reads   unbuffered request reading: the request line and headers arrive 1 byte per read
 - small-writes  unbuffered response writing: headers and body in separate small writes (Nagle)
 - cpu-bound     ~15 ms of pure-Python work per request
-- gil-contention ~8 ms of pure-Python work per request, many concurrent threads
+- cpu-threads   ~8 ms of pure-Python work per request, many concurrent threads (they queue on the
+                GIL behind each other's request code: the handler is what to fix)
+- gil-background cheap handlers, and a background thread spinning in pure Python (it holds the GIL)
+- gc-pause      a large cyclic object graph; each request builds a tree of 3000 nodes kept for a
+                while: full (gen-2) collections of ~600k objects every second or so, ~200 ms each
 - lock-contention a global lock held across ~6 ms of CPU work
+- lock-sleep    a global lock held across time.sleep(10 ms)
 - explicit-sleep time.sleep(20 ms) in the handler
 - slow-upstream  each request calls an upstream HTTP server that takes 20 ms (--upstream PORT)
 - upstream      the slow upstream itself (used by slow-upstream)
@@ -45,8 +50,42 @@ def spin(seconds: float) -> int:
     return x
 
 
+class Node:
+    """A node of the gc-pause server's trees: parent and children refer to each other (cycles the
+    collector must traverse)."""
+
+    __slots__ = ("parent", "kids")
+
+    def __init__(self, parent=None) -> None:
+        self.parent = parent
+        self.kids = []
+
+
+def tree(n: int) -> Node:
+    root = cur = Node()
+    for i in range(n):
+        k = Node(cur)
+        cur.kids.append(k)
+        if i % 8 == 7:
+            cur = k
+    return root
+
+
+def spin_forever() -> None:
+    """A background thread that never sleeps: pure Python, holding the GIL but for hand-offs."""
+    x = 0
+    while True:
+        for i in range(1000):
+            x += i * i
+
+
 def make_handler(fault: str, args) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
+    recent: list = []
+    if fault == "gc-pause":
+        recent.append([tree(1000) for _ in range(600)])     # the long-lived graph: ~600k nodes
+    if fault == "gil-background":
+        threading.Thread(target=spin_forever, name="spinner", daemon=True).start()
     journal = open(os.path.join(args.dir, "journal.bin"), "wb") if fault == "disk-sync" else None
     record = os.urandom(64 * 1024)
     big_path = os.path.join(args.dir, "big.bin")
@@ -77,11 +116,17 @@ def make_handler(fault: str, args) -> type[BaseHTTPRequestHandler]:
                     os.close(fd)
             elif fault == "cpu-bound":
                 spin(0.015)
-            elif fault == "gil-contention":
+            elif fault == "cpu-threads":
                 spin(0.008)
             elif fault == "lock-contention":
                 with lock:
                     spin(0.006)
+            elif fault == "lock-sleep":
+                with lock:
+                    time.sleep(0.01)
+            elif fault == "gc-pause":
+                recent.append(tree(3000))        # kept for the next 20 requests: promoted, then garbage
+                del recent[1:-20]
             elif fault == "explicit-sleep":
                 time.sleep(0.02)
             elif fault == "slow-upstream":

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from conftest import SCORES
@@ -43,6 +43,18 @@ class Scenario:
     redis_args: tuple[str, ...] = ()
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    python: str = "debian"             # the interpreter of a Python target (INTERPRETERS)
+
+    @property
+    def id(self) -> str:
+        return self.name if self.python == "debian" else f"{self.name}@{self.python}"
+
+
+# Python targets of the cross-thread scenarios run under both kinds of interpreter: Debian's
+# (stripped: the runtime sampler finds _PyRuntime in .dynsym) and one built with symbols (pyenv)
+INTERPRETERS = {"debian": "/usr/bin/python3", "pyenv": "/root/.pyenv/versions/3.11.7/bin/python3.11"}
+BOTH_INTERPRETERS = ("healthy-threaded", "disk-sync", "cpu-threads", "gil-background", "gc-pause", "lock-contention",
+                     "lock-sleep", "healthy-asyncio")
 
 
 SCENARIOS = [
@@ -52,8 +64,11 @@ SCENARIOS = [
     Scenario("small-reads", "small-reads"),
     Scenario("small-writes", "small-writes", rate=None),
     Scenario("cpu-bound", "cpu-bound", concurrency=1, rate=30),
-    Scenario("gil-contention", "gil-contention", concurrency=6, rate=None),
+    Scenario("cpu-threads", "cpu-bound", concurrency=6, rate=None),
+    Scenario("gil-background", "gil-contention", concurrency=4, rate=100),
+    Scenario("gc-pause", "gc-pause", concurrency=4, rate=100),
     Scenario("lock-contention", "lock-contention", concurrency=8, rate=None),
+    Scenario("lock-sleep", "explicit-sleep", concurrency=4, rate=60),
     Scenario("explicit-sleep", "explicit-sleep", rate=100),
     Scenario("slow-upstream", "slow-upstream", rate=100),
     Scenario("time-wait", "time-wait", rate=300),
@@ -64,6 +79,7 @@ SCENARIOS = [
     Scenario("disk-sync-redis", "disk-sync", kind="redis",
              redis_args=("--appendonly", "yes", "--appendfsync", "always")),
 ]
+SCENARIOS += [replace(sc, python="pyenv") for sc in SCENARIOS if sc.name in BOTH_INTERPRETERS]
 
 
 def _wait_line(p: subprocess.Popen) -> int:
@@ -83,6 +99,26 @@ def _proc(argv: list[str], **kw):
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def wait_ready(cap, proc: subprocess.Popen, timeout_s: float = 90.0) -> bool:
+    """Until the capture's manifest has its ready mark (every collector attached)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((cap / "manifest.json").read_text())["clock"].get("collectors_started_monotonic_ns"):
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def python_of(sc: Scenario) -> str:
+    exe = INTERPRETERS[sc.python]
+    if not os.access(exe, os.X_OK):
+        pytest.skip(f"{sc.python} interpreter {exe} is not on this machine")
+    return exe
 
 
 @contextmanager
@@ -108,7 +144,7 @@ def start_target(sc: Scenario, tmp):
             yield p, port
             return
         if sc.kind == "asyncio":
-            argv = [sys.executable, "-m", "diag.examples.asyncio_server", "--fault",
+            argv = [python_of(sc), "-m", "diag.examples.asyncio_server", "--fault",
                     "block" if sc.expected else "none", "--every", "20", "--block-ms", "30"]
             p = st.enter_context(_proc(argv, cwd=ROOT))
             yield p, _wait_line(p)
@@ -116,10 +152,10 @@ def start_target(sc: Scenario, tmp):
         fault = sc.fault or sc.name
         extra = []
         if fault == "slow-upstream":
-            up = st.enter_context(_proc([sys.executable, os.path.join(HERE, "targets.py"), "upstream", "--dir",
+            up = st.enter_context(_proc([python_of(sc), os.path.join(HERE, "targets.py"), "upstream", "--dir",
                                          str(tmp)]))
             extra = ["--upstream", str(_wait_line(up))]
-        p = st.enter_context(_proc([sys.executable, os.path.join(HERE, "targets.py"), fault, "--dir", str(tmp),
+        p = st.enter_context(_proc([python_of(sc), os.path.join(HERE, "targets.py"), fault, "--dir", str(tmp),
                                     *extra]))
         yield p, _wait_line(p)
 
@@ -147,25 +183,29 @@ def start_load(sc: Scenario, port: int, seconds: float) -> threading.Thread:
 
 
 @pytest.mark.parametrize("round_", range(1, ROUNDS + 1), ids=lambda r: f"round{r}")
-@pytest.mark.parametrize("sc", SCENARIOS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sc", SCENARIOS, ids=lambda s: s.id)
 def test_scenario(sc: Scenario, round_: int, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("diag attach to another process needs root here (ptrace / eBPF)")
     # tmp_path may be tmpfs, where fsync and dropped page caches cost nothing: use the disk
-    work = f"/var/tmp/diag-scenario-{sc.name}-{os.getpid()}"
+    work = f"/var/tmp/diag-scenario-{sc.name}-{sc.python}-{os.getpid()}"
     os.makedirs(work, exist_ok=True)
     try:
         with start_target(sc, work) as (proc, port):
-            load = start_load(sc, port, CAPTURE_S + 2.5)
-            time.sleep(1.0)
             rep = tmp_path / "report.json"
+            cap = tmp_path / "c.diag"
             t0 = time.monotonic()
-            r = subprocess.run([sys.executable, "-m", "diag", "attach", str(proc.pid), "--duration", str(CAPTURE_S),
-                                "--collectors", COLLECTORS, "--out", str(tmp_path / "c.diag"), "--json", str(rep),
-                                "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+            diag = subprocess.Popen([sys.executable, "-m", "diag", "attach", str(proc.pid), "--duration",
+                                     str(CAPTURE_S), "--collectors", COLLECTORS, "--out", str(cap), "--json", str(rep),
+                                     "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            # the load starts once every collector is attached (compiling the probe takes seconds on
+            # a busy machine): the whole capture window sees it
+            ready = wait_ready(cap, diag)
+            load = start_load(sc, port, CAPTURE_S + 1.5)
+            out, err = diag.communicate(timeout=120)
             seconds = time.monotonic() - t0
             load.join(30)
-            assert r.returncode == 0, r.stderr
+            assert ready and diag.returncode == 0, err
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = json.loads(rep.read_text())
@@ -176,7 +216,7 @@ def test_scenario(sc: Scenario, round_: int, tmp_path):
         passed = not bad
     else:
         passed = top is not None and top["id"] == sc.expected and top["severity"] in ("warning", "critical")
-    SCORES.append({"scenario": sc.name, "round": round_, "expected": sc.expected,
+    SCORES.append({"scenario": sc.id, "round": round_, "expected": sc.expected,
                    "got": top["id"] if top else None, "severity": top["severity"] if top else None,
                    "share": top["share"] if top else 0.0, "seconds": seconds, "pass": passed})
     summary = [(f["rank"], f["id"], f["severity"], f["share"]) for f in findings]

@@ -26,7 +26,8 @@ def check(ctx: AnalysisContext) -> Finding | None:
     if ra is None or not ra.slow:
         return None
     slow = [s for s in ra.slow if s.request.tid not in ctx.polling_tids]
-    user = sum(s.breakdown.get("user", 0) for s in slow)
+    # the request's own time in the garbage collector is gc-pause's
+    user = sum(max(0, s.breakdown.get("user", 0) - ctx.own_gc_ns(s)) for s in slow)
     runq = sum(s.breakdown.get("runq", 0) for s in slow)
     # GIL waits behind other request threads running their code: the same code, queued
     gil = [b for s in slow for b in s.blame if b.via == GIL and b.role == SERVING and b.root in (CPU, RUNQ)]
