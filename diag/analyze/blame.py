@@ -159,6 +159,11 @@ def _kernel_root(w: Wakeup, upstream_fds: set[tuple[int, int]]) -> str:
     return OTHER
 
 
+def _call_root(call: str) -> str:
+    fam = family(call)
+    return fam if fam in (SYNC, SLEEP) else RUNQ
+
+
 def _waker_label(w: Wakeup) -> str:
     if w.waker_idle:
         return "an interrupt on an idle CPU"
@@ -249,8 +254,14 @@ class CriticalPath:
                   serving_hint: bool | None) -> list[Blame]:
         out: list[Blame] = []
         busy: list[tuple[int, int]] = []
+        runq = self.idx.runq_waits(tid, a, b)
+        woken_at = {r.start_ns: r for r in runq if not r.preempted}
         for w in self.idx.waits(tid, a, b):
-            s, e = max(w.start_ns, a), min(w.end_ns, b)
+            # the wait for a CPU right after the wakeup is part of this wait's latency (the
+            # kernel's wake-to-run delay): it counts with the wait's root, not as CPU contention
+            after = woken_at.pop(w.end_ns, None)
+            end = after.end_ns if after is not None else w.end_ns
+            s, e = max(w.start_ns, a), min(end, b)
             if e <= s:
                 continue
             busy.append((s, e))
@@ -258,11 +269,17 @@ class CriticalPath:
                 # the holder's own waits are reached through the lock/GIL the request waited on
                 out.append(Blame(bl.root, via, bl.ns, bl.holder if bl.holder is not None else tid, bl.role,
                                  bl.chain, bl.window, bl.detail))
-        for r in self.idx.runq_waits(tid, a, b):
+        for r in runq:
+            if not r.preempted and r.start_ns not in woken_at:
+                continue                              # merged into its wait above
             s, e = max(r.start_ns, a), min(r.end_ns, b)
             if e > s:
                 busy.append((s, e))
-                out.append(Blame(RUNQ, via, e - s, tid, self.idx.role(tid, serving_hint), path, (s, e)))
+                # woken inside a blocking call (a short sleep in fsync, below the wakeup threshold)
+                # and waiting to run again: that call's latency
+                root = _call_root(r.call) if (r.call and not r.preempted) else RUNQ
+                out.append(Blame(root, via, e - s, tid, self.idx.role(tid, serving_hint), path, (s, e),
+                                 "runnable inside the call" if root != RUNQ else ""))
         on_cpu = _subtract((a, b), busy)
         role = self.idx.role(tid, serving_hint)
         for s, e in on_cpu:

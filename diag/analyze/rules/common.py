@@ -119,6 +119,12 @@ def behind_line(ctx: AnalysisContext, key: str, label: str) -> Evidence | None:
     if ns <= 0:
         return None
     n = sum(1 for s in ra.slow if s.behind.get(key))
+    if ra.followed:
+        holders = sorted({b.holder for s in ra.slow for b in s.blame if b.root == key and b.holder is not None})
+        return Evidence("ebpf (wakeups)", f"{n} slow requests also waited {fmt_duration(ns)} on a lock whose holder "
+                                          f"(tid {', '.join(map(str, holders[:4])) or '?'}) was inside {label}: "
+                                          f"followed from each wait to the thread that ended it; the lock spreads "
+                                          f"that latency to every waiter", slow_window(ra.slow))
     return Evidence("syscalls", f"{n} slow requests also waited {fmt_duration(ns)} on a lock (long futex waits) while "
                                 f"another thread of the process was inside {label}: the lock spreads that "
                                 f"latency to every waiter", slow_window(ra.slow))
