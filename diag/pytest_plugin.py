@@ -25,7 +25,6 @@ the report holds the process collector only.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -121,13 +120,10 @@ class DiagSession:
         and it is this session's capture: its pid is ours and it started after this session
         spawned diag, on this boot (a pid alone proves nothing: in a container pytest is pid 1
         every time)."""
-        try:
-            with open(os.path.join(self.capture, "manifest.json")) as f:
-                manifest = json.load(f)       # rewritten atomically: always whole
-        except (OSError, ValueError):
-            return False
-        return (self._is_ours(manifest)
-                and bool((manifest.get("clock") or {}).get("collectors_started_monotonic_ns")))
+        from diag.capture.bundle import is_ready, read_manifest
+
+        manifest = read_manifest(self.capture)
+        return manifest is not None and self._is_ours(manifest) and is_ready(manifest)
 
     def _is_ours(self, manifest: dict) -> bool:
         if (manifest.get("target") or {}).get("pid") != os.getpid():

@@ -193,6 +193,35 @@ def _check_rel(path: str, rel: str) -> None:
         raise ParseError(path, None, f"manifest names a stream outside the capture: {rel!r}")
 
 
+def read_manifest(capture_dir: str | os.PathLike) -> dict | None:
+    """The manifest of a capture directory being written (None until it exists): it is rewritten
+    atomically, so a read sees it whole."""
+    try:
+        with open(Path(capture_dir) / MANIFEST) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def is_ready(manifest: dict | None) -> bool:
+    """Every collector of the capture has started (eBPF compiled and attached, py-spy sampling):
+    the mark the session writes once they all have."""
+    return bool(manifest) and bool((manifest.get("clock") or {}).get("collectors_started_monotonic_ns"))
+
+
+def wait_ready(capture_dir: str | os.PathLike, alive, timeout_s: float = 90.0) -> bool:
+    """Until the capture is ready (True), `alive()` turns False or the time is up (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        if is_ready(read_manifest(capture_dir)):
+            return True
+        time.sleep(0.05)
+    return is_ready(read_manifest(capture_dir))
+
+
 def is_capture(path: str) -> bool:
     p = Path(path)
     if p.is_dir():

@@ -23,6 +23,7 @@ from conftest import SCORES
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
+from diag.capture.bundle import wait_ready  # noqa: E402
 from diag.examples.load import drive  # noqa: E402
 
 ROUNDS = int(os.environ.get("DIAG_SCENARIO_ROUNDS", "1"))
@@ -99,19 +100,6 @@ def _proc(argv: list[str], **kw):
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
-
-
-def wait_ready(cap, proc: subprocess.Popen, timeout_s: float = 90.0) -> bool:
-    """Until the capture's manifest has its ready mark (every collector attached)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if json.loads((cap / "manifest.json").read_text())["clock"].get("collectors_started_monotonic_ns"):
-                return True
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    return False
 
 
 def python_of(sc: Scenario) -> str:
@@ -200,7 +188,7 @@ def test_scenario(sc: Scenario, round_: int, tmp_path):
                                      "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
             # the load starts once every collector is attached (compiling the probe takes seconds on
             # a busy machine): the whole capture window sees it
-            ready = wait_ready(cap, diag)
+            ready = wait_ready(cap, lambda: diag.poll() is None)
             load = start_load(sc, port, CAPTURE_S + 1.5)
             out, err = diag.communicate(timeout=120)
             seconds = time.monotonic() - t0
