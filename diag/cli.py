@@ -157,7 +157,9 @@ OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Capture dire
                                                                   "(default: diag-COMM-PID-TIME.diag).")]
 CollectorsOpt = Annotated[str, typer.Option("--collectors", "-c", help="auto, or a comma list of ebpf, strace, "
                                                                         "perf, py-spy, pyruntime, process.")]
-FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Also trace child processes.")]
+FollowOpt = Annotated[bool, typer.Option("--follow/--no-children", "-f", help="Watch every process under the "
+                                          "target too (a pre-fork master's workers, now and forked later; the "
+                                          "default), or the target process alone.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
 PayloadOpt = Annotated[int, typer.Option("--strace-payload", help="Bytes of syscall buffers strace may record "
                                                                   "(default 0: payloads can hold secrets).")]
@@ -175,11 +177,18 @@ def _capture_options(duration, out, collectors, follow, payload, ebpf_slow):
 
 @app.command()
 def attach(
-    pid: Annotated[int, typer.Argument(help="Pid of the running server.", show_default=False)],
+    pid: Annotated[Optional[int], typer.Argument(help="Pid of the running server (or --port / --name).",
+                                                 show_default=False)] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Attach to the process listening on this TCP port.",
+                                                show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Attach to the process whose name or command line "
+                                                               "matches (a glob or a substring); it must be one "
+                                                               "process, or one tree of them.",
+                                                show_default=False)] = None,
     duration: DurationOpt = 10.0,
     out: OutOpt = None,
     collectors: CollectorsOpt = "auto",
-    follow: FollowOpt = False,
+    follow: FollowOpt = True,
     json_out: JsonOpt = None,
     strace_payload: PayloadOpt = 0,
     ebpf_slow: SlowEventOpt = "1ms",
@@ -192,7 +201,8 @@ def attach(
     from diag import live
 
     gate_list = _gates(fail_on)
-    result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
+    result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow),
+                         port=port, name=name)
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
     raise typer.Exit(finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list))
 
@@ -204,7 +214,7 @@ def run(
     duration: DurationOpt = 0.0,
     out: OutOpt = None,
     collectors: CollectorsOpt = "auto",
-    follow: FollowOpt = False,
+    follow: FollowOpt = True,
     json_out: JsonOpt = None,
     strace_payload: PayloadOpt = 0,
     ebpf_slow: SlowEventOpt = "1ms",

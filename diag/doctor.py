@@ -128,7 +128,7 @@ def check_process(target: Target) -> Check:
 
 def run_checks(pid: int | None = None) -> list[Check]:
     if pid is not None:
-        from diag.live import target_from_pid
+        from diag.collect.targets import target_from_pid
 
         target = target_from_pid(pid)
     else:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from diag.collect.pyspy import _PY_EXE
+from diag.collect.targets import PYTHON_EXE
 from diag.collect.session import StopFlag
 from diag.errors import EXIT_NO_TARGET, DiagError
 
@@ -273,7 +273,7 @@ def python_verdict(path: str, depth: int = 0) -> tuple[bool | None, str]:
         return None, f"{name} (unreadable: {e.strerror})"
     if head.startswith(b"\x7fELF"):
         names = {name, os.path.basename(os.path.realpath(path))}
-        if any(_PY_EXE.search(n) for n in names):
+        if any(PYTHON_EXE.search(n) for n in names):
             return True, f"the Python interpreter {name}"
         if names & (SHELLS | EXEC_WRAPPERS):
             return None, f"{name} (it may exec Python)"
@@ -289,10 +289,10 @@ def python_verdict(path: str, depth: int = 0) -> tuple[bool | None, str]:
             prog = _env_program(words[1:])
             if prog is None:
                 return None, f"{name} (#!{interp} without a program)"
-            if _PY_EXE.search(prog):
+            if PYTHON_EXE.search(prog):
                 return True, f"a Python script ({name})"
             interp = prog if "/" in prog else (shutil.which(prog) or prog)
-        if _PY_EXE.search(interp):
+        if PYTHON_EXE.search(interp):
             return True, f"a Python script ({name})"
         if depth >= 4 or not os.path.isfile(interp):
             return None, f"{name} (a script run by {interp})"

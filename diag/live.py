@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import psutil
+
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -26,7 +26,7 @@ from diag.capture.bundle import CaptureWriter
 from diag.capture.clock import monotonic_ns
 from diag.collect import AFTER_EXEC, parse_selection, policy
 from diag.collect.base import Target, Unavailable
-from diag.collect.pyspy import is_python
+from diag.collect.targets import resolve
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
 from diag.errors import EXIT_INTERRUPTED, EXIT_NO_COLLECTOR, EXIT_NO_TARGET, DiagError
 from diag.launch import TRACER_WAIT_S, HeldCommand, _check_command, python_verdict, shell_status
@@ -37,26 +37,12 @@ class CaptureOptions:
     duration_s: float | None = 10.0
     out: str | None = None
     collectors: str = "auto"
-    follow: bool = False
+    follow: bool = True
     strace_payload: int = 0
     pyspy_rate: int = 100
     pyruntime_rate: int = 200
     ebpf_slow_ns: int = 1_000_000
     live_view: bool | None = None       # None: when stderr is a terminal
-
-
-def target_from_pid(pid: int, follow: bool = False) -> Target:
-    try:
-        p = psutil.Process(pid)
-        cmdline, comm = p.cmdline(), p.name()
-        if p.status() == psutil.STATUS_ZOMBIE:
-            raise psutil.NoSuchProcess(pid)
-    except psutil.NoSuchProcess:
-        raise DiagError(f"pid {pid} does not exist (or has exited): check it with `ps -p {pid}`", EXIT_NO_TARGET)
-    except psutil.AccessDenied:
-        raise DiagError(f"pid {pid}: permission denied reading /proc/{pid}: run diag as its user or with sudo",
-                        EXIT_NO_TARGET)
-    return Target(pid=pid, cmdline=cmdline, comm=comm, is_python=is_python(pid), follow_children=follow)
 
 
 def default_out(comm: str, pid: int | None) -> str:
@@ -121,10 +107,12 @@ def _capture(target: Target, writer: CaptureWriter, collectors: list, opts: Capt
     return run_capture(target, collectors, writer, opts.duration_s, alive, **kw)
 
 
-def attach(pid: int, opts: CaptureOptions) -> SessionResult:
-    target = target_from_pid(pid, opts.follow)
+def attach(pid: int | None, opts: CaptureOptions, port: int | None = None, name: str | None = None) -> SessionResult:
+    """Attach to a pid, the process listening on `port` or the one `name` matches, and (unless
+    opts.follow is off) every process under it."""
+    target = resolve(pid, port, name, opts.follow)
     collectors = policy(parse_selection(opts.collectors), target, **_collector_opts(opts))
-    writer = CaptureWriter(opts.out or default_out(target.comm, pid), target.to_json(), "attach")
+    writer = CaptureWriter(opts.out or default_out(target.comm, target.pid), target.to_json(), "attach")
     return _capture(target, writer, collectors, opts)
 
 

@@ -369,6 +369,8 @@ class Agent:
         self.write(lost)
         ended = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         end = {"type": "end", "events": self.rings["calls"].records, "calls": c["calls"],
+               # the agent's own CPU once attached (compiling the probe before is a one-off)
+               "cpu_s_attached": round(time.process_time() - self.cpu_at_attach, 4),
                "wakeups": c["wakeups"], "runq": c["runq"], "counters": c,
                "reason": self.stop_reason, "duration_ns": ended - started}
         if self.want_requests:
@@ -398,6 +400,7 @@ class Agent:
         t2 = time.monotonic()
         self.open_outputs()
         started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.cpu_at_attach = time.process_time()
         layouts = {kind: {"file": fname, "layout": self.h.structs[sname].to_json(),
                           "stride": stride_of(self.h.structs[sname].size)}
                    for kind, (fname, sname) in fmt.RECORDS.items() if kind in self.rings}
@@ -414,6 +417,7 @@ class Agent:
                     "tracepoints": self.tracepoints, "missing": self.missing, "clock": "monotonic",
                     "started_monotonic_ns": started, "compile_ms": round((t1 - t0) * 1000, 1),
                     "attach_ms": round((t2 - t1) * 1000, 1), "kallsyms": procfs.kallsyms_visible(),
+                    "compile_cpu_s": round(time.process_time(), 3),
                     "agent_pid": os.getpid(), "initial_tgids": list(self.tgids), "listen_ports": sorted(self.ports)})
         self.out.flush()
         log(f"attached {len(self.nr_name)} syscalls via {len(self.tracepoints)} tracepoints in {t2 - t0:.2f}s "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from diag.model import Dataset, RunqWait, Wakeup
 from diag.syscalls import FdKind, family

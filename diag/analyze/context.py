@@ -34,6 +34,12 @@ class AnalysisContext:
             self._ts_by_tid[tid] = [s.ts_ns or 0 for s in lst]
 
     @cached_property
+    def members(self) -> list[dict]:
+        """The processes the capture watched (the target's tree), as the manifest lists them."""
+        target = (self.data.manifest or {}).get("target") or {}
+        return [m for m in target.get("processes") or () if isinstance(m, dict) and "pid" in m]
+
+    @cached_property
     def idx(self):
         from diag.analyze.crossing import ThreadIndex
 
@@ -69,6 +75,25 @@ class AnalysisContext:
     def work_time_ns(self) -> int:
         """Time spent in work syscalls (see stats.is_work), from the same rows as the tables."""
         return sum(st.total_ns for (name, kind), st in self.by_syscall.items() if stats.is_work(name, kind))
+
+    def process_cpu(self) -> tuple[float, float, dict[int, float]] | None:
+        """CPU the watched processes used over the capture, from the process sampler: (CPU-s of
+        all of them, the seconds sampled, CPU-s per pid); None without two snapshots."""
+        by_pid: dict[int, list] = defaultdict(list)
+        for s in self.data.snapshots:
+            by_pid[s.pid].append(s)
+        per: dict[int, float] = {}
+        t0 = t1 = None
+        for pid, snaps in by_pid.items():
+            if len(snaps) < 2:
+                continue
+            a, b = snaps[0], snaps[-1]
+            per[pid] = (b.cpu_user_s + b.cpu_system_s) - (a.cpu_user_s + a.cpu_system_s)
+            t0 = a.ts_ns if t0 is None else min(t0, a.ts_ns)
+            t1 = b.ts_ns if t1 is None else max(t1, b.ts_ns)
+        if not per or t1 <= t0:
+            return None
+        return sum(per.values()), (t1 - t0) / 1e9, per
 
     def own_gc_ns(self, sr) -> int:
         """Time a slow request's own thread spent collecting garbage inside the request (the

@@ -43,16 +43,16 @@ def _target(data: Dataset) -> dict:
     return t
 
 
-def observer_section(data: Dataset) -> dict:
+def observer_section(ctx: AnalysisContext) -> dict:
     """What measuring cost: each collector's CPU, against the target's own CPU meanwhile."""
-    m = data.manifest or {}
+    m = ctx.data.manifest or {}
     tools = {n: c.get("observer") for n, c in (m.get("collectors") or {}).items() if c.get("observer")}
-    snaps = data.snapshots
     target = None
-    if len(snaps) >= 2:
-        secs = (snaps[-1].ts_ns - snaps[0].ts_ns) / 1e9
-        cpu = (snaps[-1].cpu_user_s + snaps[-1].cpu_system_s) - (snaps[0].cpu_user_s + snaps[0].cpu_system_s)
-        target = {"cpu_s": round(cpu, 3), "seconds": round(secs, 3), "cores": round(cpu / secs, 4) if secs else None}
+    used = ctx.process_cpu()
+    if used:
+        cpu, secs, per = used
+        target = {"cpu_s": round(cpu, 3), "seconds": round(secs, 3), "cores": round(cpu / secs, 4) if secs else None,
+                  "processes": len(per)}
     return {"collectors": tools, "tools_cpu_s": round(sum(t.get("cpu_s_capture", 0) for t in tools.values()), 3),
             "target": target}
 
@@ -182,7 +182,7 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
         "host": m.get("host"),
         "window": {"start_ns": start, "end_ns": end, "duration_s": round((end - start) / 1e9, 6)},
         "collectors": _collectors(data),
-        "observer": observer_section(data),
+        "observer": observer_section(ctx),
         "alignment": alignment_summary(data),
         "counts": {"syscalls": len(data.syscalls), "timed_syscalls": len(ctx.timed_syscalls),
                    "stack_samples": sum(s.weight for s in data.samples), "snapshots": len(data.snapshots),

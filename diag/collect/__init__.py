@@ -36,9 +36,9 @@ def make(name: str, **opts):
 
         return PyspyCollector(rate=opts.get("pyspy_rate", 100), native=opts.get("pyspy_native", False))
     if name == "pyruntime":
-        from diag.collect.pyruntime import PyRuntimeCollector
+        from diag.collect.pyruntime import PyRuntimeTree
 
-        return PyRuntimeCollector(rate_hz=opts.get("pyruntime_rate", 200))
+        return PyRuntimeTree(rate_hz=opts.get("pyruntime_rate", 200))
     if name == "process":
         from diag.collect.process import ProcessSampler
 

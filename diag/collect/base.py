@@ -41,6 +41,11 @@ class Target:
     is_python: bool = False
     launched: bool = False          # started by `diag run` (we own its lifetime)
     follow_children: bool = False
+    tree: object | None = None      # diag.collect.targets.ProcessTree: every member seen (the session keeps it)
+
+    def pids(self) -> set[int]:
+        """The processes watched: the target and, following children, every member seen so far."""
+        return set(self.tree.pids()) | {self.pid} if self.tree is not None else {self.pid}
 
     def threads(self) -> list[int]:
         """The target's thread ids now (threads born later are seen by the tracers' clone events)."""
@@ -50,8 +55,11 @@ class Target:
             return []
 
     def to_json(self) -> dict:
-        return {"pid": self.pid, "cmdline": self.cmdline, "comm": self.comm, "python": self.is_python,
-                "launched": self.launched, "follow_children": self.follow_children, "threads": self.threads()}
+        out = {"pid": self.pid, "cmdline": self.cmdline, "comm": self.comm, "python": self.is_python,
+               "launched": self.launched, "follow_children": self.follow_children, "threads": self.threads()}
+        if self.tree is not None:
+            out["processes"] = self.tree.to_json()
+        return out
 
 
 @dataclass

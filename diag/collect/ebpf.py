@@ -151,6 +151,9 @@ class EbpfCollector(SubprocessCollector):
                                        "missing": h.get("missing"), "compile_ms": h.get("compile_ms"),
                                        "attach_ms": h.get("attach_ms"), "follow": target.follow_children})
 
+    def observer_cost(self) -> dict:
+        return _steady(super().observer_cost(), getattr(self, "_attached_cpu", None), getattr(self, "_attached_s", 0.0))
+
     def _agent_error(self) -> str:
         if not self.stderr_path or not self.stderr_path.exists():
             return ""
@@ -220,6 +223,8 @@ class EbpfCollector(SubprocessCollector):
         else:
             status, reason = OK, None
         self.status, self.reason = status, reason
+        self._attached_cpu = (tail.get("end") or {}).get("cpu_s_attached")
+        self._attached_s = ((tail.get("end") or {}).get("duration_ns") or 0) / 1e9
         if self.writer is not None:
             fields = {"status": status, "events": events, "lost": lost,
                       "calls": int(tail.get("end", {}).get("calls", 0) or 0), "exit_code": rc}
@@ -230,6 +235,14 @@ class EbpfCollector(SubprocessCollector):
             if reason:
                 fields["reason"] = reason
             self.writer.set_collector(self.name, **fields)
+
+
+def _steady(cost: dict, cpu_s, seconds: float) -> dict:
+    """The agent's cost once attached (what a long capture pays), next to the whole run's."""
+    if cpu_s is None or not seconds:
+        return cost
+    return {**cost, "cpu_s_attached": round(cpu_s, 3), "cores": round(cpu_s / seconds, 4),
+            "cores_with_compile": cost.get("cores")}
 
 
 def _last_error(stderr: str) -> str:

@@ -136,7 +136,7 @@ class PerfCollector(SubprocessCollector):
         if self.writer is None or self.target is None:
             return
         data = self.writer.stream_path("perf.data")
-        pids = {self.target.pid}
+        pids = self.target.pids()
         try:
             pids |= {c.pid for c in psutil.Process(self.target.pid).children(recursive=True)}
         except psutil.Error:

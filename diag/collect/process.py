@@ -1,4 +1,5 @@
-"""The process sampler: CPU, context switches, fds, threads and socket states of the target.
+"""The process sampler: CPU, context switches, fds, threads and socket states of the target, and of
+every process of its tree (each snapshot names its pid; a member that exits just stops appearing).
 
 Runs as a thread inside diag (psutil and /proc reads, no ptrace, nothing stops the target) and
 appends one JSON line per interval to `streams/process.jsonl` (format diag.process/1).
@@ -134,10 +135,12 @@ class ProcessSampler:
 
     def start(self, target: Target, writer: CaptureWriter) -> None:
         self.writer = writer
+        self.target = target
         try:
             self.proc = psutil.Process(target.pid)
         except psutil.NoSuchProcess:
             raise Unavailable(f"pid {target.pid} exited")
+        self.procs: dict[int, psutil.Process] = {target.pid: self.proc}
         path = writer.stream_path("process.jsonl")
         self._out = open(path, "w", buffering=1)
         self._out.write(json.dumps({"format": "diag.process/1", "interval_s": self.interval_s,
@@ -153,15 +156,31 @@ class ProcessSampler:
         finally:
             self.cpu_s = time.thread_time()
 
+    def _members(self) -> list[psutil.Process]:
+        """The target and the members of its tree alive now (psutil objects kept, so that CPU
+        times stay per process)."""
+        for pid in sorted(self.target.pids()):
+            if pid not in self.procs:
+                try:
+                    self.procs[pid] = psutil.Process(pid)
+                except psutil.NoSuchProcess:
+                    self.procs[pid] = None
+        return [p for p in self.procs.values() if p is not None]
+
     def _loop(self) -> None:
         while True:
-            try:
-                self._out.write(json.dumps(snapshot(self.proc)) + "\n")
-                self.events += 1
-            except (psutil.NoSuchProcess, ProcessLookupError):
-                return
-            except Exception as e:  # a sampler error degrades, never kills, the capture
-                self.error = f"{type(e).__name__}: {e}"
+            sampled = 0
+            for proc in self._members():
+                try:
+                    self._out.write(json.dumps(snapshot(proc)) + "\n")
+                    self.events += 1
+                    sampled += 1
+                except (psutil.NoSuchProcess, ProcessLookupError):
+                    self.procs[proc.pid] = None       # exited (a recycled worker): not again
+                except Exception as e:  # a sampler error degrades, never kills, the capture
+                    self.error = f"{type(e).__name__}: {e}"
+                    return
+            if not sampled and not self.procs.get(self.target.pid):
                 return
             if self._stop.wait(self.interval_s):
                 return

@@ -26,7 +26,7 @@ import time
 
 from diag.capture.bundle import CaptureWriter
 from diag.collect.base import DEGRADED, FAILED, OK, CollectorStats, Target, Unavailable
-from diag.collect.pyspy import _PY_EXE
+from diag.collect.targets import PYTHON_EXE
 from diag.pyruntime.discover import NotPython, find_runtime
 from diag.pyruntime.elf import ElfError
 from diag.pyruntime.intervals import IntervalBuilder
@@ -65,7 +65,7 @@ def _access_hint(pid: int) -> str:
 
 def _python_named(pid: int) -> bool:
     try:
-        return bool(_PY_EXE.search(os.readlink(f"/proc/{pid}/exe")))
+        return bool(PYTHON_EXE.search(os.readlink(f"/proc/{pid}/exe")))
     except OSError:
         return False
 
@@ -96,7 +96,9 @@ class PyRuntimeCollector:
 
     name = "pyruntime"
 
-    def __init__(self, rate_hz: int = 200) -> None:
+    def __init__(self, rate_hz: int = 200, name: str = "pyruntime", stream: str = STREAM) -> None:
+        self.name = name
+        self.stream = stream
         self.rate_hz = max(1, int(rate_hz))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -150,7 +152,7 @@ class PyRuntimeCollector:
                 raise Unavailable(reason)
         reader = self._reader
         assert reader is not None
-        self._out = open(writer.stream_path(STREAM), "w")
+        self._out = open(writer.stream_path(self.stream), "w")
         start_ns = _now()
         header = {"format": FORMAT_TAG, "type": "header", "pid": target.pid,
                   "python": reader.version_label(), "version_hex": reader.version_hex,
@@ -159,7 +161,7 @@ class PyRuntimeCollector:
                   "clock": "CLOCK_MONOTONIC", "start_ns": start_ns}
         self._out.write(json.dumps(header, sort_keys=True) + "\n")
         self._out.flush()
-        writer.set_collector(self.name, status=OK, stream=STREAM, format="pyruntime-jsonl",
+        writer.set_collector(self.name, status=OK, stream=self.stream, format="pyruntime-jsonl",
                              started_monotonic_ns=start_ns, python=header["python"], method=reader.method,
                              settings={"rate_hz": self.rate_hz, "memory": reader.mem.method})
         self._thread = threading.Thread(target=self._run, name="diag-pyruntime-sampler", daemon=True)
@@ -286,3 +288,103 @@ class PyRuntimeCollector:
         if self._reader is not None and (self._thread is None or not self._thread.is_alive()):
             self._reader.close()
             self._reader = None
+
+
+class PyRuntimeTree:
+    """The runtime sampler over a process tree: one PyRuntimeCollector per Python process of the
+    target's tree (a gunicorn master and its workers), each with its own stream
+    (`pyruntime.jsonl` for the target itself, `pyruntime.PID.jsonl` for the others), started as
+    members appear. The rate is shared: `rate_hz` in all, at least MIN_RATE_HZ per process, so a
+    tree of workers costs about what one process does."""
+
+    name = "pyruntime"
+    MIN_RATE_HZ = 50
+    LOOK_EVERY_S = 1.0
+
+    def __init__(self, rate_hz: int = 200) -> None:
+        self.rate_hz = rate_hz
+        self.members: dict[int, PyRuntimeCollector | None] = {}
+        self.target: Target | None = None
+        self.writer: CaptureWriter | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._root: PyRuntimeCollector | None = None
+
+    def _rate(self) -> int:
+        n = max(1, len(self.target.pids()) if self.target is not None else 1)
+        return max(self.MIN_RATE_HZ, self.rate_hz // n)
+
+    def check(self, target: Target) -> str | None:
+        self._root = PyRuntimeCollector(self.rate_hz)
+        return self._root.check(target)
+
+    def start(self, target: Target, writer: CaptureWriter) -> None:
+        self.target, self.writer = target, writer
+        root = self._root or PyRuntimeCollector(self.rate_hz)
+        root.rate_hz = self._rate()
+        root.start(target, writer)
+        self.members[target.pid] = root
+        if target.follow_children:
+            self._look()
+            self._watcher = threading.Thread(target=self._watch, name="diag-pyruntime-tree", daemon=True)
+            self._watcher.start()
+
+    def _look(self) -> None:
+        """Start a sampler on every Python member not sampled yet (once per pid)."""
+        assert self.target is not None and self.writer is not None
+        for pid in sorted(self.target.pids()):
+            with self._lock:
+                if pid in self.members or self._stop.is_set():
+                    continue
+                self.members[pid] = None
+            member = Target(pid=pid, follow_children=False)
+            c = PyRuntimeCollector(self._rate(), name=f"pyruntime.{pid}", stream=f"pyruntime.{pid}.jsonl")
+            if c.check(member) is not None:       # not Python (or gone): nothing to sample
+                continue
+            try:
+                c.start(member, self.writer)
+            except Unavailable:
+                continue
+            with self._lock:
+                self.members[pid] = c
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.LOOK_EVERY_S):
+            try:
+                self._look()
+            except Exception:        # a member that cannot be sampled never stops the others
+                pass
+
+    def _running(self) -> list[PyRuntimeCollector]:
+        with self._lock:
+            return [c for c in self.members.values() if c is not None]
+
+    def stats(self) -> CollectorStats:
+        cs = self._running()
+        if not cs:
+            return CollectorStats()
+        st = [c.stats() for c in cs]
+        note = st[0].note if len(st) == 1 else f"{len(st)} Python processes, {self._rate()} Hz each"
+        return CollectorStats(events=sum(s.events for s in st), running=any(s.running for s in st), note=note)
+
+    def begin_stop(self) -> None:
+        self._stop.set()
+        for c in self._running():
+            c.begin_stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
+        for c in self._running():
+            c.stop()
+
+    def observer_cost(self) -> dict:
+        costs = [c.observer_cost() for c in self._running()]
+        out: dict = {}
+        for key in ("cpu_s_capture", "cores"):
+            vals = [c[key] for c in costs if key in c]
+            if vals:
+                out[key] = round(sum(vals), 5)
+        return out

@@ -14,7 +14,6 @@ On SIGINT py-spy writes its output and exits; if diag dies, PDEATHSIG delivers S
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -23,23 +22,7 @@ import psutil
 
 from diag.capture.bundle import CaptureWriter
 from diag.collect.base import (DEGRADED, OK, CollectorStats, SubprocessCollector, Target, Unavailable, tool_path)
-
-_PY_EXE = re.compile(r"(^|/)(python|pypy)[\d.]*[a-z]?$")
-
-
-def is_python(pid: int) -> bool:
-    """Whether the process runs a Python interpreter (its exe, or libpython mapped)."""
-    try:
-        p = psutil.Process(pid)
-        if _PY_EXE.search(p.exe() or ""):
-            return True
-        for m in p.memory_maps(grouped=True):
-            if "libpython" in os.path.basename(m.path):
-                return True
-    except (psutil.Error, OSError):
-        return False
-    return False
-
+from diag.collect.targets import is_python
 
 class PyspyCollector(SubprocessCollector):
     name = "py-spy"

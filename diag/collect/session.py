@@ -119,6 +119,13 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
         except ValueError:      # not the main thread (tests): rely on the caller's stop
             pass
     alive = target_alive or (lambda: _pid_alive(target.pid))
+    if target.follow_children and target.tree is None:
+        from diag.collect.targets import ProcessTree
+
+        target.tree = ProcessTree(target.pid)
+    if target.tree is not None:
+        target.tree.refresh()
+        writer.manifest["target"] = target.to_json()
     started: list[Collector] = []
     status = "complete"
     released = False
@@ -156,6 +163,9 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                     status = "interrupted"
                     break
                 elapsed = time.monotonic() - t0
+                if target.tree is not None and target.tree.refresh():
+                    writer.manifest["target"]["processes"] = target.tree.to_json()
+                    writer.save()
                 if on_tick:
                     on_tick({"elapsed_s": elapsed, "duration_s": duration_s,
                              "collectors": {c.name: c.stats() for c in started}})
@@ -165,6 +175,9 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                 if duration_s is not None and elapsed >= duration_s:
                     break
     finally:
+        if target.tree is not None:
+            target.tree.refresh()
+            writer.manifest["target"]["processes"] = target.tree.to_json()
         # every collector is told at once (streams end together), then each is waited for
         for c in reversed(started):
             begin = getattr(c, "begin_stop", None)

@@ -98,7 +98,10 @@ class StraceCollector(SubprocessCollector):
 
     def start(self, target: Target, writer: CaptureWriter) -> None:
         out = str(writer.stream_path("strace.txt"))
-        argv = self.argv(out, seccomp=False) + ["-p", str(target.pid)]
+        # -f follows forks from now on; the members already forked are attached one by one
+        argv = self.argv(out, seccomp=False)
+        for pid in sorted(target.pids()):
+            argv += ["-p", str(pid)]
         self.spawn(argv, writer)
         # strace writes nothing until the first traced call; it is attached when the target's
         # TracerPid names it (or it died, and says why on stderr).

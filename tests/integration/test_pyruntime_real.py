@@ -223,8 +223,8 @@ def test_sigkill_of_diag_leaves_a_replayable_stream(tmp_path):
         stream = cap / "streams" / "pyruntime.jsonl"
         try:
             # WHEN diag is killed once a record beyond the header is on disk (a hold cut at 1 s)
-            wait_until(lambda: d.poll() is not None or (stream.exists() and stream.read_text().count("\n") >= 2),
-                       "a record flushed")
+            wait_until(lambda: d.poll() is not None or (stream.exists() and '"type":"gil",' in stream.read_text()),
+                       "a GIL record flushed")
             assert d.poll() is None, d.stderr.read()
             d.send_signal(signal.SIGKILL)
             d.wait(30)

@@ -108,6 +108,19 @@ def holder_frames_line(ctx: AnalysisContext, blames, what: str, n: int = 3) -> E
                     f"{what} (tid {', '.join(map(str, tids[:5]))}): {text}", window)
 
 
+def processes_line(ctx: AnalysisContext, slow: list[SlowRequest]) -> Evidence | None:
+    """In a capture of several processes (a master and its workers): which of them the slow
+    requests behind a finding were served by, against how many served requests at all."""
+    serving = {r.pid for r in ctx.req.requests}
+    if len(serving) < 2 and len(ctx.members) < 2:
+        return None
+    seen = sorted({s.request.pid for s in slow})
+    roles = {m["pid"]: m.get("role", "process") for m in ctx.members}
+    kind = "workers" if any(roles.get(p) == "worker" for p in serving) else "processes"
+    return Evidence("requests", f"seen in {len(seen)} of {len(serving)} {kind} serving requests "
+                                f"(pid {', '.join(map(str, seen[:8]))})", slow_window(slow))
+
+
 def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:
     return [c for sr in slow for c in sr.calls if pred(c)]
 
@@ -174,6 +187,10 @@ def time_finding(ctx: AnalysisContext, rule_id: str, key: str, what: str, holder
         if k:
             evidence.append(k)
     evidence.extend(e for e in (extra(ra) if extra else ()) if e)
+    mine = [s for s in ra.slow if s.breakdown.get(key) or s.behind.get(key)]
+    p = processes_line(ctx, mine or ra.slow)
+    if p:
+        evidence.append(p)
     f = frames_line(ra.slow, frames_what)
     if f:
         evidence.append(f)

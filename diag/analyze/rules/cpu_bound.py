@@ -60,13 +60,12 @@ def check(ctx: AnalysisContext) -> Finding | None:
         if hot:
             evidence.append(Evidence("perf", "hottest frames in slow requests: " + ", ".join(h for h, _ in hot),
                                      slow_window(slow)))
-    snaps = ctx.data.snapshots
-    if len(snaps) >= 2:
-        dt = (snaps[-1].ts_ns - snaps[0].ts_ns) / 1e9
-        cpu = (snaps[-1].cpu_user_s + snaps[-1].cpu_system_s - snaps[0].cpu_user_s - snaps[0].cpu_system_s)
-        if dt > 0:
-            evidence.append(Evidence("process", f"target used {cpu / dt:.0%} of a CPU over the capture "
-                                                f"({cpu:.2f} CPU-s in {dt:.1f} s)"))
+    used = ctx.process_cpu()
+    if used:
+        cpu, dt, per = used
+        who = "target" if len(per) == 1 else f"the {len(per)} processes"
+        evidence.append(Evidence("process", f"{who} used {cpu / dt:.0%} of a CPU over the capture "
+                                            f"({cpu:.2f} CPU-s in {dt:.1f} s)"))
     # share >= MIN_SHARE (0.5) here: severity follows the on-CPU time per slow request
     return Finding(ID, ladder(share, per_req, 5_000_000, 50_000_000), share,
                    f"on-CPU code dominates slow requests: {share:.0%} of their time, {fmt_duration(per_req)} each",
