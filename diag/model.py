@@ -225,6 +225,14 @@ class RequestHistogram:
     slots: tuple[tuple[int, int, int], ...]      # (lower ns, upper ns, count)
 
 
+@dataclass(frozen=True)
+class ProbeCounters:
+    """The eBPF probe's own counters at the end of a capture (its `counters` array, by name):
+    requests completed, SYNs retransmitted towards the target's listeners, connections accepted..."""
+
+    counts: dict[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class ExportSetting:
     """From `ts_ns` on, the probe exported every request at least `threshold_ns` slow and 1 in
@@ -333,6 +341,7 @@ class Dataset:
     runq_waits: list[RunqWait] = field(default_factory=list)
     request_hists: dict[str, RequestHistogram] = field(default_factory=dict)
     request_export: list[ExportSetting] = field(default_factory=list)
+    probe_counters: dict[str, int] = field(default_factory=dict)
     gil: list[GilSpan] = field(default_factory=list)           # CPython runtime sampler
     gc_pauses: list[GcPause] = field(default_factory=list)
     runtime_windows: list[RuntimeWindow] = field(default_factory=list)
@@ -351,6 +360,8 @@ class Dataset:
         self.runq_waits.extend(other.runq_waits)
         self.request_hists.update(other.request_hists)
         self.request_export.extend(other.request_export)
+        for k, v in other.probe_counters.items():
+            self.probe_counters[k] = self.probe_counters.get(k, 0) + v
         self.gil.extend(other.gil)
         self.gc_pauses.extend(other.gc_pauses)
         self.runtime_windows.extend(other.runtime_windows)

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from diag.analyze.requests import RequestSet, family_of, rebuild
-from diag.analyze.stats import percentile
+from diag.analyze.stats import slots_percentile, weighted_percentile
 from diag.model import Dataset, Request, StackSample, SyscallEvent
 from diag.syscalls import family
 
@@ -56,6 +56,33 @@ class RequestAnalysis:
     upstream_fds: set[tuple[int, int]] = field(default_factory=set)
     inflight: int = 0
     followed: bool = False               # waits followed to their waker (eBPF wakeups), see `blamed`
+    client_visible: bool = False         # latencies start at the connection's handshake where measured
+    histogram: object | None = None      # the probe's RequestHistogram of every request (exported or not)
+
+    def latency(self, r: Request) -> int:
+        """The latency this analysis ranks by: client-visible where the accept-queue wait was
+        measured (a connection's first request waited in the queue too), else server-side."""
+        return r.client_latency_ns if self.client_visible else r.latency_ns
+
+    @property
+    def count(self) -> int:
+        """Requests in the capture: every one the probe saw, exported or not."""
+        if self.histogram is not None:
+            return max(self.histogram.count, len(self.requests))
+        return sum(r.weight for r in self.requests)
+
+    def percentile(self, q: float) -> int:
+        """Of every request's latency: from the in-kernel histogram when requests were sampled,
+        exact from the records above the histogram's resolution (the slow tail is all exported)."""
+        exact = sorted((self.latency(r), r.weight) for r in self.requests)
+        if self.histogram is None or self.histogram.count <= len(self.requests):
+            return weighted_percentile(exact, q)
+        tail = sum(w for _, w in exact if _ >= self.threshold_ns)
+        if q >= 100 * (1 - tail / self.histogram.count) and exact:
+            # the top of the distribution is every exported slow request: exact
+            k = max(1, int(-(-(100 - q) * self.histogram.count // 100)))
+            return exact[-k][0] if k <= len(exact) else exact[0][0]
+        return slots_percentile(self.histogram.slots, q)
 
     def blamed(self, **kw) -> int:
         """Wait time of the slow requests attributed by the critical path (blame.total filters)."""
@@ -65,7 +92,7 @@ class RequestAnalysis:
 
     @property
     def slow_total_ns(self) -> int:
-        return sum(s.request.latency_ns for s in self.slow)
+        return sum(self.latency(s.request) for s in self.slow)
 
     def total(self, key: str) -> int:
         """Time of one breakdown key summed over the slow requests."""
@@ -81,12 +108,12 @@ class RequestAnalysis:
         return part / tot if tot else 0.0
 
     def latencies(self) -> list[int]:
-        return sorted(r.latency_ns for r in self.requests)
+        return sorted(self.latency(r) for r in self.requests)
 
     @property
     def typical_ns(self) -> int:
         """The median request latency: what "slow" is measured against."""
-        return percentile(self.latencies(), 50)
+        return self.percentile(50)
 
     def typical_without(self, key: str, idx: "ThreadIndex | None" = None) -> int:
         """The median request latency once the time in `key` is taken out of every request.
@@ -116,9 +143,9 @@ class RequestAnalysis:
                 starts, evs = calls[r.tid]
                 for e in evs[bisect.bisect_left(starts, r.start_ns):bisect.bisect_left(starts, r.end_ns)]:
                     seen += max(0, min(e.end_ns, r.end_ns) - e.start_ns)
-            rest.append(max(0, r.latency_ns - max(own, seen)))
+            rest.append((max(0, r.latency_ns - max(own, seen)), r.weight))
         rest.sort()
-        return percentile(rest, 50)
+        return weighted_percentile(rest, 50)
 
 
 class ThreadIndex:
@@ -257,20 +284,25 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         requests, source, upstream, inflight = rs.requests, "events", rs.upstream_fds, rs.inflight
     if not requests:
         return None
-    lat = sorted(r.latency_ns for r in requests)
+    client = any(r.queued_ns is not None for r in requests)
+    ra = RequestAnalysis(requests, source, 0, "", [], upstream, inflight, client_visible=client,
+                         histogram=data.request_hists.get("client" if client else "server"))
+    lat = sorted(ra.latency(r) for r in requests)
     if slow_ns is not None:
         threshold, frm = slow_ns, "--slow"
     else:
         # p99, but never fewer than MIN_SLOW requests: the worst one or two of a short capture
         # are as much noise as signal
-        threshold, frm = percentile(lat, 99), "p99"
+        ra.threshold_ns = lat[-1] + 1          # nothing counts as the exported tail while computing p99
+        threshold, frm = ra.percentile(99), "p99"
         if len(lat) >= MIN_SLOW and lat[-MIN_SLOW] < threshold:
             threshold, frm = lat[-MIN_SLOW], f"p99, at least the {MIN_SLOW} slowest"
+    ra.threshold_ns, ra.threshold_from = threshold, frm
     loops = event_loop_threads(requests)
     path = critical_path(data, upstream)
-    slow = []
+    slow = ra.slow
     for r in requests:
-        if r.latency_ns < threshold or r.latency_ns <= 0:
+        if ra.latency(r) < threshold or ra.latency(r) <= 0:
             continue
         calls = idx.calls(r.tid, r.start_ns, r.end_ns)
         if r.write_tid and r.write_tid != r.tid:
@@ -290,6 +322,9 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         if used > r.latency_ns:          # overlapping calls of two threads: scale into the wall time
             scale = r.latency_ns / used
             b = {k: int(v * scale) if k != "user" else 0 for k, v in b.items()}
+        if client and ra.latency(r) > r.latency_ns:
+            # before the server read it: the connection's wait in the accept queue (and accept)
+            b["queue"] = ra.latency(r) - r.latency_ns
         sr = SlowRequest(r, dict(b), calls, idx.stacks(r.tid, r.start_ns, r.end_ns))
         if path is not None:
             sr.blame = path.request(r.pid, r.tid, r.start_ns, r.end_ns)
@@ -297,7 +332,8 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
         else:
             sr.behind = waits_behind(sr, idx, upstream)
         slow.append(sr)
-    return RequestAnalysis(requests, source, threshold, frm, slow, upstream, inflight, followed=path is not None)
+    ra.followed = path is not None
+    return ra
 
 
 def critical_path(data: Dataset, upstream: set[tuple[int, int]]):

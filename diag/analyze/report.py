@@ -123,33 +123,50 @@ def requests_section(ctx: AnalysisContext) -> dict | None:
     ra = ctx.req
     if ra is None:
         return None
-    lat = ra.latencies()
     hist: dict[int, int] = {}
-    for v in lat:
-        b = stats.log2_bucket(v)
-        hist[b] = hist.get(b, 0) + 1
+    if ra.histogram is not None and ra.histogram.count > len(ra.requests):
+        for lo, _hi, n in ra.histogram.slots:          # every request, exported or not
+            b = stats.log2_bucket(lo)
+            hist[b] = hist.get(b, 0) + n
+    else:
+        for r in ra.requests:
+            b = stats.log2_bucket(ra.latency(r))
+            hist[b] = hist.get(b, 0) + r.weight
     breakdown: dict[str, int] = {}
     for sr in ra.slow:
         for k, v in sr.breakdown.items():
             breakdown[k] = breakdown.get(k, 0) + v
-    worst = sorted(ra.slow, key=lambda s: s.request.latency_ns, reverse=True)[:10]
-    return {
-        "count": len(ra.requests), "source": ra.source, "inflight": ra.inflight,
+    worst = sorted(ra.slow, key=lambda s: ra.latency(s.request), reverse=True)[:10]
+    out = {
+        "count": ra.count, "exported": len(ra.requests), "source": ra.source, "inflight": ra.inflight,
         "slow_threshold_ns": ra.threshold_ns, "slow_threshold_from": ra.threshold_from,
         "slow_count": len(ra.slow), "slow_total_ns": ra.slow_total_ns,
-        "latency": {"p50_ns": stats.percentile(lat, 50), "p90_ns": stats.percentile(lat, 90),
-                    "p99_ns": stats.percentile(lat, 99), "max_ns": lat[-1] if lat else 0},
+        "latency_kind": "client-visible" if ra.client_visible else "server-side",
+        "latency": {"p50_ns": ra.percentile(50), "p90_ns": ra.percentile(90), "p99_ns": ra.percentile(99),
+                    "max_ns": max((ra.latency(r) for r in ra.requests), default=0)},
         "histogram": sorted([lo, n] for lo, n in hist.items()),
         "breakdown": {k: v for k, v in sorted(breakdown.items()) if v},
         "slowest": [_request_json(s.request, s.breakdown) for s in worst],
         "connections": len({(r.pid, r.fd, r.conn_start_ns) for r in ra.requests}),
     }
+    if ra.client_visible:
+        server = ctx.data.request_hists.get("server")
+        if server is not None and server.count > len(ra.requests):
+            out["server_latency"] = {f"p{q}_ns": stats.slots_percentile(server.slots, q) for q in (50, 90, 99)}
+        else:
+            lat = sorted((r.latency_ns, r.weight) for r in ra.requests)
+            out["server_latency"] = {f"p{q}_ns": stats.weighted_percentile(lat, q) for q in (50, 90, 99)}
+        out["server_latency"]["max_ns"] = max((r.latency_ns for r in ra.requests), default=0)
+        queued = [r.queued_ns for r in ra.requests if r.queued_ns is not None]
+        out["accept_queue"] = {"connections": len(queued), "max_ns": max(queued, default=0),
+                               "total_ns": sum(queued)}
+    return out
 
 
 def _timelines(ctx: AnalysisContext, spikes) -> list[dict]:
     """The windows the HTML draws: the worst slow requests, else the worst syscall spikes."""
     if ctx.req is not None and ctx.req.slow:
-        worst = sorted(ctx.req.slow, key=lambda s: s.request.latency_ns, reverse=True)[:3]
+        worst = sorted(ctx.req.slow, key=lambda s: ctx.req.latency(s.request), reverse=True)[:3]
         out = []
         for s in worst:
             t = timeline(ctx, s.request.start_ns, s.request.end_ns, s.request.tid)

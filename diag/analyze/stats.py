@@ -42,6 +42,35 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[k]
 
 
+def weighted_percentile(pairs: list[tuple[int, int]], q: float) -> int:
+    """Nearest-rank percentile of (value, weight) pairs sorted by value: a record standing for
+    `weight` requests (an exemplar of many) counts that many times."""
+    total = sum(w for _, w in pairs)
+    if not total:
+        return 0
+    rank = max(1, -(-q * total // 100))
+    seen = 0
+    for v, w in pairs:
+        seen += w
+        if seen >= rank:
+            return v
+    return pairs[-1][0]
+
+
+def slots_percentile(slots, q: float) -> int:
+    """Percentile of a histogram of (lower, upper, count) slots, interpolated inside its slot."""
+    total = sum(c for *_, c in slots)
+    if not total:
+        return 0
+    rank = q * total / 100
+    seen = 0
+    for lo, hi, c in slots:
+        if c and seen + c >= rank:
+            return int(lo + (hi - lo) * (rank - seen) / c)
+        seen += c
+    return slots[-1][1]
+
+
 def summarize(durations: list[int], errors: int = 0, nbytes: int = 0, source: str = "events") -> LatencyStats:
     durations.sort()
     return LatencyStats(len(durations), sum(durations), percentile(durations, 50), percentile(durations, 90),

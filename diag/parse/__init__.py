@@ -5,8 +5,9 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
-from diag.model import (Clock, Dataset, ExportSetting, GcPause, GilSpan, ProcessSnapshot, Request, RequestHistogram,
-                        RunqWait, RuntimeWindow, StackSample, StreamInfo, SyscallAggregate, SyscallEvent, Wakeup)
+from diag.model import (Clock, Dataset, ExportSetting, GcPause, GilSpan, ProbeCounters, ProcessSnapshot, Request,
+                        RequestHistogram, RunqWait, RuntimeWindow, StackSample, StreamInfo, SyscallAggregate,
+                        SyscallEvent, Wakeup)
 from diag.parse.base import ParseContext, ParsedStream, Parser
 
 SNIFF_BYTES = 64 * 1024
@@ -99,6 +100,9 @@ def _collect(records, data: Dataset) -> int:
             smp_append(r)
         elif t is RequestHistogram:
             data.request_hists[r.latency] = r
+        elif t is ProbeCounters:
+            for k, v in r.counts.items():
+                data.probe_counters[k] = data.probe_counters.get(k, 0) + v
         else:
             append = lists.get(t)
             if append is None:  # pragma: no cover - a parser bug, not user input

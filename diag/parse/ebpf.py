@@ -20,7 +20,7 @@ import json
 from typing import IO, Iterator
 
 from diag.capture import ebpf_stream as fmt
-from diag.model import (Clock, ExportSetting, Frame, Request, RequestHistogram, RunqWait, StackSample,
+from diag.model import (Clock, ExportSetting, Frame, ProbeCounters, Request, RequestHistogram, RunqWait, StackSample,
                         SyscallAggregate, SyscallEvent, Wakeup)
 from diag.parse.base import BadLines, ParseContext, json_lines
 from diag.syscalls import BYTE_COUNT, PROBE_FAMILY_KEYS, FdKind
@@ -105,6 +105,9 @@ class EbpfParser:
                     lost_sched += int(obj.get("lost_sched") or 0)
                 elif kind == "end":
                     end_seen = True
+                    counts = obj.get("counters")
+                    if isinstance(counts, dict):
+                        yield ProbeCounters({str(k): int(v) for k, v in counts.items()})
                 else:
                     bad.bad(lineno, line, f"unknown record type {kind!r}")
                     continue

@@ -4,6 +4,8 @@ The ids are the JSON contract of the report (docs/report-schema.md) and never ch
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from diag.analyze.context import AnalysisContext
 from diag.model import Finding
 from diag.units import SEVERITY_RANK, ladder
@@ -32,8 +34,12 @@ def run_rules(ctx: AnalysisContext) -> list[Finding]:
             assert f.id in TAXONOMY, f.id
             found.append(f)
     # By share of the time explained; findings below the harm thresholds (info) come after the
-    # ones that are not, so a large share of something harmless never hides a real cause.
-    found.sort(key=lambda f: (f.severity != "info", f.share, SEVERITY_RANK[f.severity], f.impact_ns), reverse=True)
+    # ones that are not, so a large share of something harmless never hides a real cause; a
+    # finding that explains no measured time (a count of sockets) comes after every one that does
+    # and is never more than info.
+    found = [f if f.impact_ns or f.severity == "info" else replace(f, severity="info") for f in found]
+    found.sort(key=lambda f: (f.severity != "info", f.impact_ns > 0, f.share, SEVERITY_RANK[f.severity], f.impact_ns),
+               reverse=True)
     return found
 
 

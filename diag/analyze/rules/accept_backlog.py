@@ -1,43 +1,90 @@
-"""`accept-backlog`: connections dropped or delayed at the listen queue (SYNs and accepts lost
-because the accept queue was full). Share: dropped connections over all connection attempts."""
+"""`accept-backlog`: clients wait before the server ever sees their connection: in a full accept
+queue, or dropped there and retried.
+
+Time, in the unit every finding ranks by (a share of slow-request time, client-visible): the
+probe measures each connection's wait from its handshake to the accept that returned it
+(sock:inet_sock_set_state -> accept), which is the "queue" part of a connection's first
+request. SYNs dropped on a full queue are not seen by the server at all; each costs its client
+at least the kernel's initial SYN retransmit timeout (1 s): counted from the probe's SYN
+retransmits towards the target's ports (clients on this host) or the namespace's ListenDrops, and
+added as that many seconds of client wait. Without either measure, a backed-up queue is reported
+by its figures only, at info.
+"""
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext
+from diag.analyze.rules.common import MIN_SHARE, processes_line, slow_window
 from diag.model import Evidence, Finding
+from diag.units import NS_PER_S, fmt_duration
 
 ID = "accept-backlog"
 MIN_LOST = 3
+SYN_RTO_NS = NS_PER_S          # the kernel's initial SYN retransmit timeout (TCP_TIMEOUT_INIT)
+RECOMMENDATION = ("Accept faster (more acceptor threads/processes, non-blocking accept driven by epoll), and "
+                  "raise the backlog: listen(backlog) in the server and net.core.somaxconn / "
+                  "net.ipv4.tcp_max_syn_backlog in the kernel.")
 
 
-def _accepted(ctx: AnalysisContext) -> int:
+def accepted(ctx: AnalysisContext) -> int:
     rows = [st.count for (name, _), st in ctx.by_syscall.items() if name in ("accept", "accept4")]
     return sum(rows)
 
 
-def check(ctx: AnalysisContext) -> Finding | None:
+def listen_figures(ctx: AnalysisContext) -> tuple[int, int, int, tuple[int, int] | None]:
+    """(overflows, drops, peak accept-queue length, window) from the process sampler."""
     snaps = [s for s in ctx.data.snapshots if s.listen_overflows is not None]
     if len(snaps) < 2:
-        return None
+        return 0, 0, 0, None
+    snaps.sort(key=lambda s: s.ts_ns)
     overflows = snaps[-1].listen_overflows - snaps[0].listen_overflows
     drops = (snaps[-1].listen_drops or 0) - (snaps[0].listen_drops or 0)
-    lost = max(overflows, drops)
-    accepted = _accepted(ctx)
     queue = max((s.listen_queue or 0) for s in snaps)
-    # The counters are per network namespace, not per listener: overflows may be another
+    return overflows, drops, queue, (snaps[0].ts_ns, snaps[-1].ts_ns)
+
+
+def check(ctx: AnalysisContext) -> Finding | None:
+    overflows, drops, queue, w = listen_figures(ctx)
+    syn_retrans = ctx.data.probe_counters.get("syn_retrans", 0)
+    # The netstat counters are per network namespace, not per listener: overflows may be another
     # process's. Call them the target's only when its own accept queue was seen backed up.
-    if lost < MIN_LOST or queue == 0:
+    lost = max(syn_retrans, max(overflows, drops) if queue else 0)
+    ra = ctx.req
+    queued = ra.total("queue") if ra is not None and ra.slow else 0
+    if lost < MIN_LOST and not queued:
         return None
-    share = lost / (lost + accepted) if (lost + accepted) else 1.0
-    sev = "critical" if share >= 0.05 else "warning" if share >= 0.005 else "info"
-    w = (snaps[0].ts_ns, snaps[-1].ts_ns)
-    ev = [Evidence("process", f"TcpExt ListenOverflows +{overflows}, ListenDrops +{drops} during the capture "
-                              f"(counters of the target's network namespace)", w),
-          Evidence("process", f"accept queue of the target's listeners peaked at {queue} waiting connections", w)]
-    if accepted:
-        ev.append(Evidence("syscalls", f"{accepted:,} connections accepted in the same window: {share:.1%} of attempts "
-                                       "were dropped (clients retry SYNs after 1 s, 3 s...)"))
-    return Finding(ID, sev, share, f"listen queue overflowing: {lost} connections dropped ({share:.1%} of attempts)",
-                   tuple(ev),
-                   "Accept faster (more acceptor threads/processes, non-blocking accept driven by epoll), and "
-                   "raise the backlog: listen(backlog) in the server and net.core.somaxconn / "
-                   "net.ipv4.tcp_max_syn_backlog in the kernel.", 0)
+    ev = []
+    if queued:
+        worst = max(ra.slow, key=lambda s: s.breakdown.get("queue", 0))
+        ev.append(Evidence("ebpf (accept queue)", f"{len(ra.slow)} slow requests waited {fmt_duration(queued)} in the "
+                                                  f"accept queue before the server accepted their connection (from "
+                                                  f"the handshake to accept); worst {fmt_duration(worst.breakdown['queue'])}",
+                           slow_window(ra.slow)))
+    if lost:
+        ev.append(Evidence("ebpf+process", f"{lost} connection attempts dropped at the listen queue (SYN retransmits "
+                                           f"towards the target's ports {syn_retrans}, ListenOverflows +{overflows}, "
+                                           f"ListenDrops +{drops}): each costs its client ≥ 1 s (the SYN retransmit "
+                                           f"timeout), {fmt_duration(lost * SYN_RTO_NS)} of waiting the server never "
+                                           f"sees", w))
+    if queue:
+        ev.append(Evidence("process", f"accept queue of the target's listeners peaked at {queue} waiting connections", w))
+    n = accepted(ctx)
+    if n:
+        ev.append(Evidence("syscalls", f"{n:,} connections accepted in the capture"))
+    if ra is not None and ra.slow:
+        p = processes_line(ctx, [s for s in ra.slow if s.breakdown.get("queue")] or ra.slow)
+        if p:
+            ev.append(p)
+    dropped_ns = lost * SYN_RTO_NS
+    total_ns = (ra.slow_total_ns if ra is not None else 0) + dropped_ns
+    time_ns = queued + dropped_ns
+    share = time_ns / total_ns if total_ns else 0.0
+    if time_ns and share >= MIN_SHARE:
+        per = time_ns / max(1, len(ra.slow) if ra is not None and ra.slow else 1)
+        sev = "critical" if share >= 0.5 and per >= 20_000_000 else "warning" if share >= 0.2 and per >= 2_000_000 \
+            else "info"
+        summary = (f"clients wait in the listen queue: {share:.0%} of client-visible slow-request time"
+                   + (f", {lost} connections dropped (≥ 1 s each)" if lost else ""))
+        return Finding(ID, sev, share, summary, tuple(ev), RECOMMENDATION, time_ns)
+    # no time measured: its own figures, at info, ranked after every time-based finding
+    return Finding(ID, "info", 0.0, f"listen queue backed up: {lost} connections dropped, queue peak {queue} "
+                                     f"(no client wait measured)", tuple(ev), RECOMMENDATION, 0)

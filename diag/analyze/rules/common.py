@@ -13,7 +13,7 @@ MIN_SHARE = 0.10
 def slow_window(slow: list[SlowRequest]) -> tuple[int, int] | None:
     if not slow:
         return None
-    worst = max(slow, key=lambda s: s.request.latency_ns)
+    worst = max(slow, key=lambda s: s.request.end_ns - s.request.client_start_ns)
     return worst.request.start_ns, worst.request.end_ns
 
 

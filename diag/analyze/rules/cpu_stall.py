@@ -25,4 +25,4 @@ def check(ctx: AnalysisContext) -> Finding | None:
                    f"CPU stalls: {cpi:.2f} cycles per instruction while user-space time dominates",
                    (Evidence("perf", f"perf stat: {cycles:,} cycles / {instructions:,} instructions = CPI {cpi:.2f}"),),
                    "Look for cache-unfriendly data structures and unpredictable branches in the hot functions "
-                   "(perf record -e cache-misses, perf annotate).", 0)
+                   "(perf record -e cache-misses, perf annotate).", ra.total("user"))

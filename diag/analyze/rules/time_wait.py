@@ -1,14 +1,24 @@
-"""`time-wait`: TIME_WAIT sockets piling up on the server's ports because it closes connections
-first (active close: 2 x MSL per socket); port and memory pressure with many short connections.
-Share: sockets left in TIME_WAIT over connections accepted."""
+"""`time-wait`: a connection per request, closed by the server: every request pays the connection's
+set-up, and TIME_WAIT sockets pile up on the server's ports (active close: 2 x MSL each).
+
+Time, in the unit every finding ranks by: the set-up a slow request's client waited for before
+the server read it (the probe's accept-queue wait, from the handshake to the accept), for requests
+that were the only one on their connection. The count of TIME_WAIT sockets is the finding's own
+figure: without measured time it is reported at info, after every time-based finding, never as a
+warning by count alone (port exhaustion shows as connect errors, which another finding would see).
+"""
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext
-from diag.analyze.rules.accept_backlog import _accepted
+from diag.analyze.rules.accept_backlog import accepted
+from diag.analyze.rules.common import MIN_SHARE, severity, slow_window
 from diag.model import Evidence, Finding
+from diag.units import fmt_duration
 
 ID = "time-wait"
 MIN_TIME_WAIT = 200
+RECOMMENDATION = ("Keep connections alive and reuse them (HTTP keep-alive, connection pools); let the client close "
+                  "first; SO_LINGER {1, 0} only where losing unacknowledged data is acceptable.")
 
 
 def check(ctx: AnalysisContext) -> Finding | None:
@@ -18,16 +28,32 @@ def check(ctx: AnalysisContext) -> Finding | None:
     ts, peak = max(counts, key=lambda x: x[1])
     if peak < MIN_TIME_WAIT:
         return None
-    accepted = _accepted(ctx)
-    share = min(1.0, peak / accepted) if accepted else 1.0
-    sev = "warning" if peak >= 1000 or share >= 0.5 else "info"
+    ra = ctx.req
+    n = accepted(ctx)
     closes = [st for (name, kind), st in ctx.by_syscall.items() if name == "close" and kind.value == "socket"]
     ev = [Evidence("process", f"{peak:,} sockets in TIME_WAIT on the target's listening ports at the peak "
                               f"(server-side active close)", (ts, ts))]
-    if accepted:
-        ev.append(Evidence("syscalls", f"{accepted:,} connections accepted in the capture, "
+    if n:
+        ev.append(Evidence("syscalls", f"{n:,} connections accepted in the capture, "
                                        f"{sum(c.count for c in closes):,} socket close() calls by the server"))
-    return Finding(ID, sev, share, f"{peak:,} server sockets in TIME_WAIT: the server closes connections first",
-                   tuple(ev),
-                   "Keep connections alive and reuse them (HTTP keep-alive, connection pools); let the client close "
-                   "first; SO_LINGER {1, 0} only where losing unacknowledged data is acceptable.", 0)
+    setup = 0
+    if ra is not None and ra.slow:
+        conns = {}
+        for r in ra.requests:
+            key = (r.pid, r.fd, r.conn_start_ns)
+            conns[key] = conns.get(key, 0) + 1
+        single = [s for s in ra.slow if conns.get((s.request.pid, s.request.fd, s.request.conn_start_ns)) == 1]
+        setup = sum(s.breakdown.get("queue", 0) for s in single)
+        one = sum(1 for c in conns.values() if c == 1)
+        if conns:
+            ev.append(Evidence("requests", f"{one:,} of {len(conns):,} connections carried one request; slow requests "
+                                           f"waited {fmt_duration(setup)} for their connection's set-up (handshake to "
+                                           f"accept) before the server read them", slow_window(single or ra.slow)))
+    share = setup / ra.slow_total_ns if ra is not None and ra.slow_total_ns else 0.0
+    if setup and share >= MIN_SHARE:
+        per = setup / len(ra.slow)
+        return Finding(ID, severity(share, per, ra.typical_ns), share,
+                       f"a connection per request: {share:.0%} of client-visible slow-request time in connection "
+                       f"set-up, {peak:,} sockets in TIME_WAIT", tuple(ev), RECOMMENDATION, setup)
+    return Finding(ID, "info", 0.0, f"{peak:,} server sockets in TIME_WAIT: the server closes connections first "
+                                    f"(no request time measured behind it)", tuple(ev), RECOMMENDATION, 0)
