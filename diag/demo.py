@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
-from diag.capture.bundle import wait_ready
 from diag.examples.load import drive
 
 
@@ -35,18 +35,19 @@ def main(argv: list[str] | None = None) -> int:
             print("demo: the example server did not start", file=sys.stderr)
             return 1
         port = int(line.rsplit(":", 1)[1])
-        print(f"demo: example journal server pid {server.pid} on 127.0.0.1:{port}; once diag is attached, "
-              f"load {a.rate:.0f} req/s for {a.duration + 1:.0f} s", flush=True)
-        diag = subprocess.Popen([sys.executable, "-m", "diag", "attach", str(server.pid), "--duration",
-                                 str(a.duration), "--out", capture, "--json", os.path.join(a.out, "report.json")])
-        # the load starts once every collector is attached (compiling the eBPF probe takes a few
-        # seconds on a busy machine), so the whole capture window sees it
-        wait_ready(capture, lambda: diag.poll() is None)
-        load = threading.Thread(target=drive, kwargs=dict(host="127.0.0.1", port=port, requests=int(a.rate * 30),
-                                                          seconds=a.duration + 1, concurrency=4, rate=a.rate),
+        print(f"demo: example journal server pid {server.pid} on 127.0.0.1:{port}; load {a.rate:.0f} req/s "
+              f"until the capture ends", flush=True)
+        # the server is already serving when diag attaches, as a production one is; the load goes
+        # on until the capture ends, however long the eBPF probe takes to compile on a busy machine
+        done = threading.Event()
+        load = threading.Thread(target=drive, kwargs=dict(host="127.0.0.1", port=port, requests=10**9,
+                                                          seconds=120.0, concurrency=4, rate=a.rate, stop=done),
                                 daemon=True)
         load.start()
-        rc = diag.wait()
+        time.sleep(1.0)
+        rc = subprocess.call([sys.executable, "-m", "diag", "attach", str(server.pid), "--duration",
+                              str(a.duration), "--out", capture, "--json", os.path.join(a.out, "report.json")])
+        done.set()
         load.join()
         print(f"\ndemo: capture {capture}, JSON report {a.out}/report.json; "
               f"replay it with: .venv/bin/diag replay {capture}")

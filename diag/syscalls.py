@@ -86,9 +86,10 @@ CLONES = frozenset(("clone", "clone2", "clone3", "fork", "vfork"))
 # "socket": I/O on the request's own connection; "upstream": I/O on sockets the target connected;
 # "runq": runnable but waiting for a CPU (eBPF sched_switch); "user": what no syscall explains;
 # "queue": before the server read the request, its connection waited in the accept queue (client-
-# visible latency, measured by the probe from the handshake to the accept).
+# visible latency, measured by the probe from the handshake to the accept); "setup": then the
+# server set the connection up (accept to the first read of the request).
 BREAKDOWN_KEYS = ("sync", "file", "upstream", "futex", "sleep", "poll", "socket", "connect", "accept", "close",
-                  "other", "runq", "user", "queue")
+                  "other", "runq", "user", "queue", "setup")
 # The probe's request families (FAM_* in probes/diag_events.h), by their index there, named as
 # breakdown keys ("sock" in the header is "socket" here).
 PROBE_FAMILY_KEYS = {"sync": "sync", "file": "file", "futex": "futex", "sleep": "sleep", "poll": "poll",

@@ -323,8 +323,13 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
             scale = r.latency_ns / used
             b = {k: int(v * scale) if k != "user" else 0 for k, v in b.items()}
         if client and ra.latency(r) > r.latency_ns:
-            # before the server read it: the connection's wait in the accept queue (and accept)
-            b["queue"] = ra.latency(r) - r.latency_ns
+            # before the server read it: the connection's wait in the accept queue, then the
+            # server's own set-up of the connection (accept to the request's first read: a thread
+            # spawned, a worker woken)
+            before = ra.latency(r) - r.latency_ns
+            b["queue"] = min(before, r.queued_ns or 0)
+            if before > b["queue"]:
+                b["setup"] = before - b["queue"]
         sr = SlowRequest(r, dict(b), calls, idx.stacks(r.tid, r.start_ns, r.end_ns))
         if path is not None:
             sr.blame = path.request(r.pid, r.tid, r.start_ns, r.end_ns)

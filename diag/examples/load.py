@@ -20,8 +20,9 @@ class LoadResult:
 
 
 def drive(host: str, port: int, requests: int = 2000, seconds: float = 10.0, concurrency: int = 4,
-          path: str = "/", rate: float | None = None) -> LoadResult:
-    """Send at most `requests` GETs within `seconds`, optionally paced to `rate` req/s in all."""
+          path: str = "/", rate: float | None = None, stop: threading.Event | None = None) -> LoadResult:
+    """Send at most `requests` GETs within `seconds`, optionally paced to `rate` req/s in all, and
+    stop early once `stop` is set."""
     assert host.startswith("127.") or host in ("localhost", "::1"), "load goes to loopback only"
     res = LoadResult()
     lock = threading.Lock()
@@ -32,7 +33,7 @@ def drive(host: str, port: int, requests: int = 2000, seconds: float = 10.0, con
     def worker() -> None:
         conn = http.client.HTTPConnection(host, port, timeout=5)
         nxt = time.monotonic()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             with lock:
                 if res.sent >= requests:
                     break

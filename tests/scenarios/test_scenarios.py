@@ -148,7 +148,7 @@ def start_target(sc: Scenario, tmp):
         yield p, _wait_line(p)
 
 
-def start_load(sc: Scenario, port: int, seconds: float) -> threading.Thread:
+def start_load(sc: Scenario, port: int, seconds: float, stop: threading.Event) -> threading.Thread:
     if sc.kind == "redis":
         bench = shutil.which("redis-benchmark")
         if not bench:
@@ -159,13 +159,14 @@ def start_load(sc: Scenario, port: int, seconds: float) -> threading.Thread:
 
         def run():
             deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.is_set():
                 subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         t = threading.Thread(target=run, daemon=True)
     else:
         n = int((sc.rate or 400) * seconds) + 50
         t = threading.Thread(target=drive, kwargs=dict(host="127.0.0.1", port=port, requests=n, seconds=seconds,
-                                                       concurrency=sc.concurrency, rate=sc.rate), daemon=True)
+                                                       concurrency=sc.concurrency, rate=sc.rate, stop=stop),
+                             daemon=True)
     t.start()
     return t
 
@@ -180,18 +181,21 @@ def test_scenario(sc: Scenario, round_: int, tmp_path):
     os.makedirs(work, exist_ok=True)
     try:
         with start_target(sc, work) as (proc, port):
+            # the server is already serving when diag attaches (connections open, as in production),
+            # and the load goes on until the capture has ended, however long the probe took to compile
+            done = threading.Event()
+            load = start_load(sc, port, 120.0, done)
+            time.sleep(1.0)
             rep = tmp_path / "report.json"
             cap = tmp_path / "c.diag"
             t0 = time.monotonic()
             diag = subprocess.Popen([sys.executable, "-m", "diag", "attach", str(proc.pid), "--duration",
                                      str(CAPTURE_S), "--collectors", COLLECTORS, "--out", str(cap), "--json", str(rep),
                                      "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-            # the load starts once every collector is attached (compiling the probe takes seconds on
-            # a busy machine): the whole capture window sees it
             ready = wait_ready(cap, lambda: diag.poll() is None)
-            load = start_load(sc, port, CAPTURE_S + 1.5)
             out, err = diag.communicate(timeout=120)
             seconds = time.monotonic() - t0
+            done.set()
             load.join(30)
             assert ready and diag.returncode == 0, err
     finally:

@@ -19,6 +19,7 @@ from diag.units import NS_PER_S, fmt_duration
 
 ID = "accept-backlog"
 MIN_LOST = 3
+BACKED_UP_NS = 1_000_000        # a connection that waited this long in the queue: the acceptor lags
 SYN_RTO_NS = NS_PER_S          # the kernel's initial SYN retransmit timeout (TCP_TIMEOUT_INIT)
 RECOMMENDATION = ("Accept faster (more acceptor threads/processes, non-blocking accept driven by epoll), and "
                   "raise the backlog: listen(backlog) in the server and net.core.somaxconn / "
@@ -50,6 +51,9 @@ def check(ctx: AnalysisContext) -> Finding | None:
     lost = max(syn_retrans, max(overflows, drops) if queue else 0)
     ra = ctx.req
     queued = ra.total("queue") if ra is not None and ra.slow else 0
+    longest = max((r.queued_ns or 0 for r in ra.requests), default=0) if ra is not None else 0
+    if not (lost or queue or longest >= BACKED_UP_NS):
+        queued = 0           # connections accepted as they came: set-up, not a backlog (time-wait's)
     if lost < MIN_LOST and not queued:
         return None
     ev = []

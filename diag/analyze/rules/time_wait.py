@@ -43,12 +43,13 @@ def check(ctx: AnalysisContext) -> Finding | None:
             key = (r.pid, r.fd, r.conn_start_ns)
             conns[key] = conns.get(key, 0) + 1
         single = [s for s in ra.slow if conns.get((s.request.pid, s.request.fd, s.request.conn_start_ns)) == 1]
-        setup = sum(s.breakdown.get("queue", 0) for s in single)
+        setup = sum(s.breakdown.get("queue", 0) + s.breakdown.get("setup", 0) for s in single)
         one = sum(1 for c in conns.values() if c == 1)
         if conns:
             ev.append(Evidence("requests", f"{one:,} of {len(conns):,} connections carried one request; slow requests "
-                                           f"waited {fmt_duration(setup)} for their connection's set-up (handshake to "
-                                           f"accept) before the server read them", slow_window(single or ra.slow)))
+                                           f"waited {fmt_duration(setup)} for their connection's set-up (handshake, "
+                                           f"accept queue, accept) before the server read them",
+                                           slow_window(single or ra.slow)))
     share = setup / ra.slow_total_ns if ra is not None and ra.slow_total_ns else 0.0
     if setup and share >= MIN_SHARE:
         per = setup / len(ra.slow)
