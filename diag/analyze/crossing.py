@@ -282,11 +282,20 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
             return None
         rs: RequestSet = rebuild(complete, source=complete[0].source)
         requests, source, upstream, inflight = rs.requests, "events", rs.upstream_fds, rs.inflight
+    ready = ((data.manifest or {}).get("clock") or {}).get("collectors_started_monotonic_ns")
+    if ready and any(r.start_ns >= ready for r in requests):
+        # The collectors start one after another (the eBPF probe first, py-spy and the runtime
+        # sampler last): requests before every one of them ran lack the crossed evidence, so the
+        # analysis window opens when the last one had started.
+        requests = [r for r in requests if r.start_ns >= ready]
     if not requests:
         return None
     client = any(r.queued_ns is not None for r in requests)
+    # the in-kernel histogram of every request counts only when the probe exported a sample of
+    # them (it covers the whole capture; exported records, when they are all there, are exact)
+    sampled = any(e.threshold_ns or e.mask for e in data.request_export)
     ra = RequestAnalysis(requests, source, 0, "", [], upstream, inflight, client_visible=client,
-                         histogram=data.request_hists.get("client" if client else "server"))
+                         histogram=data.request_hists.get("client" if client else "server") if sampled else None)
     lat = sorted(ra.latency(r) for r in requests)
     if slow_ns is not None:
         threshold, frm = slow_ns, "--slow"

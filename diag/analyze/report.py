@@ -150,8 +150,8 @@ def requests_section(ctx: AnalysisContext) -> dict | None:
         "connections": len({(r.pid, r.fd, r.conn_start_ns) for r in ra.requests}),
     }
     if ra.client_visible:
-        server = ctx.data.request_hists.get("server")
-        if server is not None and server.count > len(ra.requests):
+        server = ctx.data.request_hists.get("server") if ra.histogram is not None else None
+        if server is not None:
             out["server_latency"] = {f"p{q}_ns": stats.slots_percentile(server.slots, q) for q in (50, 90, 99)}
         else:
             lat = sorted((r.latency_ns, r.weight) for r in ra.requests)

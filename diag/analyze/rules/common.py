@@ -121,6 +121,29 @@ def processes_line(ctx: AnalysisContext, slow: list[SlowRequest]) -> Evidence | 
                                 f"(pid {', '.join(map(str, seen[:8]))})", slow_window(slow))
 
 
+# A request read in at least MIN_READS reads averaging under SMALL_BYTES: read byte by byte.
+MIN_READS = 8
+SMALL_BYTES = 128
+READ_PATH = ("readinto", "readline", "recv", "recv_into", "_read", "read")
+
+
+def tiny_reads(r) -> bool:
+    return r.reads >= MIN_READS and r.bytes_in / r.reads < SMALL_BYTES
+
+
+def read_loop_ns(sr: SlowRequest) -> int:
+    """On-CPU time of a request read in tiny reads spent in the loop that makes them: its user
+    time times the share of its thread's py-spy samples inside a socket read. What small-reads
+    explains (and cpu-bound leaves to it)."""
+    if not tiny_reads(sr.request):
+        return 0
+    py = [s for s in sr.samples if s.source == "py-spy"]
+    if not py:
+        return 0
+    inside = sum(s.weight for s in py if any(f.function.rsplit(".", 1)[-1] in READ_PATH for f in s.frames[-3:]))
+    return int(sr.breakdown.get("user", 0) * inside / sum(s.weight for s in py))
+
+
 def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:
     return [c for sr in slow for c in sr.calls if pred(c)]
 
