@@ -86,10 +86,11 @@ def gunicorn_server(tmp_path, *args: str):
             os.unlink(journal)
 
 
-def attach_under_load(tmp_path, port: int, *args: str, seconds: float = 4.0, rate: float = 120.0,
-                      concurrency: int = 6) -> tuple[dict, dict]:
+def attach_under_load(tmp_path, port: int, *args: str, seconds: float = 4.0, rate: float = 160.0,
+                      concurrency: int = 4) -> tuple[dict, dict]:
     """`diag attach ARGS` for `seconds` while HttpLoad runs (started once diag is ready); returns
-    (report, manifest)."""
+    (report, manifest). Each client thread sends every concurrency/rate s (25 ms): far from the
+    40 ms of a delayed ACK, which a gap between requests on a connection would mimic."""
     cap, rep = tmp_path / "c.diag", tmp_path / "r.json"
     d = diag_popen("attach", *args, "--duration", str(seconds), "--out", str(cap), "--json", str(rep), "--quiet")
     wait_until(lambda: d.poll() is not None or collectors_started_ns(cap), "collectors started", 120)
@@ -239,6 +240,7 @@ PIDNS_SERVER = textwrap.dedent('''
     fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        wbufsize = 65536               # headers and body in one write (no Nagle stall)
         def do_GET(self):
             os.write(fd, b"x" * 65536); os.fsync(fd)
             self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers()
@@ -267,7 +269,9 @@ def test_a_process_in_its_own_pid_namespace(tmp_path):
         # WHEN diag attaches by port, from the host
         report, manifest = attach_under_load(tmp_path, port, "--port", str(port), rate=80, concurrency=4)
     finally:
-        srv.terminate()
+        # SIGKILL: unshare passes SIGTERM to its child, which as pid 1 of its namespace ignores it;
+        # --kill-child then kills the child with unshare
+        srv.kill()
         srv.wait(10)
         if os.path.exists(journal):
             os.unlink(journal)
