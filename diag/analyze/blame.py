@@ -239,9 +239,11 @@ class CriticalPath:
             if b - a - free > 0:
                 out.append(Blame(FUTEX, GIL, b - a - free, None, None, path, (a, b), "GIL holder not sampled"))
             return out
+        shares = {tid: rest * sum(e - s for s, e in ivs) // covered for tid, ivs in held.items()}
+        top = max(held, key=lambda t: sum(e - s for s, e in held[t]))
+        shares[top] += rest - sum(shares.values())        # the rounding, to the main holder
         for tid, ivs in held.items():
-            mine = sum(e - s for s, e in ivs)
-            extra = rest * mine // covered if covered else 0
+            extra = shares[tid]
             for i, (s, e) in enumerate(ivs):
                 pieces = self._activity(tid, pid, s, e, depth, (*path, tid), GIL, None)
                 if i == 0 and extra:
