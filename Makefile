@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup system-deps demo test scenarios bench clean lint
+.PHONY: setup system-deps demo test scenarios bench faults clean lint
 
 setup: system-deps $(VENV)/.installed
 
@@ -31,6 +31,11 @@ scenarios: setup
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# kill -9 of diag at random moments, Ctrl-C at start-up, the target exiting or exec'ing, a full or
+# read-only --out, two diags on one target: the target must come out alive and untraced, every time
+faults: setup
+	$(PY) tests/faults/campaign.py --table docs/fault-results.txt $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build *.egg-info

@@ -72,11 +72,16 @@ class CaptureWriter:
 
     def __init__(self, root: str | os.PathLike, target: dict, mode: str) -> None:
         self.root = Path(root)
+        self.write_error: str | None = None      # the first failed manifest write (a full disk...)
         if self.root.exists() and any(self.root.iterdir()):
             raise DiagError(f"{self.root}: already exists and is not empty; choose another --out or remove it")
-        (self.root / STREAMS_DIR).mkdir(parents=True, exist_ok=True)
         self.manifest = new_manifest(target, mode)
-        self.save()
+        try:
+            (self.root / STREAMS_DIR).mkdir(parents=True, exist_ok=True)
+            _atomic_write_json(self.root / MANIFEST, self.manifest)
+        except OSError as e:
+            raise DiagError(f"{self.root}: cannot write the capture there ({e.strerror or e}): choose a writable "
+                            f"directory with --out") from None
 
     def stream_path(self, filename: str) -> Path:
         """Where a collector writes its raw stream (`streams/FILENAME`)."""
@@ -92,10 +97,16 @@ class CaptureWriter:
         self.save()
 
     def save(self) -> None:
+        """Rewrite the manifest atomically. A failed write (a full disk) keeps the last whole one
+        on disk and is remembered in `write_error`: the session stops the capture on it, and
+        the capture stays replayable as far as it was written."""
         seen = sum(int(c.get("events") or 0) for c in self.manifest["collectors"].values())
         lost = sum(int(c.get("lost") or 0) for c in self.manifest["collectors"].values())
         self.manifest["events"] = {"seen": seen, "lost": lost}
-        _atomic_write_json(self.root / MANIFEST, self.manifest)
+        try:
+            _atomic_write_json(self.root / MANIFEST, self.manifest)
+        except OSError as e:
+            self.write_error = self.write_error or f"{e.strerror or e}"
 
     def finish(self, status: str = "complete") -> dict:
         self.manifest["clock"]["end"] = read_pair().to_json()

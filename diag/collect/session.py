@@ -22,7 +22,7 @@ import psutil
 from diag.capture.bundle import CaptureWriter
 from diag.capture.clock import monotonic_ns
 from diag.collect.base import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Collector, Target, Unavailable
-from diag.errors import EXIT_NO_COLLECTOR, DiagError
+from diag.errors import EXIT_BAD_INPUT, EXIT_NO_COLLECTOR, DiagError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -172,6 +172,9 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                 if not alive():
                     status = "target-exited"
                     break
+                if writer.write_error:
+                    status = "write-failed"
+                    break
                 if duration_s is not None and elapsed >= duration_s:
                     break
     finally:
@@ -199,6 +202,10 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
             writer.manifest["end_reason"] = stop.reason or status
             cut = sys.exc_info()[0] is not None or (release is not None and not released)
             writer.finish("interrupted" if cut else "complete")
+    if writer.write_error:
+        raise DiagError(f"{writer.root}: the capture could not be written ({writer.write_error}); every collector "
+                        f"was stopped and what was written is kept (diag replay reads it): free space, or use "
+                        f"--out elsewhere", EXIT_BAD_INPUT)
     return SessionResult(str(writer.root), status, [c.name for c in started], skipped, stop.reason)
 
 
