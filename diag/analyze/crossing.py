@@ -44,6 +44,8 @@ class SlowRequest:
                                                           # thread's blocking call, per its family
     blame: list = field(default_factory=list)             # its lock/GIL waits followed to their cause
                                                           # (diag.analyze.blame), when the probe saw wakeups
+    queue_behind: dict[str, int] = field(default_factory=dict)  # its accept-queue wait, by what the
+                                                                # servers were busy with meanwhile
 
 
 @dataclass
@@ -309,6 +311,7 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
     ra.threshold_ns, ra.threshold_from = threshold, frm
     loops = event_loop_threads(requests)
     path = critical_path(data, upstream)
+    busy = _ByStart(requests)
     slow = ra.slow
     for r in requests:
         if ra.latency(r) < threshold or ra.latency(r) <= 0:
@@ -345,9 +348,53 @@ def analyze_requests(data: Dataset, idx: ThreadIndex, slow_ns: int | None = None
             sr.behind = behind_from_blame(sr.blame)
         else:
             sr.behind = waits_behind(sr, idx, upstream)
+        if b.get("queue"):
+            for fam, ns in queue_behind(r, b["queue"], busy).items():
+                sr.queue_behind[fam] = sr.queue_behind.get(fam, 0) + ns
+                if fam in HOLDER_FAMILIES:
+                    sr.behind[fam] = sr.behind.get(fam, 0) + ns
         slow.append(sr)
     ra.followed = path is not None
     return ra
+
+
+class _ByStart:
+    """Requests sorted by start, for "which requests were being served during [a, b]"."""
+
+    LONGEST_NS = 60_000_000_000
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.reqs = sorted(requests, key=lambda r: r.start_ns)
+        self.starts = [r.start_ns for r in self.reqs]
+
+    def overlapping(self, a: int, b: int) -> list[Request]:
+        lo = bisect.bisect_left(self.starts, a - self.LONGEST_NS)
+        hi = bisect.bisect_left(self.starts, b)
+        return [r for r in self.reqs[lo:hi] if r.end_ns > a]
+
+
+def queue_behind(r: Request, queued: int, busy: _ByStart) -> dict[str, int]:
+    """What the servers were busy with while a connection waited in their accept queue: its wait,
+    divided in proportion to the time per family of the requests they were serving meanwhile
+    (fsync, CPU...). A pre-fork server whose workers fsync makes its clients queue behind the
+    fsyncs; a server idle meanwhile (an acceptor that is slow by itself) explains nothing here."""
+    b = r.conn_start_ns or r.start_ns
+    a = b - queued
+    parts: dict[str, float] = defaultdict(float)
+    for q in busy.overlapping(a, b):
+        if q is r or q.latency_ns <= 0:
+            continue
+        frac = (min(q.end_ns, b) - max(q.start_ns, a)) / q.latency_ns
+        fam = dict(q.family_ns or ())
+        own = sum(fam.values())
+        for k, v in fam.items():
+            parts[_ALIASES.get(k, k)] += v * frac
+        parts["user"] += max(0, q.latency_ns - own) * frac
+    total = sum(parts.values())
+    if not total:
+        return {}
+    scale = min(1.0, total / (queued or 1)) * queued / total
+    return {k: int(v * scale) for k, v in parts.items() if v}
 
 
 def critical_path(data: Dataset, upstream: set[tuple[int, int]]):

@@ -78,10 +78,25 @@ def check(ctx: AnalysisContext) -> Finding | None:
         p = processes_line(ctx, [s for s in ra.slow if s.breakdown.get("queue")] or ra.slow)
         if p:
             ev.append(p)
+    # the part of the queue wait the servers spent busy with requests is that work's (fsync...):
+    # the queue is then only how it reached the clients
+    behind = sum(sum(s.queue_behind.values()) for s in ra.slow) if ra is not None and queued else 0
+    if behind:
+        top = max(((k, sum(s.queue_behind.get(k, 0) for s in ra.slow)) for k in
+                   {k for s in ra.slow for k in s.queue_behind}), key=lambda kv: kv[1])
+        ev.append(Evidence("requests", f"meanwhile the server was busy serving requests: {fmt_duration(behind)} of "
+                                       f"the wait was behind their work (mostly {top[0]}, "
+                                       f"{fmt_duration(top[1])}), counted under that cause",
+                           slow_window(ra.slow)))
     dropped_ns = lost * SYN_RTO_NS
     total_ns = (ra.slow_total_ns if ra is not None else 0) + dropped_ns
-    time_ns = queued + dropped_ns
+    time_ns = max(0, queued - behind) + dropped_ns
     share = time_ns / total_ns if total_ns else 0.0
+    if queued and behind and share < MIN_SHARE:
+        qshare = queued / total_ns
+        return Finding(ID, "info", qshare, f"clients waited {fmt_duration(queued)} in the listen queue behind busy "
+                                           f"servers: {qshare:.0%} of client-visible slow-request time, ranked "
+                                           f"under what kept them busy", tuple(ev), RECOMMENDATION, queued)
     if time_ns and share >= MIN_SHARE:
         per = time_ns / max(1, len(ra.slow) if ra is not None and ra.slow else 1)
         sev = "critical" if share >= 0.5 and per >= 20_000_000 else "warning" if share >= 0.2 and per >= 2_000_000 \
