@@ -414,6 +414,9 @@ class Agent:
                     "records": layouts, "syscalls": sorted(self.nr_name.values()),
                     "syscall_numbers": {str(k): v for k, v in sorted(self.nr_name.items())},
                     "kinds": KIND_NAMES, "families": list(PROBE_FAMILY_KEYS.values())[:self.h.FAM_N],
+                    # the flag bits the binary records carry, as this probe defines them
+                    "constants": {k: v for k, v in self.h.defines.items()
+                                  if k.startswith(fmt.RECORD_CONSTANT_PREFIXES)},
                     "tracepoints": self.tracepoints, "missing": self.missing, "clock": "monotonic",
                     "started_monotonic_ns": started, "compile_ms": round((t1 - t0) * 1000, 1),
                     "attach_ms": round((t2 - t1) * 1000, 1), "kallsyms": procfs.kallsyms_visible(),

@@ -21,7 +21,7 @@ _TYPES = {"u8": ("B", 1), "u16": ("H", 2), "u32": ("I", 4), "u64": ("Q", 8),
           "s8": ("b", 1), "s16": ("h", 2), "s32": ("i", 4), "s64": ("q", 8)}
 _DEFINE = re.compile(r"^\s*#define\s+([A-Z_][A-Z0-9_]*)\s+(0x[0-9a-fA-F]+|\d+)\b", re.M)
 _STRUCT = re.compile(r"struct\s+(\w+)\s*\{(.*?)\};", re.S)
-_FIELD = re.compile(r"^\s*(u8|u16|u32|u64|s8|s16|s32|s64)\s+(\w+)(?:\[(\w+)\])?\s*;", re.M)
+_FIELD = re.compile(r"^\s*(u8|u16|u32|u64|s8|s16|s32|s64)\s+(\w+)(?:\[(\w+)\])?\s*$")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Header:
 def _layout(name: str, body: str, defines: dict[str, int]) -> Layout:
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     fields, fmt, off, align_max = [], "=", 0, 1
-    for m in _FIELD.finditer(body):
+    for m in filter(None, (_FIELD.match(stmt) for stmt in body.split(";"))):
         ctype, fname, count = m.group(1), m.group(2), m.group(3)
         n = 1
         if count:

@@ -25,6 +25,9 @@ RECORDS = {"calls": ("ebpf.calls.bin", "diag_event"),
            "requests": ("ebpf.requests.bin", "diag_request"),
            "sched": ("ebpf.sched.bin", "diag_sched")}
 RING_HEADER = "II"                       # length (with BUSY/DISCARD bits), page offset
+# the probe's #defines a decoder needs (flag bits of the records): the agent writes their values
+# into the stream header, the parser reads them from there
+RECORD_CONSTANT_PREFIXES = ("REQF_", "SCHED_", "SCHEDF_", "FDR_", "DIAG_KIND_MASK")
 
 
 def record_struct(fmt: str, stride: int) -> struct.Struct:

@@ -27,12 +27,13 @@ from diag.syscalls import BYTE_COUNT, PROBE_FAMILY_KEYS, FdKind
 
 _TAGS = (fmt.FORMAT_TAG, *fmt.OLD_FORMAT_TAGS)
 _KINDS_V1 = [k.value for k in (FdKind.UNKNOWN, FdKind.SOCKET, FdKind.FILE, FdKind.PIPE, FdKind.OTHER)]
-# flag bits of the binary records (probes/diag_events.h; stable within a format version)
-REQF_SLOW, REQF_EXEMPLAR, REQF_QUEUED = 0x1, 0x2, 0x4
-SCHED_WAKEUP, SCHED_RUNQ = 1, 2
-SCHEDF_WAKER_TARGET, SCHEDF_WAKER_IRQ, SCHEDF_WAKER_IDLE = 0x01, 0x02, 0x04
-SCHEDF_WAKER_SERVING, SCHEDF_WAKEE_SERVING, SCHEDF_PREEMPTED = 0x08, 0x10, 0x20
-KIND_MASK, FDR_SERVER, FDR_OUT = 0xff, 0x100, 0x200
+# Flag bits of the binary records: the values the stream's header gives (the probe's own
+# #defines at capture time); these are diag.ebpf/2's first values, for a header without them.
+# tests/unit/test_vocabulary.py checks them against probes/diag_events.h.
+FLAG_DEFAULTS = {"REQF_EXEMPLAR": 0x2, "REQF_QUEUED": 0x4, "SCHED_WAKEUP": 1, "SCHED_RUNQ": 2,
+                 "SCHEDF_WAKER_TARGET": 0x01, "SCHEDF_WAKER_IRQ": 0x02, "SCHEDF_WAKER_IDLE": 0x04,
+                 "SCHEDF_WAKER_SERVING": 0x08, "SCHEDF_WAKEE_SERVING": 0x10, "SCHEDF_PREEMPTED": 0x20,
+                 "DIAG_KIND_MASK": 0xff, "FDR_SERVER": 0x100, "FDR_OUT": 0x200}
 
 
 def _kind(v) -> FdKind:
@@ -139,6 +140,7 @@ class EbpfParser:
         names = {int(k): str(v) for k, v in (header.get("syscall_numbers") or {}).items()}
         kinds = [_kind(k) for k in header.get("kinds") or _KINDS_V1]
         families = [PROBE_FAMILY_KEYS.get(f, f) for f in header.get("families") or ()]
+        k = {**FLAG_DEFAULTS, **{n: int(v) for n, v in (header.get("constants") or {}).items()}}
         for kind, spec in records.items():
             data = ctx.companion(str(spec.get("file")))
             if data is None:
@@ -161,9 +163,9 @@ class EbpfParser:
             if kind == "calls":
                 yield from self._calls(rows, col, names, kinds, offset, kstacks)
             elif kind == "requests":
-                yield from self._requests(rows, col, families, offset, exports)
+                yield from self._requests(rows, col, families, offset, exports, k)
             elif kind == "sched":
-                yield from self._sched(rows, col, names, offset, kinds)
+                yield from self._sched(rows, col, names, offset, kinds, k)
 
     @staticmethod
     def _calls(rows, col, names, kinds, offset, kstacks) -> Iterator[object]:
@@ -189,7 +191,7 @@ class EbpfParser:
                                   pid=r[i_tgid], dur_ns=r[i_off])
 
     @staticmethod
-    def _requests(rows, col, families, offset, exports: list[ExportSetting]) -> Iterator[Request]:
+    def _requests(rows, col, families, offset, exports: list[ExportSetting], k: dict) -> Iterator[Request]:
         fam_cols = [(families[i], col[f"family_ns.{i}"]) for i in range(len(families)) if f"family_ns.{i}" in col]
         g = col.__getitem__
         i_start, i_end, i_fw, i_cs, i_q = g("start_ns"), g("end_ns"), g("first_write_ns"), g("conn_start_ns"), g("queued_ns")
@@ -202,7 +204,7 @@ class EbpfParser:
                 continue
             flags = r[i_flags]
             weight = 1
-            if flags & REQF_EXEMPLAR and exports:
+            if flags & k["REQF_EXEMPLAR"] and exports:
                 e = exports[max(0, bisect.bisect_right(times, end) - 1)]
                 weight = e.mask + 1
             tid, wt = r[i_tid], r[i_wt]
@@ -212,10 +214,10 @@ class EbpfParser:
                           write_tid=wt if wt and wt != tid else None,
                           conn_start_ns=r[i_cs] + offset if r[i_cs] else None, seq=r[i_seq],
                           family_ns=tuple(sorted((name, r[i]) for name, i in fam_cols if r[i])), source="ebpf",
-                          queued_ns=r[i_q] if flags & REQF_QUEUED else None, weight=weight)
+                          queued_ns=r[i_q] if flags & k["REQF_QUEUED"] else None, weight=weight)
 
     @staticmethod
-    def _sched(rows, col, names, offset, kinds) -> Iterator[object]:
+    def _sched(rows, col, names, offset, kinds, k: dict) -> Iterator[object]:
         g = col.__getitem__
         i_type, i_ts, i_since, i_arg, i_wcall = g("type"), g("ts_ns"), g("since_ns"), g("arg"), g("waker_call_ns")
         i_tid, i_tgid, i_nr, i_wtid, i_wtgid, i_wnr, i_flags = (g("tid"), g("tgid"), g("wakee_nr"), g("waker_tid"),
@@ -226,27 +228,27 @@ class EbpfParser:
         for r in rows:
             flags = r[i_flags]
             call = names.get(r[i_nr]) if r[i_nr] >= 0 else None
-            if r[i_type] == SCHED_WAKEUP:
+            if r[i_type] == k["SCHED_WAKEUP"]:
                 raw = bytes(r[i] for i in comm_cols).split(b"\0", 1)[0]
                 comm = comms.get(raw)
                 if comm is None:
                     comm = comms[raw] = raw.decode(errors="replace")
                 fdv = r[i_fdv] if i_fdv is not None else 0
-                k = fdv & KIND_MASK
+                kind = fdv & k["DIAG_KIND_MASK"]
                 yield Wakeup(pid=r[i_tgid], tid=r[i_tid], start_ns=r[i_since] + offset, end_ns=r[i_ts] + offset,
-                             call=call, arg=r[i_arg], fd_kind=kinds[k] if k < len(kinds) else FdKind.UNKNOWN,
-                             fd_role="out" if fdv & FDR_OUT else "server" if fdv & FDR_SERVER else None,
+                             call=call, arg=r[i_arg], fd_kind=kinds[kind] if kind < len(kinds) else FdKind.UNKNOWN,
+                             fd_role="out" if fdv & k["FDR_OUT"] else "server" if fdv & k["FDR_SERVER"] else None,
                              waker_pid=r[i_wtgid], waker_tid=r[i_wtid], waker_comm=comm,
                              waker_call=names.get(r[i_wnr]) if r[i_wnr] >= 0 else None,
                              waker_call_start_ns=r[i_wcall] + offset if r[i_wcall] else None,
-                             waker_target=bool(flags & SCHEDF_WAKER_TARGET), waker_irq=bool(flags & SCHEDF_WAKER_IRQ),
-                             waker_idle=bool(flags & SCHEDF_WAKER_IDLE),
-                             waker_serving=bool(flags & SCHEDF_WAKER_SERVING),
-                             wakee_serving=bool(flags & SCHEDF_WAKEE_SERVING))
-            elif r[i_type] == SCHED_RUNQ:
+                             waker_target=bool(flags & k["SCHEDF_WAKER_TARGET"]),
+                             waker_irq=bool(flags & k["SCHEDF_WAKER_IRQ"]), waker_idle=bool(flags & k["SCHEDF_WAKER_IDLE"]),
+                             waker_serving=bool(flags & k["SCHEDF_WAKER_SERVING"]),
+                             wakee_serving=bool(flags & k["SCHEDF_WAKEE_SERVING"]))
+            elif r[i_type] == k["SCHED_RUNQ"]:
                 yield RunqWait(pid=r[i_tgid], tid=r[i_tid], start_ns=r[i_since] + offset, end_ns=r[i_ts] + offset,
-                               preempted=bool(flags & SCHEDF_PREEMPTED), call=call,
-                               serving=bool(flags & SCHEDF_WAKEE_SERVING))
+                               preempted=bool(flags & k["SCHEDF_PREEMPTED"]), call=call,
+                               serving=bool(flags & k["SCHEDF_WAKEE_SERVING"]))
 
     # --- JSON records -------------------------------------------------------------------------
     @staticmethod
