@@ -73,13 +73,14 @@ to a slow path. About 0.45M lines/s on real -f -T -y logs (CPython 3.11).
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import os
 import re
 import sys
 from typing import IO, Iterator
 
 from diag.model import Clock, SyscallEvent
-from diag.syscalls import BYTE_COUNT, CLONES, FD_FIRST, NEW_OTHER, NEW_SOCKET, OPENS, FdKind
+from diag.syscalls import BYTE_COUNT, CLONES, FD_FIRST, NEW_OTHER, NEW_SOCKET, OPENS, SOCKET_ONLY, FdKind
 from diag.parse.base import BadLines, ParseContext
 
 _SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIPE, FdKind.OTHER, FdKind.UNKNOWN
@@ -126,17 +127,21 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
 _HEX = re.compile(r"0x([0-9a-fA-F]+)")
 _NAME_PID = re.compile(r".\.(\d{1,7})\Z")
+_HEAD_PFX = re.compile(r"(?:\[pid +(\d+)\] |(\d{1,7}) +)")
+_HEAD_CLONE = re.compile(r"(?:clone3?|v?fork)(?:\(.*\)| resumed>.*\)) += (\d+)")
+HEAD_LINES = 5000    # lines read ahead to find the threads `strace -p -f` attached
 
 # --- syscall tables ----------------------------------------------------------------------
 _PAIRS = {"pipe": _PIPE, "pipe2": _PIPE, "socketpair": _SOCKET}
 _SPECIAL = (OPENS | NEW_SOCKET | NEW_OTHER | frozenset(_PAIRS) | CLONES | frozenset((
     "dup", "dup2", "dup3", "fcntl", "fcntl64", "close", "close_range", "exit", "exit_group",
     "set_tid_address", "gettid", "restart_syscall")))
-A_FD, A_NBYTES, A_SPECIAL, A_CLONE = 1, 2, 4, 8
+A_FD, A_NBYTES, A_SPECIAL, A_CLONE, A_SOCK = 1, 2, 4, 8, 16
 _ACT: dict[str, int] = {}
 for _n in FD_FIRST | BYTE_COUNT | _SPECIAL:
     _ACT[_n] = (A_FD if _n in FD_FIRST else 0) | (A_NBYTES if _n in BYTE_COUNT else 0) | \
-        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in CLONES else 0)
+        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in CLONES else 0) | \
+        (A_SOCK if _n in SOCKET_ONLY else 0)
 CLONE_THREAD = 0x00010000
 F_DUPFD_RAW = ("0", "1030", "0x406")
 CLOSE_RANGE_CLOEXEC = 4
@@ -269,11 +274,13 @@ class _Run:
         self.in_summary = False
         self.names: dict[str, tuple[str, int]] = {}
         self.ambiguous = 0
+        self.attach_grouped = 0
         self.regrouped = 0
         self.blank = 0
 
     # --- the loop ----------------------------------------------------------------------
     def run(self, stream: IO[str]) -> Iterator[SyscallEvent]:
+        stream = self._attached_threads(stream)
         fast = _FAST.match
         names = self.names                   # name -> (interned name, action bits)
         names_get = names.get
@@ -290,6 +297,7 @@ class _Run:
         Ev = SyscallEvent
         UNKNOWN = _UNKNOWN
         FILE = _FILE
+        SOCKET = _SOCKET
         deco_cache: dict[str, FdKind] = {}    # first 8 chars of a non-path decoration -> kind
         tids: dict[str, int] = {}
         tids_get = tids.get
@@ -447,6 +455,13 @@ class _Run:
                             t = fdtab.get(tgid)
                             if t is not None:
                                 kind = t.get(fd, UNKNOWN)
+                            if kind is UNKNOWN and a & A_SOCK and fd >= 0:
+                                # recvfrom, sendto, accept...: only sockets have them (an fd
+                                # opened before the trace began, strace without -y)
+                                kind = SOCKET
+                                if t is None:
+                                    t = fdtab[tgid] = {}
+                                t[fd] = SOCKET
                 if a & A_NBYTES and reti is not None and reti >= 0:
                     nbytes = reti
                 if a & A_SPECIAL:
@@ -470,6 +485,51 @@ class _Run:
             out.clear()
 
     # --- who -------------------------------------------------------------------------
+    def _attached_threads(self, stream: IO[str]):
+        """`strace -f -p PID -o FILE` attaches every thread of PID, but its "attached with K
+        threads" message goes to stderr, not FILE: the threads print calls with no clone creating
+        them. Read ahead: when a task's first line resumes a call begun before the trace (the
+        mark of an attach), the tids of the first HEAD_LINES lines that no clone/fork there
+        returned are taken as threads of one process, the smallest tid (the main thread's, which is the
+        pid) or ctx.pid. Not done for launch traces (the first call is execve: every other task
+        comes from a clone), -ff files, or when the capture named the threads."""
+        if self.known_groups or pid_from_name(self.ctx.path) is not None:
+            return stream
+        head: list[str] = []
+        for line in stream:
+            head.append(line)
+            if len(head) >= HEAD_LINES:
+                break
+        seen: dict[int, None] = {}
+        created: set[int] = set()
+        first_call = True
+        midway = False           # a thread was inside a call when strace attached
+        for line in head:
+            m = _HEAD_PFX.match(line)
+            if m is None:
+                if "strace: Process " in line or _STARTS_CALL.search(line[:40]):
+                    # stderr output: its attach messages and unprefixed lines say who is who
+                    return itertools.chain(head, stream)
+                continue
+            tid = int(m.group(1) or m.group(2))
+            body = line[m.end():]
+            if first_call and (body.startswith("execve(") or " execve(" in body[:40]):
+                return itertools.chain(head, stream)
+            first_call = False
+            if tid not in seen:
+                seen[tid] = None
+                if "<... resuming interrupted" in body or ("resumed>" in body and "<... " in body[:40]):
+                    midway = True
+            c = _HEAD_CLONE.search(body)
+            if c is not None:
+                created.add(int(c.group(1)))
+        orphans = [t for t in seen if t not in created]
+        if midway and len(orphans) >= 2:
+            tgid = self.ctx.pid if self.ctx.pid in orphans else min(orphans)
+            self.known_groups = {t: tgid for t in orphans}
+            self.attach_grouped = len(orphans)
+        return itertools.chain(head, stream)
+
     def _unprefixed_tid(self) -> int:
         """The tid of an unprefixed line in a trace that also has prefixed ones (strace to
         stderr omits the prefix while a single tracee is left)."""
@@ -729,6 +789,8 @@ class _Run:
                             kind = decoration_kind(prev[1], fm.end())
                         else:
                             kind = self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+                            if kind is _UNKNOWN and a & A_SOCK and fd >= 0:
+                                kind = self._table(tgid)[fd] = _SOCKET
                 if a & A_NBYTES and ok:
                     nbytes = ret
         return name, fd, kind, nbytes
@@ -760,7 +822,10 @@ class _Run:
         fd = int(d) if d is not None else int(h, 16)
         if deco is not None:
             return fd, decoration_kind(args, fm.end())
-        return fd, self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+        kind = self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+        if kind is _UNKNOWN and name in SOCKET_ONLY and fd >= 0:
+            kind = self._table(tgid)[fd] = _SOCKET
+        return fd, kind
 
     # --- everything but a complete call --------------------------------------------------
     def _slow(self, lineno: int, line: str) -> None:
