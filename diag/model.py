@@ -163,10 +163,15 @@ class StreamInfo:
     uncertainty_ns: int | None = None   # None: not anchored to the common clock at all
     records: int = 0
     warnings: list[str] = field(default_factory=list)
+    # The clock the stream's times were read on: streams of one domain share it ("realtime",
+    # "monotonic", "perf"; "relative:FILE" is a clock of its own; None: no timestamps).
+    domain: str | None = None
+    method: str = ""            # how it was put on the report's time base (diag/align.py)
+    side_by_side: bool = False  # could not be aligned: its times are not crossed with the others
 
     @property
     def aligned(self) -> bool:
-        return self.clock is Clock.MONOTONIC or self.uncertainty_ns is not None
+        return not self.side_by_side and (self.clock is Clock.MONOTONIC or self.uncertainty_ns is not None)
 
 
 @dataclass

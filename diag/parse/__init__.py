@@ -104,12 +104,13 @@ def parse_stream(stream: IO[str], parser: Parser, ctx: ParseContext, label: str 
     """Parse an open text stream with a known parser."""
     data = Dataset()
     n = collect_records(parser.parse(stream, ctx), data)
-    if parser.clock is Clock.MONOTONIC:
+    clock = ctx.clock or parser.clock
+    if clock is Clock.MONOTONIC:
         uncertainty = ctx.uncertainty_ns if ctx.uncertainty_ns is not None else 0
     else:
         uncertainty = ctx.uncertainty_ns
     info = StreamInfo(name=label or os.path.basename(ctx.path), path=ctx.path, format=parser.format,
-                      clock=parser.clock, offset_ns=ctx.offset_ns, uncertainty_ns=uncertainty,
+                      clock=clock, offset_ns=ctx.offset_ns, uncertainty_ns=uncertainty,
                       records=n, warnings=list(ctx.warnings))
     data.streams.append(info)
     data.warnings.extend(ctx.warnings)

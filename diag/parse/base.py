@@ -32,6 +32,11 @@ class ParseContext:
     tid_map: dict[int, int] = field(default_factory=dict)   # sampler thread id -> OS tid
     thread_groups: dict[int, int] = field(default_factory=dict)   # OS tid -> tgid, known threads
     stream_start_ns: int | None = None  # CLOCK_MONOTONIC when the collector started (py-spy)
+    # What the parser learned of the stream's clock, when it differs from its format's usual
+    # one (strace -r or without -t: RELATIVE / NONE; perf with a `# clockid: monotonic` header).
+    clock: Clock | None = None
+    # pthread id -> OS tid of the threads whose creation a syscall trace showed (strace clone tls=)
+    pthread_ids: dict[int, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:

@@ -126,6 +126,7 @@ _PAIR = re.compile(r"\[(\d+)(?:<.*?>)?, (\d+)")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
 _HEX = re.compile(r"0x([0-9a-fA-F]+)")
+_TLS = re.compile(r"\btls=0x([0-9a-fA-F]+)")
 _NAME_PID = re.compile(r".\.(\d{1,7})\Z")
 _HEAD_PFX = re.compile(r"(?:\[pid +(\d+)\] |(\d{1,7}) +)")
 _HEAD_CLONE = re.compile(r"(?:clone3?|v?fork)(?:\(.*\)| resumed>.*\)) += (\d+)")
@@ -651,6 +652,7 @@ class _Run:
                 if self.tz is None:
                     self.tz = _dt.timezone.utc
                 self.ctx.uncertainty_ns = None
+                self.ctx.clock = Clock.RELATIVE
                 self._warn_once("date", f"{self.ctx.path}: time-of-day timestamps (strace -t/-tt) but no date "
                                         "given; using 1970-01-01 UTC, so times are only relative within this "
                                         "trace and not aligned with other streams (give the capture date)")
@@ -684,10 +686,12 @@ class _Run:
             self._warn_once("nostamp", f"{ctx.path}: the trace has no timestamps (strace without -t/-tt/-ttt): "
                                        "every call starts at 0, only durations are usable")
             ctx.uncertainty_ns = None
+            ctx.clock = Clock.NONE
             return 0
         self._warn_once("relative", f"{ctx.path}: relative timestamps (strace -r): times are summed from the "
                                     "first line and not aligned with other streams")
         ctx.uncertainty_ns = None
+        ctx.clock = Clock.RELATIVE
         self.rel_ns += int(num) * _NS + (_frac_ns(frac) if frac else 0)
         return self.rel_ns
 
@@ -714,7 +718,14 @@ class _Run:
         if name in CLONES:
             pending_thread = self.pclone.pop(tid, None)
             if ok and ret > 0:
-                self._register_child(tid, tgid, ret, _is_thread(name, args) or bool(pending_thread))
+                is_thread = _is_thread(name, args) or bool(pending_thread)
+                self._register_child(tid, tgid, ret, is_thread)
+                if is_thread:
+                    m = _TLS.search(args)
+                    if m is not None:
+                        # x86-64 glibc: a thread's TLS block is its struct pthread, whose address
+                        # is its pthread id (what py-spy chrometrace names threads by)
+                        self.ctx.pthread_ids[int(m.group(1), 16)] = ret
         elif name in OPENS:
             if ok:
                 if tail.startswith("<"):
