@@ -138,6 +138,7 @@ def load_inputs(paths: list[str], opts: LoadOptions | None = None) -> Dataset:
     for ps in raw:
         data.extend(ps.data)
     data.warnings.extend(notes)
+    data.target_pid = opts.pid
     return data
 
 

@@ -186,6 +186,7 @@ class Dataset:
     streams: list[StreamInfo] = field(default_factory=list)
     manifest: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    target_pid: int | None = None        # the process the user named (replay --pid), if any
 
     def extend(self, other: "Dataset") -> None:
         self.syscalls.extend(other.syscalls)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from diag import __version__
 from diag.align import alignment_summary, stream_time_range
-from diag.analyze import matrix, stats
+from diag.analyze import coverage, matrix, stats
 from diag.analyze.context import AnalysisContext
 from diag.analyze.rules import run_rules
 from diag.model import Dataset, Finding
@@ -203,5 +203,6 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
                   **({"slow": flame([x for s in ctx.req.slow for x in s.samples])} if ctx.req and ctx.req.slow else {})},
         "matrix": [dict(r.to_json(), findings=[f for f in r.findings if f in fired]) for r in rows],
         "findings": [_finding_json(i, f) for i, f in enumerate(findings, 1)],
+        "limits": coverage.limits(data, ctx.req is not None),
         "warnings": list(dict.fromkeys(data.warnings)),
     }
