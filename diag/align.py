@@ -156,6 +156,8 @@ def clock_domain(fmt: str, clock: Clock, ctx_clock: Clock | None, path: str) -> 
         return "monotonic"
     if fmt == "perf-script":
         return "monotonic" if ctx_clock is Clock.MONOTONIC else "perf"
+    if fmt == "perf-trace":
+        return "perf" if ctx_clock is Clock.MONOTONIC else "relative:" + path
     if clock is Clock.REALTIME:
         return "realtime"
     if clock is Clock.MONOTONIC:

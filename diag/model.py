@@ -168,6 +168,7 @@ class StreamInfo:
     domain: str | None = None
     method: str = ""            # how it was put on the report's time base (diag/align.py)
     side_by_side: bool = False  # could not be aligned: its times are not crossed with the others
+    meta: dict = field(default_factory=dict)   # what the stream says of itself (pprof: duration, period)
 
     @property
     def aligned(self) -> bool:

@@ -15,10 +15,16 @@ TRIGGERED, NOT_TRIGGERED, NOT_MEASURABLE = "triggered", "not-triggered", "not-me
 
 # Frames of runtime garbage collection or scheduling, per runtime. CPython's cyclic collector
 # shows in native frames (perf, py-spy --native); gc.collect() calls show in Python frames.
+# Go (pprof, perf on a Go binary): the scheduler's entry points (runtime.mcall -> park_m ->
+# schedule -> findRunnable), the collector's workers and assists, and the futex/usleep/osyield
+# calls that threads spin and park in.
 RUNTIME_FRAMES = ("gc_collect_main", "gc_collect_with_callback", "gc_collect_impl", "deduce_unreachable",
                   "move_unreachable", "subtract_refs", "visit_reachable", "_PyGC_Collect", "gc_collect",
                   "runtime.mcall", "runtime.gcBgMarkWorker", "runtime.gcDrain", "runtime.stopTheWorld",
-                  "runtime.schedule", "runtime.park_m")
+                  "runtime.schedule", "runtime.park_m", "runtime.futex", "runtime.findRunnable",
+                  "runtime.findrunnable", "runtime.gcAssistAlloc", "runtime.markroot", "runtime.scanobject",
+                  "runtime.gcMarkDone", "runtime.gcStart", "runtime.bgsweep", "runtime.bgscavenge",
+                  "runtime.notesleep", "runtime.usleep", "runtime.osyield", "runtime.stopm")
 RUNTIME_SHARE_TRIGGER = 0.05
 LONG_POLL_NS = 100_000_000
 IO_PATH_MIN_NS = 10_000_000
@@ -87,9 +93,10 @@ def _runtime_row(ctx: AnalysisContext) -> MatrixRow:
     row = MatrixRow("runtime-frames", "runtime scheduling / GC frames frequent in the profile",
                     "GC stop-the-world pauses, or excessive context switching", "stack samples (py-spy / perf)",
                     NOT_MEASURABLE, findings=["gc-pause", "gil-contention"])
-    samples = ctx.data.samples
+    # on-CPU samples only: a goroutine, block or mutex profile counts parked stacks, not time
+    samples = [s for s in ctx.data.samples if s.on_cpu is not False]
     if not samples:
-        row.evidence.append("no stack samples in the inputs")
+        row.evidence.append("no on-CPU stack samples in the inputs")
         return row
     total = sum(s.weight for s in samples)
     hits = sum(s.weight for s in samples if any(f.function.startswith(RUNTIME_FRAMES) for f in s.frames))
@@ -97,7 +104,7 @@ def _runtime_row(ctx: AnalysisContext) -> MatrixRow:
     row.status = TRIGGERED if share >= RUNTIME_SHARE_TRIGGER else NOT_TRIGGERED
     row.evidence.append(f"{hits} of {total} samples ({share:.1%}) in runtime GC/scheduler frames "
                         f"(trigger ≥ {RUNTIME_SHARE_TRIGGER:.0%})")
-    if not any(s.source == "perf" or any(f.module for f in s.frames) for s in samples):
+    if all(s.source == "py-spy" for s in samples) and not any(f.module for s in samples for f in s.frames):
         row.evidence.append("Python-only stacks: automatic GC shows only with native frames (perf or py-spy --native)")
     return row
 

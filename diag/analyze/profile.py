@@ -54,7 +54,7 @@ def _is_idle(s: StackSample) -> bool:
 
 
 def target_profile(samples: list[StackSample], pid: int | None = None,
-                   runtime_frames: tuple[str, ...] = ()) -> Profile | None:
+                   runtime_frames: tuple[str, ...] = (), streams=()) -> Profile | None:
     """The target's on-CPU profile (None without on-CPU samples). Samples marked off-CPU (Go
     goroutine/block/mutex profiles, eBPF off-CPU stacks) are left out."""
     oncpu = [s for s in samples if s.on_cpu is not False and s.frames and s.source != "ebpf"]
@@ -96,6 +96,15 @@ def target_profile(samples: list[StackSample], pid: int | None = None,
         if prof.rate_hz and prof.window_ns > 0:
             prof.cores = sum(s.weight for s in chosen if s.ts_ns is not None) / (prof.rate_hz * prof.window_ns / 1e9)
             prof.cores_lower_bound = all(s.source == "py-spy" for s in chosen)
+    cpu_profiles = [st.meta for st in streams if st.meta.get("kind") == "cpu" and st.meta.get("duration_nanos")]
+    if prof.cores is None and cpu_profiles and all(s.source == "pprof" for s in chosen):
+        # a Go CPU profile: one sample per `period` ns of CPU over `duration_nanos`
+        m = cpu_profiles[0]
+        prof.window_ns = int(m["duration_nanos"])
+        prof.rate_hz = 1e9 / m["period"] if m.get("period") else None
+        cpu_ns = sum(s.weight for s in chosen if s.on_cpu) * (m.get("period") or 0)
+        if cpu_ns and len(cpu_profiles) == 1:
+            prof.cores = cpu_ns / prof.window_ns
     per_thread: Counter[str] = Counter()
     for s in chosen:
         per_thread[f"{s.thread_name or ''} tid {s.tid}".strip() if s.tid >= 0 else "all threads"] += s.weight
@@ -125,8 +134,8 @@ def _rate(samples: list[StackSample]) -> float | None:
 
 
 def _frame_key(f: Frame) -> str:
-    # a Python function's samples spread over its lines: count them together
-    if f.file and f.file.endswith(".py"):
+    # a function's samples spread over its lines (Python, Go): count them together
+    if f.file and f.line:
         return f"{f.function} ({f.file})"
     return f.label()
 

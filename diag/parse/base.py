@@ -37,6 +37,8 @@ class ParseContext:
     clock: Clock | None = None
     # pthread id -> OS tid of the threads whose creation a syscall trace showed (strace clone tls=)
     pthread_ids: dict[int, int] = field(default_factory=dict)
+    # What a stream says of itself beyond its records (a pprof profile's duration and period)
+    meta: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:

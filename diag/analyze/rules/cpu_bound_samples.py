@@ -24,7 +24,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
     if ctx.req is not None or ctx.timed_syscalls or ctx.data.requests:
         return None
     pid = ((ctx.data.manifest or {}).get("target") or {}).get("pid") or ctx.data.target_pid
-    prof = target_profile(ctx.data.samples, pid, RUNTIME_FRAMES)
+    prof = target_profile(ctx.data.samples, pid, RUNTIME_FRAMES, ctx.data.streams)
     if prof is None or prof.total < MIN_SAMPLES:
         return None
     hot = hottest(prof)
@@ -50,7 +50,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
                            "; ".join(f"{k} ({prof.share(n):.0%})" for k, n in paths[:2])))
     if len(prof.threads) > 1 or (prof.threads and prof.threads[0][0] != "all threads"):
         ev.append(Evidence(src, "busiest threads: " + ", ".join(f"{k} ({prof.share(n):.0%})" for k, n in prof.threads[:4])))
-    if prof.runtime:
+    if prof.share(prof.runtime) >= 0.01:
         ev.append(Evidence(src, f"runtime GC/scheduler frames in {prof.share(prof.runtime):.0%} of the samples"))
     if prof.cores is not None:
         share = min(1.0, prof.cores)
@@ -63,7 +63,9 @@ def check(ctx: AnalysisContext) -> Finding | None:
     summary = (f"CPU samples only: {prof.label} " +
                (f"busy on {'≥' if prof.cores_lower_bound else '≈'}{prof.cores:.2f} CPUs, "
                 if prof.cores is not None else "") +
-               f"{top_share:.0%} of its samples in {where}")
+               f"{top_share:.0%} of its samples in {where}" +
+               (f"; runtime GC/scheduler frames in {prof.share(prof.runtime):.0%} (decision matrix: GC or "
+                f"scheduling)" if prof.share(prof.runtime) >= 0.05 else ""))
     return Finding(ID, sev, share, summary, tuple(ev),
                    "Make the hottest code cheaper (algorithm, caching, fewer allocations) or move it off the "
                    "request path; for CPU-heavy Python threads, more worker processes. Trace syscalls too "
