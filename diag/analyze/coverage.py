@@ -40,6 +40,11 @@ def limits(data: Dataset, requests_found: bool) -> list[str]:
         if all(s.source == "py-spy" for s in samples) and not any(f.module for s in samples for f in s.frames):
             out.append("Python frames only: native code, the kernel and the interpreter's collector are not seen "
                        "(perf -g, or py-spy --native)")
+    if (requests_found or data.requests) and any(s.source == "pprof" and any(f.function.startswith("runtime.")
+                                                                             for f in s.frames) for s in samples):
+        out.append("a Go server: goroutines move between OS threads, so a request's calls may run on threads "
+                   "other than the one that read it; per-request breakdowns by thread are approximate (the "
+                   "syscall tables and the profile are not)")
     apart = [s.name for s in data.streams if s.side_by_side]
     if apart:
         out.append("not on the others' clock: " + ", ".join(apart) + " (analysed side by side; --offset FILE=+S "
