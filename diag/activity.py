@@ -75,9 +75,10 @@ def blocked_intervals(calls, min_ns: int = BLOCK_MIN_NS, edge_ns: int = EDGE_NS)
     return out
 
 
-def process_blocked(blocked: dict[int, Blocked]) -> Blocked:
-    """The intervals where every traced thread is blocked at once (the whole process waits)."""
-    n = len(blocked)
+def process_blocked(blocked: dict[int, Blocked], threads: int | None = None) -> Blocked:
+    """The intervals where every traced thread (`threads` of them, blocked or not) is blocked at
+    once: the whole process waits."""
+    n = max(len(blocked), threads or 0)
     edges: list[tuple[int, int]] = []
     for b in blocked.values():
         edges.extend((s, 1) for s in b.starts)
@@ -202,6 +203,47 @@ def map_threads(samples: dict[int, list[int]], blocked: dict[int, Blocked], offs
     used: set[int] = set()
     for _, p, t in sorted(cands):
         if t not in used and p not in out:
+            out[p] = t
+            used.add(t)
+    return out
+
+
+JOINT_STEP_NS = 20_000_000
+JOINT_SAMPLES = 60
+
+
+def assign_by_activity(samples: dict[int, list[int]], blocked: dict[int, Blocked], lo: int, hi: int,
+                       span: tuple[int, int]) -> dict[int, int]:
+    """Sampled threads with unknown ids (pthread ids) -> traced tids, with the offset unknown too:
+    for each offset of a coarse grid, every sampled thread takes the traced thread its samples
+    conflict with least; the offset where that total is smallest gives the assignment, kept for
+    the threads whose best traced thread is clearly better than the next (a third of its
+    conflicts or less) and given once. The caller then finds the offset on the mapped threads."""
+    width = max(1, span[1] - span[0])
+    traced = [(t, b, min(1.0, b.total_ns / width)) for t, b in blocked.items() if b.starts]
+    thin = {p: _thin(ts, JOINT_SAMPLES) for p, ts in samples.items() if len(ts) >= MIN_SAMPLES // 2}
+    if not traced or not thin or hi < lo:
+        return {}
+    best: tuple[float, int] | None = None
+    for d in range(lo, hi + 1, JOINT_STEP_NS):
+        total = 0.0
+        for p, ts in thin.items():
+            total += min(_conflicts([(b, ts, share)], d, span) for _, b, share in traced)
+        if best is None or total < best[0]:
+            best = (total, d)
+    if best is None:
+        return {}
+    d = best[1]
+    cands = []
+    for p, ts in thin.items():
+        scores = sorted((_conflicts([(b, ts, share)], d, span), t) for t, b, share in traced)
+        second = scores[1][0] if len(scores) > 1 else float(len(ts))
+        if scores[0][0] * 3 <= second and second >= 2:
+            cands.append((scores[0][0] - second, p, scores[0][1]))
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for _, p, t in sorted(cands):
+        if t not in used:
             out[p] = t
             used.add(t)
     return out

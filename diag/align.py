@@ -348,11 +348,22 @@ def _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_h
         tid_map: dict[int, int] = {}
         if m is None and any(t >= PTHREAD_ID_MIN for t in samples):
             # threads named by pthread id: the whole process first, then thread by thread
+            unnamed = {t: v for t, v in samples.items() if t >= PTHREAD_ID_MIN}
             allp = sorted(x for v in samples.values() for x in v)
-            m = find_offset({0: allp}, {0: process_blocked(ref_blocked)}, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi), prior)
+            n_threads = len({e.tid for e in ref_data.syscalls})
+            m = find_offset({0: allp}, {0: process_blocked(ref_blocked, n_threads)}, ref_lo - hi, ref_hi - lo,
+                            (ref_lo, ref_hi), prior)
             if m is not None:
-                tid_map = map_threads({t: v for t, v in samples.items() if t >= PTHREAD_ID_MIN}, ref_blocked,
-                                      m.offset_ns)
+                tid_map = map_threads(unnamed, ref_blocked, m.offset_ns)
+            else:
+                # a process always busy somewhere: assign threads and offset together
+                from diag.activity import assign_by_activity
+                tid_map = assign_by_activity(unnamed, ref_blocked, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi))
+                if tid_map:
+                    mapped = {tid_map[t]: v for t, v in unnamed.items() if t in tid_map}
+                    m = find_offset(mapped, ref_blocked, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi), prior)
+                    if m is None:
+                        tid_map = {}
         if m is not None:
             how = (f"thread activity: offset found ±{m.error_ns / 1e6:.1f} ms, {m.samples} samples of {m.threads} "
                    f"thread(s), {m.conflicts} inside a blocked call (vs ~{m.typical_conflicts:.0f} at other offsets)")

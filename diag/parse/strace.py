@@ -108,6 +108,10 @@ _DUR = r"(?: <(\d+)(?:\.(\d{1,9}))?>)?"
 _FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d+)(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
                    r"| ?<unfinished \.\.\.>)"
                    r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
+# The fastest path: the line most traces are made of (strace -f -ttt -T -o FILE, a complete call
+# returning a number, maybe an errno): 0.8 µs a match against 1.45 µs for _FAST on real redis lines.
+_PLAIN = re.compile(r"(\d{1,7}) +(\d{9,})\.(\d{1,9}) (\w+)\((?=(\d*)(<?))(.*)\) += (-?\d+)"
+                    r"(?: (E[A-Z0-9_]+) \([^()\n]*\))? <(\d+)\.(\d{1,9})>\n")
 _PFX_BODY = re.compile(_PFX + r"(.*)\n")
 _B_FULL = re.compile(r"(\w+|\?\?\?)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
 _B_UNFIN = re.compile(r"(\w+|\?\?\?)\((.*?) ?<unfinished \.\.\.>\Z")
@@ -306,7 +310,57 @@ class _Run:
         anyp = self.any_prefixed
         unres = self.unres
         last_tid = self.last_tid
+        plain = _PLAIN.match
+        errnos: dict[str, str] = {}
         for lineno, line in enumerate(stream, 1):
+            if anyp and not unres:
+                m = plain(line)
+                if m is not None:
+                    p2, num, frac, name, fdn, fdd, args, ret, errno, ds, df = m.groups()
+                    tid = tids_get(p2)
+                    if tid is None:
+                        tid = tids[p2] = int(p2)
+                    tgid = tgid_get(tid)
+                    na = names_get(name)
+                    if na is None:
+                        na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                    a = na[1]
+                    if tgid is not None and not a & A_SPECIAL:
+                        last_tid = tid
+                        reti = int(ret)
+                        fd = None
+                        kind = UNKNOWN
+                        nbytes = None
+                        if a:
+                            if a & A_FD and fdn:
+                                fd = int(fdn)
+                                if fdd:
+                                    e = len(fdn) + 1
+                                    c = args[e]
+                                    if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
+                                        kind = FILE
+                                    else:
+                                        kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
+                                        if kind is None:
+                                            kind = decoration_kind(args, e)
+                                            if c != "/":
+                                                deco_cache[args[e:e + 8]] = kind
+                                else:
+                                    t = fdtab.get(tgid)
+                                    if t is not None:
+                                        kind = t.get(fd, UNKNOWN)
+                                    if kind is UNKNOWN and a & A_SOCK:
+                                        kind = SOCKET
+                                        if t is None:
+                                            t = fdtab[tgid] = {}
+                                        t[fd] = SOCKET
+                            if a & A_NBYTES and reti >= 0:
+                                nbytes = reti
+                        if errno is not None:
+                            errno = errnos.setdefault(errno, errno)
+                        yield Ev(tgid, tid, na[0], int(num + frac) * SCALE[len(frac)] + off, int(ds + df) * SCALE[len(df)],
+                                 reti, errno, fd, kind, nbytes)
+                        continue
             m = fast(line)
             if m is None:
                 self.last_tid = last_tid

@@ -87,6 +87,13 @@ def test_pyspy_chrometrace_and_strace_are_aligned_by_thread_activity(tmp_path, t
     pyspy = rows[os.path.basename(got["py-spy"])]
     assert pyspy["clock_kind"] == "relative" and rows[os.path.basename(got["strace"])]["clock_kind"] == "absolute"
     assert "thread activity" in pyspy["method"], pyspy
+    if not threads and pyspy["side_by_side"]:
+        # pthread ids, threads created before strace attached, a process never idle: the mapping
+        # is impossible here, and the report says so instead of crossing unrelated times
+        assert any("pthread ids" in w for w in report["warnings"]), report["warnings"]
+        assert any("not on the others' clock" in lim for lim in report["limits"]), report["limits"]
+        assert not report["alignment"]["error_ns"]
+        return
     assert pyspy["uncertainty_ns"] is not None and pyspy["uncertainty_ns"] <= 20_000_000
     # and the aligned samples of the hot function fall inside requests of their own thread: between
     # the read of the request and the write of its response (what the alignment never looked at)

@@ -60,3 +60,20 @@ def test_pthread_ids_are_matched_by_activity_at_the_process_offset():
     assert m is not None
     mapping = map_threads(renamed, blocked, m.offset_ns)
     assert mapping == {0x7F0000000000 + t: t for t in samples}
+
+
+def test_threads_and_offset_found_together_when_the_process_is_never_idle():
+    from diag.activity import assign_by_activity
+    calls, samples = synthetic(seed=5, threads=(11, 12, 13, 14))
+    # one more thread that never blocks: the process as a whole is never idle
+    calls += [(15, t, 100_000) for t in range(0, 8000 * MS, 5 * MS)]
+    blocked = blocked_intervals(calls)
+    renamed = {0x7F0000000000 + tid: ts for tid, ts in samples.items()}
+    span = (0, 8000 * MS)
+    allp = sorted(x for v in renamed.values() for x in v)
+    lo, hi = span[0] - allp[-1], span[1] - allp[0]
+    assert find_offset({0: allp}, {0: process_blocked(blocked, 5)}, lo, hi, span) is None
+    mapping = assign_by_activity(renamed, blocked, lo, hi, span)
+    assert mapping == {0x7F0000000000 + t: t for t in samples}
+    m = find_offset({mapping[p]: v for p, v in renamed.items()}, blocked, lo, hi, span)
+    assert m is not None and abs(m.offset_ns - 1_234_567_890_123 * MS) <= m.error_ns
