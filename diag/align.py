@@ -112,19 +112,14 @@ def alignment_summary(data: Dataset) -> dict:
 def stream_time_range(data: Dataset) -> tuple[int, int] | None:
     """The [first, last] time covered by timed records, on the common base."""
     lo = hi = None
-    for ev in data.syscalls:
-        if lo is None or ev.start_ns < lo:
-            lo = ev.start_ns
-        e = ev.start_ns + (ev.dur_ns or 0)
-        if hi is None or e > hi:
-            hi = e
-    for s in data.samples:
-        if s.ts_ns is None:
-            continue
-        if lo is None or s.ts_ns < lo:
-            lo = s.ts_ns
-        if hi is None or s.ts_ns > hi:
-            hi = s.ts_ns
+    if data.syscalls:
+        # SyscallEvent fields 3 and 4 (start_ns, dur_ns) read directly: this runs over every call
+        lo = min(e[3] for e in data.syscalls)
+        hi = max(e[3] + (e[4] or 0) for e in data.syscalls)
+    ts = [s.ts_ns for s in data.samples if s.ts_ns is not None]
+    if ts:
+        lo = min(ts) if lo is None else min(lo, min(ts))
+        hi = max(ts) if hi is None else max(hi, max(ts))
     if lo is None or hi is None:
         return None
     return lo, hi
@@ -200,9 +195,8 @@ def _shift(data: Dataset, d: int) -> None:
         import dataclasses
         data.snapshots[:] = [dataclasses.replace(x, ts_ns=x.ts_ns + d) for x in data.snapshots]
     if data.requests:
-        import dataclasses
-        data.requests[:] = [dataclasses.replace(
-            r, start_ns=r.start_ns + d, end_ns=r.end_ns + d,
+        data.requests[:] = [r._replace(
+            start_ns=r.start_ns + d, end_ns=r.end_ns + d,
             first_write_ns=None if r.first_write_ns is None else r.first_write_ns + d,
             conn_start_ns=None if r.conn_start_ns is None else r.conn_start_ns + d) for r in data.requests]
 

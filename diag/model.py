@@ -123,11 +123,11 @@ class SyscallAggregate:
     max_ns: int = 0          # largest call seen (read without locking across CPUs: indicative)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """One server-side request on one connection, rebuilt from syscalls (diag/analyze/requests.py)
     or summarized in the kernel (eBPF probe): from the end of the read that brought its first
-    bytes to the end of the last write of its response.
+    bytes to the end of the last write of its response. A named tuple, as SyscallEvent: a busy
+    server's trace rebuilds hundreds of thousands of them.
 
     `family_ns` is time the serving thread spent in each syscall family while the request was
     open, when the source summarized it (eBPF); None when analysis derives it from events.

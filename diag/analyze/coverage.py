@@ -13,14 +13,16 @@ from diag.syscalls import FdKind, family
 def limits(data: Dataset, requests_found: bool) -> list[str]:
     out: list[str] = []
     calls = data.syscalls
-    timed = any(e.dur_ns is not None for e in calls) or bool(data.aggregates)
+    # strace without -T still times the calls it printed in two halves (unfinished/resumed)
+    timed = sum(1 for e in calls if e.dur_ns is not None) >= len(calls) // 2 or bool(data.aggregates)
     samples = [s for s in data.samples if s.source != "ebpf"]
     if not calls and not data.aggregates and not data.requests:
         out.append("no syscall stream (strace -f -ttt -T -yy, perf trace, or diag's eBPF): request latency and the "
                    "time requests wait (disk sync, locks, sleeps, upstream calls, the network) cannot be measured; "
                    "findings say where the CPU goes, not what requests waited for")
     elif not timed:
-        out.append("syscalls without durations (strace without -T): how long calls took cannot be told")
+        out.append("most syscalls without durations (strace without -T): how long calls took cannot be told, "
+                   "only calls split in two (unfinished/resumed) are timed")
     elif not requests_found and not data.requests:
         io = [e for e in calls if family(e.name) in ("read", "write")]
         unknown = sum(1 for e in io if e.fd_kind is FdKind.UNKNOWN)

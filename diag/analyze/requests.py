@@ -31,6 +31,7 @@ from diag.model import Request, SyscallEvent
 from diag.syscalls import ACCEPT_NAMES, READ_NAMES, WRITE_NAMES, FdKind, family
 
 IDLE, READING, WRITING = 0, 1, 2
+_OPEN_CLOSE = ACCEPT_NAMES | {"close", "connect"}
 
 
 @dataclass
@@ -74,10 +75,13 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
         c.seq += 1
         c.state = IDLE
 
-    relevant = (e for e in events if e.fd_kind is FdKind.SOCKET or e.name in ACCEPT_NAMES
-                or e.name in ("close", "connect"))
-    for ev in sorted(relevant, key=lambda e: e.end_ns):
+    SOCKET = FdKind.SOCKET
+    relevant = [e for e in events if e.fd_kind is SOCKET or e.name in _OPEN_CLOSE]
+    # by end time (start + duration: SyscallEvent fields 3 and 4, read directly: this runs per call)
+    relevant.sort(key=lambda e: e[3] + (e[4] or 0))
+    for ev in relevant:
         name = ev.name
+        end = ev[3] + (ev[4] or 0)
         if name == "connect":
             if ev.fd is not None:
                 upstream_now.add((ev.pid, ev.fd))
@@ -90,7 +94,7 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
                 old = conns.get(key)
                 if old is not None and old.state == WRITING:
                     emit(key, old)
-                conns[key] = _Conn(conn_start=ev.end_ns)
+                conns[key] = _Conn(conn_start=end)
                 out.connections += 1
             continue
         if ev.fd is None:
@@ -120,7 +124,7 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
             if c.state == WRITING:
                 emit(key, c)
             if c.state == IDLE:
-                c.state, c.tid, c.start, c.end = READING, ev.tid, ev.end_ns, ev.end_ns
+                c.state, c.tid, c.start, c.end = READING, ev.tid, end, end
                 c.first_write, c.write_tid = None, None
                 c.bytes_in = c.bytes_out = c.reads = c.writes = 0
             c.reads += 1
@@ -134,9 +138,9 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
             c.state = WRITING
             c.writes += 1
             c.bytes_out += n
-            c.end = ev.end_ns
+            c.end = end
             if c.first_write is None:
-                c.first_write = ev.end_ns
+                c.first_write = end
                 c.write_tid = ev.tid
     for key, c in conns.items():
         if c.state == WRITING:
