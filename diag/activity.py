@@ -53,12 +53,14 @@ class Blocked:
         return sum(e - s for s, e in zip(self.starts, self.ends))
 
 
-def blocked_intervals(calls, min_ns: int = BLOCK_MIN_NS, edge_ns: int = EDGE_NS) -> dict[int, Blocked]:
-    """tid -> Blocked, from (tid, start_ns, dur_ns) of timed calls."""
+def blocked_intervals(calls, min_ns: int = BLOCK_MIN_NS, edge_ns: int = EDGE_NS, lag_ns: int = 0) -> dict[int, Blocked]:
+    """tid -> Blocked, from (tid, start_ns, dur_ns) of timed calls. `lag_ns`: how late the
+    sampler may stamp a sample (py-spy: a few ms); a sample then only conflicts with a call
+    when it lies that far inside it, so a call's first `lag_ns` are not counted as blocked."""
     per: dict[int, list[tuple[int, int]]] = {}
     for tid, start, dur in calls:
-        if dur is not None and dur >= min_ns:
-            per.setdefault(tid, []).append((start + edge_ns, start + dur - edge_ns))
+        if dur is not None and dur >= min_ns and dur > 2 * edge_ns + lag_ns:
+            per.setdefault(tid, []).append((start + edge_ns + lag_ns, start + dur - edge_ns))
     out: dict[int, Blocked] = {}
     for tid, iv in per.items():
         iv.sort()

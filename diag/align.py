@@ -141,6 +141,7 @@ __all__ = ["Anchor", "anchor_for", "context_for", "alignment_summary", "stream_t
 # warning. So no report mixes an epoch-sized clock with a relative one.
 
 PTHREAD_ID_MIN = 1 << 22      # above the largest pid_max: a "tid" this big is a pthread id
+PYSPY_LAGS_NS = (0, 2_000_000, PYSPY_ANCHOR_ERROR_NS)     # how late py-spy's stamps may be
 
 
 def clock_domain(fmt: str, clock: Clock, ctx_clock: Clock | None, path: str) -> str | None:
@@ -338,7 +339,22 @@ def _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_h
     if samples and ref_blocked:
         # this stream samples, the reference traces calls: d is what to add to this stream
         known = {t: v for t, v in samples.items() if t < PTHREAD_ID_MIN}
-        m = find_offset(known, ref_blocked, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi), prior)
+        m = None
+        if all(s.source == "py-spy" for s in data.samples):
+            # py-spy stamps a sample when it processes it, up to a few ms after the stack was
+            # read: a sample conflicts with a call only that far inside it. How late depends on
+            # the load; the lag whose offset stands out most is kept.
+            best = None
+            for lag in PYSPY_LAGS_NS:
+                blocked = ref_blocked if not lag else blocked_intervals(
+                    ((e.tid, e.start_ns, e.dur_ns) for e in ref_data.syscalls), lag_ns=lag)
+                cand = find_offset(known, blocked, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi), prior)
+                if cand is not None and (best is None or cand.typical_conflicts / (cand.conflicts + 1) >
+                                         best.typical_conflicts / (best.conflicts + 1)):
+                    best = cand
+            m = best
+        else:
+            m = find_offset(known, ref_blocked, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi), prior)
         tid_map: dict[int, int] = {}
         if m is None and any(t >= PTHREAD_ID_MIN for t in samples):
             # threads named by pthread id: the whole process first, then thread by thread

@@ -14,7 +14,8 @@ def limits(data: Dataset, requests_found: bool) -> list[str]:
     out: list[str] = []
     calls = data.syscalls
     # strace without -T still times the calls it printed in two halves (unfinished/resumed)
-    timed = sum(1 for e in calls if e.dur_ns is not None) >= len(calls) // 2 or bool(data.aggregates)
+    untimed = sum(s.meta.get("complete_calls_without_duration", 0) for s in data.streams)
+    timed = (untimed < len(calls) // 2 and any(e.dur_ns is not None for e in calls)) or bool(data.aggregates)
     samples = [s for s in data.samples if s.source != "ebpf"]
     if not calls and not data.aggregates and not data.requests:
         out.append("no syscall stream (strace -f -ttt -T -yy, perf trace, or diag's eBPF): request latency and the "

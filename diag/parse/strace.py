@@ -312,6 +312,7 @@ class _Run:
         last_tid = self.last_tid
         plain = _PLAIN.match
         errnos: dict[str, str] = {}
+        untimed = 0                          # complete calls printed without -T's duration
         for lineno, line in enumerate(stream, 1):
             if anyp and not unres:
                 m = plain(line)
@@ -456,6 +457,7 @@ class _Run:
                     dur = int(ds + df) * SCALE[len(df)] if df is not None else int(ds) * NS
                 else:
                     dur = None
+                    untimed += 1
             # result
             c = ret[0]
             if c == "?":
@@ -534,6 +536,7 @@ class _Run:
             else:
                 yield Ev(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
         self.last_tid = last_tid
+        self.ctx.meta["complete_calls_without_duration"] = untimed
         self._finish(lineno)
         if out:
             yield from out
