@@ -15,15 +15,15 @@ def limits(data: Dataset, requests_found: bool) -> list[str]:
     calls = data.syscalls
     # strace without -T still times the calls it printed in two halves (unfinished/resumed)
     untimed = sum(s.meta.get("complete_calls_without_duration", 0) for s in data.streams)
-    timed = (untimed < len(calls) // 2 and any(e.dur_ns is not None for e in calls)) or bool(data.aggregates)
+    timed = any(e.dur_ns is not None for e in calls) or bool(data.aggregates)
     samples = [s for s in data.samples if s.source != "ebpf"]
     if not calls and not data.aggregates and not data.requests:
         out.append("no syscall stream (strace -f -ttt -T -yy, perf trace, or diag's eBPF): request latency and the "
                    "time requests wait (disk sync, locks, sleeps, upstream calls, the network) cannot be measured; "
                    "findings say where the CPU goes, not what requests waited for")
-    elif not timed:
-        out.append("most syscalls without durations (strace without -T): how long calls took cannot be told, "
-                   "only calls split in two (unfinished/resumed) are timed")
+    elif not timed or untimed >= 0.1 * len(calls):
+        out.append(f"{untimed:,} of {len(calls):,} syscalls without a duration (strace without -T): only calls "
+                   "printed in two halves (unfinished/resumed) are timed, from their stamps")
     elif not requests_found and not data.requests:
         io = [e for e in calls if family(e.name) in ("read", "write")]
         unknown = sum(1 for e in io if e.fd_kind is FdKind.UNKNOWN)

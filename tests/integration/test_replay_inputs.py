@@ -166,7 +166,7 @@ def test_strace_alone_without_durations_says_what_is_missing(tmp_path):
     require_root()
     got = trace_by_hand("explicit-sleep", tmp_path, strace_flags=["-f", "-ttt"], requests=60)
     report, r = replay(tmp_path, got["strace"])
-    assert any("without durations" in lim for lim in report["limits"]), report["limits"]
+    assert any("without a duration" in lim for lim in report["limits"]), report["limits"]
 
 
 # ---- the seed's own inputs: Go pprof profiles and perf trace ---------------------------------------
