@@ -112,7 +112,7 @@ def trace_redis(out: Path, min_lines: int, max_s: float = 120.0, log=print) -> d
             "command": " ".join(cmd) + "  (while: redis-benchmark -c 8 -n 200000 -t set,get,incr,lpush, repeated)"}
 
 
-_TS = re.compile(rb"^(\d+) (\d+)\.(\d{6}) ")
+_TS = re.compile(rb"^(\d+) +(\d+)\.(\d{6}) ")
 
 
 def build_sizes(base: Path, sizes: list[int], workdir: Path) -> dict[int, Path]:

@@ -16,6 +16,8 @@ import datetime as _dt
 import os
 from dataclasses import dataclass
 
+from diag.activity import (assign_by_activity, blocked_intervals, find_offset, map_threads,
+                           process_blocked)
 from diag.capture.clock import ClockPair, realtime_to_monotonic
 from diag.model import Clock, Dataset, StreamInfo
 from diag.parse.base import ParseContext
@@ -231,8 +233,6 @@ def align_raw(streams: list, offsets: dict[str, int], pthread_ids: dict[int, int
     place. `offsets`: path -> ns given by the user (--offset FILE=+S); `pthread_ids`: pthread id ->
     OS tid learned from syscall traces; `anchored`: records already on CLOCK_MONOTONIC (a
     capture), which are then the reference. Returns the warnings to show."""
-    from diag.activity import blocked_intervals, find_offset, map_threads, process_blocked
-
     notes: list[str] = []
     # pthread ids (py-spy chrometrace without --threads) -> OS tids, where a trace saw the clone
     for ps in streams:
@@ -288,8 +288,7 @@ def align_raw(streams: list, offsets: dict[str, int], pthread_ids: dict[int, int
                                                             if clock_kind(dom) == "relative" else ""))
             _apply(members, d, 0, how)
             continue
-        match, tid_map, how = _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_hi, dom,
-                                           find_offset, map_threads, blocked_intervals, process_blocked)
+        match, tid_map, how = _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_hi, dom)
         if match is not None:
             for ps in members:
                 if tid_map:
@@ -331,8 +330,7 @@ def _apply(members, d: int, err: int, how: str) -> None:
         ps.info.method = (ps.info.method + "; " if ps.info.method else "") + how
 
 
-def _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_hi, dom, find_offset, map_threads,
-                 blocked_intervals, process_blocked):
+def _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_hi, dom):
     """(offset, error) or None, the tid map, and a sentence saying how (or why not)."""
     prior = ref_lo if clock_kind(dom) == "relative" else None
     samples = _samples_by_tid(data)
@@ -367,7 +365,6 @@ def _by_activity(data, ref_data, ref_blocked, ref_samples, lo, hi, ref_lo, ref_h
                 tid_map = map_threads(unnamed, ref_blocked, m.offset_ns)
             else:
                 # a process always busy somewhere: assign threads and offset together
-                from diag.activity import assign_by_activity
                 tid_map = assign_by_activity(unnamed, ref_blocked, ref_lo - hi, ref_hi - lo, (ref_lo, ref_hi))
                 if tid_map:
                     mapped = {tid_map[t]: v for t, v in unnamed.items() if t in tid_map}

@@ -40,6 +40,10 @@ def limits(data: Dataset, requests_found: bool) -> list[str]:
         if untimed and untimed == sum(s.weight for s in samples) and (calls or data.requests):
             out.append("stack samples carry no timestamps (py-spy raw/speedscope, pprof): they describe the whole "
                        "capture, never one slow request (record py-spy with -f chrometrace)")
+        if all(s.source == "perf" for s in samples) and any(
+                f.function.startswith("_PyEval_EvalFrame") for s in samples[:5000] for f in s.frames):
+            out.append("perf sees the Python interpreter's C functions, not the Python functions it runs: add "
+                       "py-spy (record --threads -f chrometrace), or run Python 3.12+ with -X perf")
         if all(s.source == "py-spy" for s in samples) and not any(f.module for s in samples for f in s.frames):
             out.append("Python frames only: native code, the kernel and the interpreter's collector are not seen "
                        "(perf -g, or py-spy --native)")

@@ -262,18 +262,22 @@ def test_perf_trace_of_a_go_server_that_fsyncs_per_request(tmp_path, goserver):
     trace = str(tmp_path / "go-fsync.trace")
     with go_server(goserver, "fsync", tmp_path, wrap=[perf, "trace", "-o", trace, "--"]) as (srv, port), \
             HttpLoad(port, rate=60, concurrency=4, path="/work") as load:
+        load.wait_answered_since(0, 20)
+        prof = fetch(port, "/debug/pprof/profile?seconds=2", str(tmp_path / "go-fsync-cpu.pb.gz"))
         load.wait_answered_since(0, 150)
         answered = load.answered_since(0)
     PRODUCED.append(trace)
-    # WHEN replayed
-    report, r = replay(tmp_path, trace)
+    # WHEN replayed with the CPU profile taken meanwhile
+    report, r = replay(tmp_path, trace, prof)
     # THEN the fsyncs of the journal are in the syscall stream as file syncs, requests are rebuilt,
     # and the sync is named
     rows = [x for x in report["latency"]["syscalls"] if x["name"] == "fsync" and x["fd_kind"] == "file"]
     assert rows and rows[0]["count"] >= answered * 0.9, (rows, answered)
     assert report["requests"] and report["requests"]["count"] >= 100
-    assert "disk-sync" in ranked(report) or any("goroutine" in lim for lim in report["limits"]), \
-        (ranked(report), report["limits"])
+    # disk-sync first, or the report says why per-request breakdowns of a Go server are approximate
+    assert ranked(report)[0] == "disk-sync" or any("goroutines move between OS threads" in lim
+                                                    for lim in report["limits"]), (ranked(report), report["limits"])
+    assert "disk-sync" in ranked(report), ranked(report)
 
 
 # ---- mutated variants never crash -------------------------------------------------------------------
