@@ -272,8 +272,9 @@ def align_raw(streams: list, offsets: dict[str, int], pthread_ids: dict[int, int
             f"the reference clock ({clock_kind(ref_dom)}: {_domain_label(ref_dom)})"
         ps.info.uncertainty_ns = STRACE_STAMP_LAG_NS if ps.info.format == "strace" else 0
     ref_lo, ref_hi = _times(ref_data)
-    ref_blocked = blocked_intervals((e.tid, e.start_ns, e.dur_ns) for e in ref_data.syscalls)
-    ref_samples = _samples_by_tid(ref_data)
+    others = [dom for dom in groups if dom != ref_dom]
+    ref_blocked = blocked_intervals((e.tid, e.start_ns, e.dur_ns) for e in ref_data.syscalls) if others else {}
+    ref_samples = _samples_by_tid(ref_data) if others else {}
 
     for dom, members in groups.items():
         if dom == ref_dom:

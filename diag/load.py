@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diag.align import align_raw, clock_domain, context_for
+from diag.align import align_raw, clock_domain, clock_kind, context_for
 from diag.capture.bundle import Capture, is_capture, open_capture
 from diag.errors import DiagError
 from diag.model import Clock, Dataset
@@ -132,7 +132,18 @@ def load_inputs(paths: list[str], opts: LoadOptions | None = None) -> Dataset:
         for ps in raw:
             if ps.info.path == key or (os.path.exists(key) and os.path.samefile(key, ps.info.path)):
                 offsets[ps.info.path] = ns
-    notes = align_raw(raw, offsets, pthread_ids, anchored) if raw else []
+    # one clock among the raw files and no capture: nothing to align (and nothing to pay for)
+    timed = {ps.info.domain for ps in raw if ps.info.domain is not None and ps.info.records}
+    needed = (len(timed) > 1 or (anchored is not None and timed - {"monotonic"}) or offsets
+              or (pthread_ids and any(ps.data.samples for ps in raw)))
+    notes = align_raw(raw, offsets, pthread_ids, anchored) if raw and needed else []
+    if raw and not needed:
+        for ps in raw:
+            if ps.info.domain is not None:
+                ps.info.method = f"its own clock ({clock_kind(ps.info.domain)}); the only one in the inputs"
+                ps.info.uncertainty_ns = ps.info.uncertainty_ns if ps.info.uncertainty_ns is not None else 0
+            else:
+                ps.info.method = "no timestamps: profiles only, never in a time window"
     if anchored is not None:
         data.extend(anchored)
     for ps in raw:
