@@ -110,8 +110,14 @@ _FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d+)(?:(<)|[,) ]))|)(.*)(?:\) +=\ "
                    r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
 # The fastest path: the line most traces are made of (strace -f -ttt -T -o FILE, a complete call
 # returning a number, maybe an errno): 0.8 µs a match against 1.45 µs for _FAST on real redis lines.
-_PLAIN = re.compile(r"(\d{1,7}) +(\d{9,})\.(\d{1,9}) (\w+)\((?=(\d*)(<?))(.*)\) += (-?\d+)"
-                    r"(?: (E[A-Z0-9_]+) \([^()\n]*\))? <(\d+)\.(\d{1,9})>\n")
+_PLAIN_PFX = r"(\d{1,7}) +(\d{9,})\.(\d{1,9}) "
+_PLAIN_END = r"\) += (-?\d+)(?: (E[A-Z0-9_]+) \([^()\n]*\))? <(\d+)\.(\d{1,9})>\n"
+_PLAIN_ARG0 = r"(?=(\d+)(?:(<)|[,) ])|)"       # a decimal first argument (the fd), as in _FAST
+_PLAIN = re.compile(_PLAIN_PFX + r"(\w+)\(" + _PLAIN_ARG0 + r"(.*)" + _PLAIN_END)
+# ... and the two halves of a call another thread's line interrupted (most lines of a busy
+# threaded server's log): "NAME(args <unfinished ...>" and "<... NAME resumed>rest) = RET <DUR>"
+_PLAIN_UNFINISHED = re.compile(_PLAIN_PFX + r"(\w+)\(" + _PLAIN_ARG0 + r"(.*?) ?<unfinished \.\.\.>\n")
+_PLAIN_RESUMED = re.compile(_PLAIN_PFX + r"<\.\.\. (\w+) resumed>(.*)" + _PLAIN_END)
 _PFX_BODY = re.compile(_PFX + r"(.*)\n")
 _B_FULL = re.compile(r"(\w+|\?\?\?)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
 _B_UNFIN = re.compile(r"(\w+|\?\?\?)\((.*?) ?<unfinished \.\.\.>\Z")
@@ -311,57 +317,97 @@ class _Run:
         unres = self.unres
         last_tid = self.last_tid
         plain = _PLAIN.match
+        plain_unf = _PLAIN_UNFINISHED.match
+        plain_res = _PLAIN_RESUMED.match
+        tgid_of = self.tgid_of
         errnos: dict[str, str] = {}
         untimed = 0                          # complete calls printed without -T's duration
         for lineno, line in enumerate(stream, 1):
             if anyp and not unres:
-                m = plain(line)
+                # the three commonest lines of an `strace -f -ttt -T -o FILE` log, by their ending
+                m = None
+                if line.endswith("<unfinished ...>\n"):
+                    m = plain_unf(line)
+                    if m is not None:
+                        p2, num, frac, name, fdn, fdd, args = m.groups()
+                        tid = tids_get(p2)
+                        if tid is None:
+                            tid = tids[p2] = int(p2)
+                        na = names_get(name)
+                        if na is None:
+                            na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                        if tid in tgid_of and tid not in pending and not na[1] & A_CLONE:
+                            last_tid = tid
+                            pending[tid] = (na[0], int(num + frac) * SCALE[len(frac)] + off, args, lineno, fdn, fdd)
+                            continue
+                        m = None
+                elif line.find("<... ", 0, 48) >= 0:
+                    m = plain_res(line)
+                    if m is not None:
+                        p2, num, frac, name, more, ret, errno, ds, df = m.groups()
+                        tid = tids_get(p2)
+                        if tid is None:
+                            tid = tids[p2] = int(p2)
+                        p = pending.get(tid)
+                        na = names_get(name)
+                        if na is None:
+                            na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                        if p is not None and p[0] == name and tid in tgid_of and not na[1] & A_SPECIAL:
+                            del pending[tid]
+                            start, args, fdn, fdd = p[1], p[2], p[4], p[5]
+                        else:
+                            m = None
+                else:
+                    m = plain(line)
+                    if m is not None:
+                        p2, num, frac, name, fdn, fdd, args, ret, errno, ds, df = m.groups()
+                        tid = tids_get(p2)
+                        if tid is None:
+                            tid = tids[p2] = int(p2)
+                        na = names_get(name)
+                        if na is None:
+                            na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                        if tid in tgid_of and not na[1] & A_SPECIAL:
+                            start = int(num + frac) * SCALE[len(frac)] + off
+                        else:
+                            m = None
                 if m is not None:
-                    p2, num, frac, name, fdn, fdd, args, ret, errno, ds, df = m.groups()
-                    tid = tids_get(p2)
-                    if tid is None:
-                        tid = tids[p2] = int(p2)
-                    tgid = tgid_get(tid)
-                    na = names_get(name)
-                    if na is None:
-                        na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                    tgid = tgid_of[tid]
                     a = na[1]
-                    if tgid is not None and not a & A_SPECIAL:
-                        last_tid = tid
-                        reti = int(ret)
-                        fd = None
-                        kind = UNKNOWN
-                        nbytes = None
-                        if a:
-                            if a & A_FD and fdn:
-                                fd = int(fdn)
-                                if fdd:
-                                    e = len(fdn) + 1
-                                    c = args[e]
-                                    if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
-                                        kind = FILE
-                                    else:
-                                        kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
-                                        if kind is None:
-                                            kind = decoration_kind(args, e)
-                                            if c != "/":
-                                                deco_cache[args[e:e + 8]] = kind
+                    last_tid = tid
+                    reti = int(ret)
+                    fd = None
+                    kind = UNKNOWN
+                    nbytes = None
+                    if a:
+                        if a & A_FD and fdn is not None:
+                            fd = int(fdn)
+                            if fdd is not None:
+                                e = len(fdn) + 1
+                                c = args[e]
+                                if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
+                                    kind = FILE
                                 else:
-                                    t = fdtab.get(tgid)
-                                    if t is not None:
-                                        kind = t.get(fd, UNKNOWN)
-                                    if kind is UNKNOWN and a & A_SOCK:
-                                        kind = SOCKET
-                                        if t is None:
-                                            t = fdtab[tgid] = {}
-                                        t[fd] = SOCKET
-                            if a & A_NBYTES and reti >= 0:
-                                nbytes = reti
-                        if errno is not None:
-                            errno = errnos.setdefault(errno, errno)
-                        yield Ev(tgid, tid, na[0], int(num + frac) * SCALE[len(frac)] + off, int(ds + df) * SCALE[len(df)],
-                                 reti, errno, fd, kind, nbytes)
-                        continue
+                                    kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
+                                    if kind is None:
+                                        kind = decoration_kind(args, e)
+                                        if c != "/":
+                                            deco_cache[args[e:e + 8]] = kind
+                            else:
+                                t = fdtab.get(tgid)
+                                if t is not None:
+                                    kind = t.get(fd, UNKNOWN)
+                                if kind is UNKNOWN and a & A_SOCK:
+                                    kind = SOCKET
+                                    if t is None:
+                                        t = fdtab[tgid] = {}
+                                    t[fd] = SOCKET
+                        if a & A_NBYTES and reti >= 0:
+                            nbytes = reti
+                    if errno is not None:
+                        errno = errnos.setdefault(errno, errno)
+                    yield Ev(tgid, tid, na[0], start, int(ds + df) * SCALE[len(df)], reti, errno, fd, kind, nbytes)
+                    continue
             m = fast(line)
             if m is None:
                 self.last_tid = last_tid
