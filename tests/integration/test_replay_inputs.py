@@ -115,8 +115,11 @@ def test_pyspy_chrometrace_and_strace_are_aligned_by_thread_activity(tmp_path, t
         assert any("pthread" in w for w in report["warnings"]), report["warnings"]
         return
     assert len(mapped) >= 20, (len(spins), len(mapped))
-    inside = sum(1 for s in mapped if any(a - err <= s.ts_ns <= b + err for a, b in windows[s.tid]))
-    assert inside >= 0.9 * len(mapped), (inside, len(mapped))
+    # distance of each sample to its thread's nearest request window, beyond the promised error
+    # (0: inside). py-spy stamps late by a few ms, more on a loaded machine: the bulk must be
+    # inside, the tail within tens of ms; a wrong offset puts them hundreds of ms off
+    off = sorted(max(0, min(max(a - s.ts_ns, s.ts_ns - b) for a, b in windows[s.tid]) - err) / 1e6 for s in mapped)
+    assert off[len(off) // 2] == 0 and off[int(len(off) * 0.9)] <= 20, off[-20:]
     # the CPU work is what the report puts first (under strace: GIL waits or CPU, capped at info)
     assert ranked(report)[0] in ("cpu-bound", "gil-contention"), ranked(report)
     assert "spin" in evidence_text(report, ranked(report)[0])
@@ -259,6 +262,11 @@ def test_perf_trace_of_a_go_server_that_fsyncs_per_request(tmp_path, goserver):
     # CPU profile, under load
     require_root()
     perf = require_tool("perf")
+    from servers import procs_mentioning
+    blinded = ("a diag eBPF agent of another run holds the raw_syscalls tracepoints, which blinds perf trace "
+               "on this kernel (README, Known limits)")
+    if procs_mentioning("diag.agent") or procs_mentioning("ebpf_agent"):
+        pytest.skip(blinded)
     trace = str(tmp_path / "go-fsync.trace")
     with go_server(goserver, "fsync", tmp_path, wrap=[perf, "trace", "-o", trace, "--"]) as (srv, port), \
             HttpLoad(port, rate=60, concurrency=4, path="/work") as load:
@@ -266,6 +274,10 @@ def test_perf_trace_of_a_go_server_that_fsyncs_per_request(tmp_path, goserver):
         prof = fetch(port, "/debug/pprof/profile?seconds=2", str(tmp_path / "go-fsync-cpu.pb.gz"))
         load.wait_answered_since(0, 150)
         answered = load.answered_since(0)
+    if not os.path.getsize(trace):
+        if procs_mentioning("diag.agent") or procs_mentioning("ebpf_agent"):
+            pytest.skip("perf trace saw no syscall: " + blinded)
+        pytest.fail("perf trace wrote nothing")
     PRODUCED.append(trace)
     # WHEN replayed with the CPU profile taken meanwhile
     report, r = replay(tmp_path, trace, prof)

@@ -189,6 +189,8 @@ def mutations(path: str, outdir, seed: int = 14, keep_lines: int = 4000) -> list
     rng = random.Random(seed)
     with open(path, "rb") as f:
         raw = f.read()
+    if not raw:
+        return []
     binary = raw[:2] == b"\x1f\x8b"
     base = os.path.basename(path)
     out = []
@@ -218,7 +220,7 @@ def mutations(path: str, outdir, seed: int = 14, keep_lines: int = 4000) -> list
         i, j = rng.randrange(len(sw)), rng.randrange(len(sw))
         sw[i], sw[j] = sw[j], sw[i]
     put("swapped", b"".join(sw))
-    g = bytearray(text)
+    g = bytearray(text or b"\n")
     for _ in range(max(1, len(g) // 200)):
         g[rng.randrange(len(g))] = rng.choice(b"()<>=,\"\\ 0123456789x\n\x00\xff")
     put("garbled", bytes(g))
