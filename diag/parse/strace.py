@@ -50,7 +50,15 @@ Rules chosen (what a reader of the records may rely on):
   but /dev/shm -> OTHER, anything else, /proc included, -> FILE), pipe*/socketpair,
   epoll/eventfd/timerfd/signalfd/inotify/memfd/..., dup*/fcntl(F_DUPFD*) and close/close_range.
   Fds the trace never showed being created (inherited, passed over a socket, CLOEXEC after
-  exec is not tracked) are UNKNOWN.
+  exec is not tracked, opened before `strace -p` attached) are UNKNOWN, unless a call that
+  only exists on sockets (recvfrom, sendto, recvmsg, sendmsg, accept*, connect, shutdown,
+  setsockopt...: `diag.syscalls.SOCKET_ONLY`) uses them: then they are SOCKET from that call on.
+* `strace -f -p PID -o FILE` (an attach: a task's first line resumes a call begun before the
+  trace) writes its "attached with K threads" message to stderr, not FILE: the tids the first
+  HEAD_LINES lines show and no clone there created are grouped into one process (the smallest
+  tid, the main thread's, or ctx.pid).
+* ctx.pthread_ids (pthread id -> tid) learns each thread clone's `tls=`: on x86-64 glibc that is
+  the thread's pthread id, what py-spy chrometrace without --threads names threads by.
 * `nbytes` is the return value of the read/write families (`diag.syscalls.BYTE_COUNT`) when it is >= 0.
 * Lines that are not strace's (the target's stderr) go to `BadLines`: a few are a warning, many
   an error naming the first one. A strace line torn by the target's output or by `strace:
@@ -60,15 +68,18 @@ Rules chosen (what a reader of the records may rely on):
   truncated capture: it is skipped with a warning.
 
 Known gaps: a thread whose creation the trace does not show (a -ff file of a thread: its clone
-is in another file; a thread alive before `strace -p` attached) is its own process unless
-ctx.thread_groups names it; fds inherited from outside the trace are UNKNOWN (use -y);
+is in another file) is its own process unless ctx.thread_groups names it; two processes attached
+with `-p A -p B -o FILE` are grouped as one; fds inherited from outside the trace are UNKNOWN (use -y);
 without -yy every /dev/* path but /dev/shm is OTHER, block devices included; `clone3` under
 `-e raw=clone3` hides its flags (treated as a process); a rotated log named `x.log.1` reads
 as pid 1 for its unprefixed lines; `-c` summaries and -k stack frames are skipped.
 
-Speed: one precompiled regex takes the three common lines (complete, unfinished, resumed)
-with the first argument's fd, and the loop keeps its state in locals; everything else goes
-to a slow path. About 0.45M lines/s on real -f -T -y logs (CPython 3.11).
+Speed: the lines of an `strace -f -ttt -T -o FILE` log (a complete call returning a number,
+the unfinished half of a call, its resumption), told apart by their ending, each go through a
+lean regex (_PLAIN*); other shapes through one precompiled regex for the three common lines
+(_FAST) with the first argument's fd; everything else through a slow path. The loop keeps its
+state in locals and builds events as named tuples. About 0.35-0.45M lines/s on real logs
+(CPython 3.11; bench/RESULTS.md).
 """
 from __future__ import annotations
 
