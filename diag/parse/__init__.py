@@ -128,7 +128,19 @@ def _collect(records, data: Dataset) -> int:
 def parse_stream(stream: IO[str], parser: Parser, ctx: ParseContext, label: str | None = None) -> ParsedStream:
     """Parse an open text stream with a known parser."""
     data = Dataset()
-    n = collect_records(parser.parse(stream, ctx), data)
+    if parser.format == "strace":
+        # yields only SyscallEvents: no per-record sorting by type (1M records: ~0.15 s saved)
+        import gc
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            data.syscalls.extend(parser.parse(stream, ctx))
+        finally:
+            if enabled:
+                gc.enable()
+        n = len(data.syscalls)
+    else:
+        n = collect_records(parser.parse(stream, ctx), data)
     clock = ctx.clock or parser.clock
     if clock is Clock.MONOTONIC:
         uncertainty = ctx.uncertainty_ns if ctx.uncertainty_ns is not None else 0
