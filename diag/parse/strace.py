@@ -460,7 +460,11 @@ class _Run:
             if tod is not None:
                 start = tod_cache.get(tod)
                 if start is None:
-                    start = self._tod_base(tod)
+                    try:
+                        start = self._tod_base(tod)
+                    except _BadStamp:
+                        self.bad.bad(lineno, line, "impossible time of day")
+                        continue
                 if frac is not None:
                     start += int(frac) * SCALE[len(frac)]
             elif num is not None and len(num) >= 9:
@@ -771,6 +775,8 @@ class _Run:
                                         "given; using 1970-01-01 UTC, so times are only relative within this "
                                         "trace and not aligned with other streams (give the capture date)")
         h, mi, s = int(tod[0:2]), int(tod[3:5]), int(tod[6:8])
+        if h > 23 or mi > 59 or s > 60:
+            raise _BadStamp(tod)
         sod = h * 3600 + mi * 60 + s
         day = self.day
         cache = True
@@ -1040,6 +1046,12 @@ class _Run:
             self.announced.add(pid)
 
     def _line(self, lineno: int, text: str) -> bool:
+        try:
+            return self._parse_line(lineno, text)
+        except _BadStamp:
+            return False                     # an impossible time of day: not strace's line
+
+    def _parse_line(self, lineno: int, text: str) -> bool:
         """Parse one (possibly glued) line that the fast path did not take. True if it is
         strace output (a call, a signal, an exit, a message...)."""
         pm = _PFX_BODY.match(text)
@@ -1204,6 +1216,10 @@ class _Run:
                      "returned and were first put in the wrong process")
         good = total - self.bad.count - self.blank
         self.bad.finish(total, good)
+
+
+class _BadStamp(ValueError):
+    """A time of day no clock shows (25:61:00): the line is damaged, not strace's."""
 
 
 def _dur(ds: str | None, df: str | None) -> int | None:

@@ -109,20 +109,22 @@ def test_pyspy_chrometrace_and_strace_are_aligned_by_thread_activity(tmp_path, t
             windows.setdefault(e.tid, []).append((last_read.pop(e.tid), e.start_ns))
     err = pyspy["uncertainty_ns"] + 5_000_000          # py-spy's own stamping lag (diag/align.py)
     spins = [s for s in data.samples if s.ts_ns is not None and s.frames and s.frames[-1].function == "spin"]
-    mapped = [s for s in spins if s.tid in windows]
+    # requests in flight when strace attached or detached have no whole window: only samples
+    # between a thread's first and last observed request are judged
+    mapped = [s for s in spins if s.tid in windows and windows[s.tid][0][0] <= s.ts_ns <= windows[s.tid][-1][1]]
     if not threads and not mapped:
         # pthread ids the trace could not map: the report must say so
         assert any("pthread" in w for w in report["warnings"]), report["warnings"]
         return
     assert len(mapped) >= 20, (len(spins), len(mapped))
     # distance of each sample to its thread's nearest request window, beyond the promised error
-    # (0: inside). py-spy stamps late by a few ms, more on a loaded machine: the bulk must be
-    # inside, the tail within tens of ms; a wrong offset puts them hundreds of ms off
+    # plus py-spy's stamping lag (0: inside); a wrong offset puts them tens to hundreds of ms off
     off = sorted(max(0, min(max(a - s.ts_ns, s.ts_ns - b) for a, b in windows[s.tid]) - err) / 1e6 for s in mapped)
-    assert off[len(off) // 2] == 0 and off[int(len(off) * 0.9)] <= 20, off[-20:]
+    assert sum(1 for x in off if x == 0) >= 0.95 * len(off) and off[-1] <= 20, off[-20:]
     # the CPU work is what the report puts first (under strace: GIL waits or CPU, capped at info)
     assert ranked(report)[0] in ("cpu-bound", "gil-contention"), ranked(report)
-    assert "spin" in evidence_text(report, ranked(report)[0])
+    assert "spin" in json.dumps(report["findings"][0]) + json.dumps(report["flame"]["slow"]["stacks"][:3]), \
+        "the hot function is named neither in the top finding nor in the slow requests' flame graph"
 
 
 # ---- one stream alone -----------------------------------------------------------------------------
@@ -289,7 +291,6 @@ def test_perf_trace_of_a_go_server_that_fsyncs_per_request(tmp_path, goserver):
     # disk-sync first, or the report says why per-request breakdowns of a Go server are approximate
     assert ranked(report)[0] == "disk-sync" or any("goroutines move between OS threads" in lim
                                                     for lim in report["limits"]), (ranked(report), report["limits"])
-    assert "disk-sync" in ranked(report), ranked(report)
 
 
 # ---- mutated variants never crash -------------------------------------------------------------------
