@@ -126,7 +126,7 @@ def render_terminal(cmp: dict, console=None) -> None:
             cells = []
             for key in ("count", "total_ns", "p50_ns", "p99_ns", "max_ns"):
                 v = f[key]
-                fmt = (lambda x: "-" if x is None else f"{x:,}") if key == "count" else dur
+                fmt = (lambda x: "-" if x is None else f"{x:,}") if key == "count" else fmt_duration
                 cells.append(f"{fmt(v['base'])} → {fmt(v['current'])} ({_fmt_change(v['change'])})")
             t.add_row(Text(f["name"]), *cells)
         c.print(t)
