@@ -103,18 +103,19 @@ def per_syscall(events: list[SyscallEvent], aggregates=()) -> dict[tuple[str, Fd
     errs: dict[tuple[str, FdKind], int] = defaultdict(int)
     nbytes: dict[tuple[str, FdKind], int] = defaultdict(int)
     slow_max: dict[tuple[str, FdKind], int] = defaultdict(int)
-    for ev in events:
-        if ev.dur_ns is None:
+    # SyscallEvents unpacked once each (faster than five attribute reads on a million calls)
+    for _pid, _tid, name, _start, dur, _ret, errno, _fd, kind, nb, source in events:
+        if dur is None:
             continue
-        key = (ev.name, ev.fd_kind)
-        if ev.source in agg_sources:
-            slow_max[key] = max(slow_max[key], ev.dur_ns)
+        key = (name, kind)
+        if agg_sources and source in agg_sources:
+            slow_max[key] = max(slow_max[key], dur)
             continue
-        durs[key].append(ev.dur_ns)
-        if ev.errno is not None:
+        durs[key].append(dur)
+        if errno is not None:
             errs[key] += 1
-        if ev.nbytes:
-            nbytes[key] += ev.nbytes
+        if nb:
+            nbytes[key] += nb
     out = {k: summarize(v, errs[k], nbytes[k], "events") for k, v in durs.items()}
     for key, (count, total, mx, b) in agg_tot.items():
         if key in out:      # two sources saw the same calls: keep the exact one
@@ -132,10 +133,9 @@ def per_family(rows: dict[tuple[str, FdKind], LatencyStats], events: list[Syscal
     exact_keys = {k for k, st in rows.items() if not st.approx}
     durs: dict[str, list[int]] = defaultdict(list)
     fam_of = {name: durs[family(name)] for name, _ in exact_keys}     # name -> its family's list
-    for ev in events:
-        d = ev.dur_ns
-        if d is not None and (ev.name, ev.fd_kind) in exact_keys:
-            fam_of[ev.name].append(d)
+    for _pid, _tid, name, _start, d, _ret, _errno, _fd, kind, _nb, _src in events:
+        if d is not None and (name, kind) in exact_keys:
+            fam_of[name].append(d)
     approx_keys = {k for k, st in rows.items() if st.approx}
     hists: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for a in aggregates:
