@@ -122,7 +122,8 @@ def test_ci_example_passes_the_job_on_the_healthy_server(workdir):
     assert not any(f["id"] == "disk-sync" for f in report["findings"])
     # the latency gate reads the report's own p99 and the exit code follows the gates (the
     # plumbing, whatever the machine did)
-    from diag.gates import _fmt, latency_value
+    from diag.gates import latency_value
+    from diag.units import fmt_duration as _fmt
 
     p99, what = latency_value(report, "p99")
     assert p99 is not None, what
