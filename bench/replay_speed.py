@@ -1,8 +1,9 @@
 """Analysis speed: `diag replay` of real strace logs at 0.1M, 1M and 5M lines, a profile of the
 hot path, and the replay of a 60 s live capture (eBPF + py-spy + perf + process) of a busy server.
 
-The strace log comes from tracing a real busy server (the threaded journal server under wrk)
-with `strace -f -ttt -T` until it holds >= 1M lines; 0.1M and 1M are its first lines, 5M is the
+Two strace logs: a real busy Python server (the threaded journal server under wrk) and a real
+redis-server under redis-benchmark (every syscall, the issue's "new user" log), each traced with
+`strace -f -ttt -T` until it holds >= 1M lines; 0.1M and 1M are its first lines, 5M is the
 log repeated with timestamps shifted past its end. All of it lives in bench/work/ (gitignored)
 and is reused by later runs unless --regen is given.
 """
@@ -78,7 +79,40 @@ def trace_busy_server(out: Path, min_lines: int, max_s: float = 90.0, log=print)
             " ".join(wrk_cmd(t.port, max_s)) + ")"}
 
 
-_TS = re.compile(rb"^(\d+) (\d+)\.(\d{6}) ")
+def trace_redis(out: Path, min_lines: int, max_s: float = 120.0, log=print) -> dict:
+    """strace -f -ttt -T (every syscall) a redis-server under redis-benchmark (GET/SET/INCR/LPUSH
+    from 8 clients, new connections per test), until `min_lines`: the issue's "real redis log"."""
+    t = make_targets(["redis"], str(out.parent))[0]
+    t.start()
+    strace = None
+    cmd = ["strace", "-f", "-qq", "-ttt", "-T", "-o", str(out), "-p", str(t.pid)]
+    t0 = time.monotonic()
+    try:
+        strace = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not out.exists():
+            time.sleep(0.05)
+        time.sleep(0.3)
+        bench_cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(t.port), "-c", "8", "-n", "200000", "-q",
+                     "-t", "set,get,incr,lpush"]
+        while time.monotonic() - t0 < max_s and count_lines(out) < min_lines * 1.05:
+            subprocess.run(bench_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=max_s)
+    finally:
+        if strace is not None and strace.poll() is None:
+            strace.send_signal(signal.SIGTERM)
+            try:
+                strace.wait(20)
+            except subprocess.TimeoutExpired:
+                strace.kill()
+        t.stop()
+    n = count_lines(out)
+    log(f"  traced redis-server under redis-benchmark for {time.monotonic() - t0:.1f} s: {n:,} lines")
+    return {"lines": n, "traced_s": round(time.monotonic() - t0, 1),
+            "command": " ".join(cmd) + "  (while: redis-benchmark -c 8 -n 200000 -t set,get,incr,lpush, repeated)"}
+
+
+_TS = re.compile(rb"^(\d+) +(\d+)\.(\d{6}) ")
 
 
 def build_sizes(base: Path, sizes: list[int], workdir: Path) -> dict[int, Path]:
@@ -168,7 +202,10 @@ def replay_cmd(path: Path) -> list[str]:
     return [PY, "-m", "diag", "replay", str(path), "--json", str(REPORT_OUT), "-q"]
 
 
-def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen: bool, log=print) -> dict:
+def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen: bool, log=print,
+                 kind: str = "journal") -> dict:
+    """`kind` "journal": the threaded journal server under wrk; "redis": redis-server under
+    redis-benchmark (the log of the issue: every syscall, a native server, many connections)."""
     workdir.mkdir(parents=True, exist_ok=True)
     base = workdir / "strace-base.log"
     meta_path = workdir / "strace-base.json"
@@ -177,7 +214,7 @@ def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen
         for p in workdir.glob("strace-*k.log"):
             p.unlink()
         log("  generating the strace log (tracing a busy server)...")
-        meta = trace_busy_server(base, need)
+        meta = trace_redis(base, need, log=log) if kind == "redis" else trace_busy_server(base, need)
         meta_path.write_text(json.dumps(meta))
     else:
         meta = json.loads(meta_path.read_text())
@@ -195,7 +232,8 @@ def replay_speed(workdir: Path, sizes: list[int], repeats: dict[int, int], regen
             log(f"  replay {n:>9,} lines: {r['wall_s']:.2f} s, {n / r['wall_s']:,.0f} lines/s, "
                 f"peak RSS {r['maxrss_mb']:.0f} MB")
         rows.append({"lines": n, "bytes": files[n].stat().st_size, "runs": runs})
-    return {"base": meta, "rows": rows, "command": " ".join(replay_cmd(Path("LOG"))).replace(str(REPO) + "/", "")}
+    return {"base": meta, "rows": rows, "kind": kind,
+            "command": " ".join(replay_cmd(Path("LOG"))).replace(str(REPO) + "/", "")}
 
 
 # ---------------------------------------------------------------------------------------------

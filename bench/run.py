@@ -445,35 +445,15 @@ def write_results(path: Path, data: dict, args) -> None:
                  "process that makes syscalls (the tracepoints are global), the target's share shows in the "
                  "`target CPU/req` column above.\n")
 
-    rep = data.get("replay")
-    if rep:
-        L.append("## Analysis speed: `diag replay` of a real strace log\n")
-        b = rep["base"]
-        L.append(f"Log: {b['lines']:,} lines from tracing the threaded journal server under wrk for "
-                 f"{b.get('traced_s', '?')} s (`{b.get('command', '')}`)"
-                 f"{' (reused from an earlier run)' if b.get('reused') else ''}. 0.1M and 1M are its first "
-                 f"lines; 5M repeats it with timestamps shifted past its end. Command: `{rep['command']}`; wall "
-                 f"time end to end (interpreter start to exit), peak RSS from wait4(). Targets: >= 500k lines/s, "
-                 f"< 300 MB at 1M lines, linear growth.\n")
-        L.append("| lines | MB | runs | wall s, median (min-max) | lines/s (median) | CPU s | peak RSS MB | "
-                 "µs/line | target met |")
-        L.append("|---|---|---|---|---|---|---|---|---|")
-        for row in rep["rows"]:
-            w = _med([r["wall_s"] for r in row["runs"]])
-            c = _med([r["cpu_s"] for r in row["runs"]])
-            rss = _med([r["maxrss_mb"] for r in row["runs"]])
-            lps = row["lines"] / w[0]
-            met = ""
-            if row["lines"] == 1_000_000:
-                met = ("speed " + ("MET" if lps >= 500_000 else f"MISSED ({lps / 5000:.0f} % of 500k)") + ", RSS " +
-                       ("MET" if rss[0] < 300 else f"MISSED ({rss[0]:.0f} MB)"))
-            L.append(f"| {row['lines']:,} | {row['bytes'] / 1e6:.0f} | {len(row['runs'])} | {w[0]:.2f} "
-                     f"({w[1]:.2f}-{w[2]:.2f}) | {lps:,.0f} | {c[0]:.2f} | {rss[0]:.0f} | "
-                     f"{1e6 * w[0] / row['lines']:.2f} | {met} |")
-        L.append("")
-    prof = data.get("profile")
-    if prof:
-        L.append("### Profile of the replay hot path\n")
+    for rep_key, what in (("replay", "the threaded journal server under wrk"),
+                          ("replay_redis", "redis-server under redis-benchmark")):
+        if data.get(rep_key):
+            L += _replay_rows(data[rep_key], what)
+    for prof_key in ("profile", "profile_redis"):
+        prof = data.get(prof_key)
+        if not prof:
+            continue
+        L.append(f"### Profile of the replay hot path ({'redis log' if prof_key == 'profile_redis' else 'journal log'})\n")
         if prof.get("error"):
             L.append(f"py-spy failed: {prof['error']}\n")
         else:
@@ -535,6 +515,34 @@ def write_results(path: Path, data: dict, args) -> None:
              "`.venv/bin/python -m bench.run --only observer --targets redis --modes attach-auto`. "
              "Raw per-run data of the last run: `bench/work/results.json` (not in git).\n")
     path.write_text("\n".join(L) + "\n")
+
+
+def _replay_rows(rep: dict, what: str) -> list[str]:
+    """The analysis-speed table of one strace log: wall time, lines/s, RSS per size, goals."""
+    b = rep["base"]
+    L = [f"## Analysis speed: `diag replay` of a real strace log of {what}\n",
+         f"Log: {b['lines']:,} lines from tracing {what} for {b.get('traced_s', '?')} s (`{b.get('command', '')}`)"
+         f"{' (reused from an earlier run)' if b.get('reused') else ''}. 0.1M and 1M are its first lines; 5M "
+         f"repeats it with timestamps shifted past its end. Command: `{rep['command']}`; wall time end to end "
+         f"(interpreter start to exit), peak RSS from wait4(). Goals: >= 500k lines/s at 1M lines, < 300 MB at "
+         f"5M lines, linear growth.\n",
+         "| lines | MB | runs | wall s, median (min-max) | lines/s (median) | CPU s | peak RSS MB | µs/line | goal |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for row in rep["rows"]:
+        w = _med([r["wall_s"] for r in row["runs"]])
+        c = _med([r["cpu_s"] for r in row["runs"]])
+        rss = _med([r["maxrss_mb"] for r in row["runs"]])
+        lps = row["lines"] / w[0]
+        met = ""
+        if row["lines"] == 1_000_000:
+            met = "speed " + ("MET" if lps >= 500_000 else f"MISSED ({lps / 5000:.0f} % of 500k)")
+        elif row["lines"] == 5_000_000:
+            met = "RSS " + ("MET" if rss[0] < 300 else f"MISSED ({rss[0]:.0f} MB)")
+        L.append(f"| {row['lines']:,} | {row['bytes'] / 1e6:.0f} | {len(row['runs'])} | {w[0]:.2f} "
+                 f"({w[1]:.2f}-{w[2]:.2f}) | {lps:,.0f} | {c[0]:.2f} | {rss[0]:.0f} | "
+                 f"{1e6 * w[0] / row['lines']:.2f} | {met} |")
+    L.append("")
+    return L
 
 
 def experiment_table(results: dict) -> str:
@@ -611,8 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [100_000, 1_000_000] + ([] if a.quick else [5_000_000])
         repeats = {100_000: 3, 1_000_000: 1 if a.quick else 2, 5_000_000: 1}
         data["replay"] = R.replay_speed(WORK / "replay", sizes, repeats, a.regen, log=log)
+        log("analysis speed: diag replay of a redis-server strace log")
+        data["replay_redis"] = R.replay_speed(WORK / "replay-redis", sizes, repeats, a.regen, log=log, kind="redis")
         log("profiling the replay of 1M lines with py-spy")
         data["profile"] = R.profile_replay(WORK / "replay" / "strace-1000k.log", profile_dir, log=log)
+        data["profile_redis"] = R.profile_replay(WORK / "replay-redis" / "strace-1000k.log", profile_dir, log=log,
+                                                 name="replay-redis-1000k")
     if "capture" in parts:
         log(f"replay of a {cap_s:g} s live capture")
         data["capture"] = R.capture_replay(WORK / "capture", cap_s, 3, log=log, profile_dir=profile_dir)

@@ -62,6 +62,20 @@ def _parse_duration_ns(value: Optional[str], flag: str) -> Optional[int]:
         raise DiagError(f"{flag} {value!r}: expected a duration such as 50ms, 1.5s or 200us")
 
 
+def _parse_offsets(values: Optional[list[str]]) -> dict[str, int]:
+    """['app.pyspy.json=+1.25', ...] -> {file: ns}."""
+    out: dict[str, int] = {}
+    for v in values or ():
+        name, sep, secs = v.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = round(float(secs) * 1e9)
+        except ValueError:
+            raise DiagError(f"--offset {v!r}: expected FILE=+SECONDS (e.g. app.pyspy.json=+1.25)") from None
+    return out
+
+
 def emit_report(report: dict, json_out: Optional[str], quiet: bool) -> None:
     """Write the outputs a command was asked for; the terminal report unless --quiet."""
     from diag.render import json_report, terminal
@@ -132,6 +146,10 @@ def replay(
     date: Annotated[Optional[str], typer.Option("--date", help="Date (YYYY-MM-DD) of strace -t/-tt time-of-day "
                                                                "stamps.")] = None,
     pid: Annotated[Optional[int], typer.Option("--pid", help="Pid of a strace log written without -f.")] = None,
+    offset: Annotated[Optional[list[str]], typer.Option(
+        "--offset", help="FILE=+SECONDS: put FILE on the reference stream's clock by adding SECONDS to its "
+                         "times (a relative clock, as py-spy chrometrace's, counts from the reference's first "
+                         "record). Wins over the offset found from thread activity. Repeatable.")] = None,
     slow: Annotated[Optional[str], typer.Option("--slow", help="Slow threshold (e.g. 50ms); default: p99.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report.")] = False,
     html_out: HtmlOpt = None,
@@ -143,7 +161,7 @@ def replay(
     from diag.load import LoadOptions, load_inputs
 
     gate_list = _gates(fail_on)
-    opts = LoadOptions(fmt=fmt, date=_parse_date(date), pid=pid)
+    opts = LoadOptions(fmt=fmt, date=_parse_date(date), pid=pid, offsets=_parse_offsets(offset))
     data = load_inputs(inputs, opts)
     for w in dict.fromkeys(data.warnings):
         err_console.print(f"warning: {w}", markup=False)

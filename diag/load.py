@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diag.align import context_for
+from diag.align import align_raw, clock_domain, clock_kind, context_for
 from diag.capture.bundle import Capture, is_capture, open_capture
 from diag.errors import DiagError
-from diag.model import Dataset
+from diag.model import Clock, Dataset
 from diag.parse import detect, parse_file, parse_stream, parser_for
 from diag.parse.base import ParseContext
 
@@ -28,7 +28,9 @@ class LoadOptions:
     fmt: str | None = None              # force a format for raw files
     date: _dt.date | None = None        # date of strace -t/-tt stamps
     pid: int | None = None              # pid of a strace log without pid prefixes
-    offsets: dict[str, int] = field(default_factory=dict)   # file -> ns to add (manual alignment)
+    # file -> ns (--offset FILE=+S): FILE's times plus S are on the reference stream's clock; a
+    # relative clock (py-spy chrometrace, strace -r, perf trace) counts from the reference's start
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 def _perf_script_from_data(perf_data: str, into: str) -> str | None:
@@ -102,24 +104,61 @@ def _expand(paths: list[str]) -> list[str]:
 
 
 def load_inputs(paths: list[str], opts: LoadOptions | None = None) -> Dataset:
-    """Parse every input (captures and raw files) into one Dataset."""
+    """Parse every input (captures and raw files) into one Dataset, on one time base.
+
+    Captures carry their clocks in their manifest. Raw files are parsed one by one, then put on
+    one clock by `diag.align.align_raw` (explicit offsets, thread activity, or side by side)."""
     opts = opts or LoadOptions()
     if not paths:
         raise DiagError("no input given; pass a capture directory/archive or trace files")
     data = Dataset()
-    for p in _expand(paths):
+    anchored: Dataset | None = None
+    raw = []
+    pthread_ids: dict[int, int] = {}
+    expanded = _expand(paths)
+    for key in opts.offsets:
+        if key not in expanded and not any(os.path.samefile(key, p) for p in expanded if os.path.exists(key)):
+            raise DiagError(f"--offset {key}: not one of the inputs ({', '.join(expanded)})")
+    for p in expanded:
         if not os.path.exists(p):
             raise DiagError(f"{p}: no such file or directory")
         if is_capture(p):
             d = load_capture(p)
             if data.manifest is None:
                 data.manifest = d.manifest
-            data.extend(d)
+            anchored = anchored or Dataset()
+            anchored.extend(d)
             continue
-        ctx = ParseContext(path=p, offset_ns=opts.offsets.get(p, 0), date=opts.date, pid=opts.pid)
-        if p in opts.offsets:
-            ctx.uncertainty_ns = 0
-        data.extend(parse_file(p, ctx, opts.fmt).data)
+        ctx = ParseContext(path=p, date=opts.date, pid=opts.pid)
+        ps = parse_file(p, ctx, opts.fmt)
+        ps.info.domain = clock_domain(ps.info.format, ps.info.clock, ctx.clock, p)
+        if ps.info.clock is not Clock.NONE and ps.info.domain is not None and ps.info.domain != "monotonic":
+            ps.info.uncertainty_ns = None       # until align_raw says how it lines up
+        pthread_ids.update(ctx.pthread_ids)
+        raw.append(ps)
+    offsets = {}
+    for key, ns in opts.offsets.items():
+        for ps in raw:
+            if ps.info.path == key or (os.path.exists(key) and os.path.samefile(key, ps.info.path)):
+                offsets[ps.info.path] = ns
+    # one clock among the raw files and no capture: nothing to align (and nothing to pay for)
+    timed = {ps.info.domain for ps in raw if ps.info.domain is not None and ps.info.records}
+    needed = (len(timed) > 1 or (anchored is not None and timed - {"monotonic"}) or offsets
+              or (pthread_ids and any(ps.data.samples for ps in raw)))
+    notes = align_raw(raw, offsets, pthread_ids, anchored) if raw and needed else []
+    if raw and not needed:
+        for ps in raw:
+            if ps.info.domain is not None:
+                ps.info.method = f"its own clock ({clock_kind(ps.info.domain)}); the only one in the inputs"
+                ps.info.uncertainty_ns = ps.info.uncertainty_ns if ps.info.uncertainty_ns is not None else 0
+            else:
+                ps.info.method = "no timestamps: profiles only, never in a time window"
+    if anchored is not None:
+        data.extend(anchored)
+    for ps in raw:
+        data.extend(ps.data)
+    data.warnings.extend(notes)
+    data.target_pid = opts.pid
     return data
 
 

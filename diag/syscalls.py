@@ -44,6 +44,10 @@ ACCEPT_NAMES = frozenset(FAMILIES["accept"])
 # worker in epoll_wait or accept, a thread parked on a futex, an explicit sleep. They are shown,
 # but never called a latency spike on their own.
 WAIT_FAMILIES = frozenset({"poll", "accept", "futex", "sleep"})
+# Names by family group, for the loops over every call (a set lookup, not a family() call each)
+WAIT_NAMES = frozenset(n for f in WAIT_FAMILIES for n in FAMILIES[f])
+POLL_NAMES = frozenset(FAMILIES["poll"])
+SYNC_NAMES = frozenset(FAMILIES["sync"])
 # Calls that wait for another process or a signal: never work.
 PROCESS_WAITS = frozenset({"wait4", "waitid", "pause", "rt_sigsuspend", "rt_sigtimedwait", "sigsuspend"})
 

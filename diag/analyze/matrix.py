@@ -9,16 +9,24 @@ from dataclasses import dataclass, field
 
 from diag.analyze.context import AnalysisContext
 from diag.units import fmt_duration
-from diag.syscalls import FdKind, family
+from diag.syscalls import POLL_NAMES, READ_NAMES, SYNC_NAMES, WRITE_NAMES, FdKind, family
+
+RW_NAMES = READ_NAMES | WRITE_NAMES
 
 TRIGGERED, NOT_TRIGGERED, NOT_MEASURABLE = "triggered", "not-triggered", "not-measurable"
 
 # Frames of runtime garbage collection or scheduling, per runtime. CPython's cyclic collector
 # shows in native frames (perf, py-spy --native); gc.collect() calls show in Python frames.
+# Go (pprof, perf on a Go binary): the scheduler's entry points (runtime.mcall -> park_m ->
+# schedule -> findRunnable), the collector's workers and assists, and the futex/usleep/osyield
+# calls that threads spin and park in.
 RUNTIME_FRAMES = ("gc_collect_main", "gc_collect_with_callback", "gc_collect_impl", "deduce_unreachable",
                   "move_unreachable", "subtract_refs", "visit_reachable", "_PyGC_Collect", "gc_collect",
                   "runtime.mcall", "runtime.gcBgMarkWorker", "runtime.gcDrain", "runtime.stopTheWorld",
-                  "runtime.schedule", "runtime.park_m")
+                  "runtime.schedule", "runtime.park_m", "runtime.futex", "runtime.findRunnable",
+                  "runtime.findrunnable", "runtime.gcAssistAlloc", "runtime.markroot", "runtime.scanobject",
+                  "runtime.gcMarkDone", "runtime.gcStart", "runtime.bgsweep", "runtime.bgscavenge",
+                  "runtime.notesleep", "runtime.usleep", "runtime.osyield", "runtime.stopm")
 RUNTIME_SHARE_TRIGGER = 0.05
 LONG_POLL_NS = 100_000_000
 IO_PATH_MIN_NS = 10_000_000
@@ -45,7 +53,7 @@ def _poll_row(ctx: AnalysisContext) -> MatrixRow:
     row = MatrixRow("poll-wait-over-100ms", "epoll_wait (or poll/select) over 100 ms",
                     "readiness events piling up, or the worker that should serve them is blocked",
                     "syscalls (strace / eBPF / perf)", NOT_MEASURABLE, findings=["event-loop-blocked"])
-    polls = [e for e in ctx.timed_syscalls if family(e.name) == "poll"]
+    polls = [e for e in ctx.timed_syscalls if e.name in POLL_NAMES]
     if not polls:
         row.evidence.append("no poll-family calls with durations in the inputs (not traced, or not used)")
         return row
@@ -87,17 +95,29 @@ def _runtime_row(ctx: AnalysisContext) -> MatrixRow:
     row = MatrixRow("runtime-frames", "runtime scheduling / GC frames frequent in the profile",
                     "GC stop-the-world pauses, or excessive context switching", "stack samples (py-spy / perf)",
                     NOT_MEASURABLE, findings=["gc-pause", "gil-contention"])
-    samples = ctx.data.samples
+    # on-CPU samples only: a goroutine, block or mutex profile counts parked stacks, not time
+    samples = [s for s in ctx.data.samples if s.on_cpu is not False]
     if not samples:
-        row.evidence.append("no stack samples in the inputs")
+        row.evidence.append("no on-CPU stack samples in the inputs")
         return row
     total = sum(s.weight for s in samples)
-    hits = sum(s.weight for s in samples if any(f.function.startswith(RUNTIME_FRAMES) for f in s.frames))
+    seen: dict[int, bool] = {}       # id(frame) -> is a runtime frame: parsers share Frame objects
+
+    def in_runtime(s) -> bool:
+        for f in s.frames:
+            v = seen.get(id(f))
+            if v is None:
+                v = seen[id(f)] = f.function.startswith(RUNTIME_FRAMES)
+            if v:
+                return True
+        return False
+
+    hits = sum(s.weight for s in samples if in_runtime(s))
     share = hits / total if total else 0.0
     row.status = TRIGGERED if share >= RUNTIME_SHARE_TRIGGER else NOT_TRIGGERED
     row.evidence.append(f"{hits} of {total} samples ({share:.1%}) in runtime GC/scheduler frames "
                         f"(trigger ≥ {RUNTIME_SHARE_TRIGGER:.0%})")
-    if not any(s.source == "perf" or any(f.module for f in s.frames) for s in samples):
+    if all(s.source == "py-spy" for s in samples) and not any(f.module for s in samples for f in s.frames):
         row.evidence.append("Python-only stacks: automatic GC shows only with native frames (perf or py-spy --native)")
     return row
 
@@ -111,7 +131,7 @@ def _io_path_row(ctx: AnalysisContext) -> MatrixRow:
         row.evidence.append("no syscalls with durations in the inputs")
         return row
     io_calls = [e for e in ctx.timed_syscalls
-                if family(e.name) == "sync" or (family(e.name) in ("read", "write") and e.fd_kind is FdKind.FILE)]
+                if e.name in SYNC_NAMES or (e.fd_kind is FdKind.FILE and e.name in RW_NAMES)]
     worst = max(io_calls, key=lambda e: e.dur_ns or 0, default=None)
     if worst is None or (worst.dur_ns or 0) < IO_PATH_MIN_NS:
         row.status = NOT_TRIGGERED

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from diag import __version__
 from diag.align import alignment_summary, stream_time_range
-from diag.analyze import matrix, stats
+from diag.analyze import coverage, matrix, stats
 from diag.analyze.context import AnalysisContext
 from diag.analyze.rules import run_rules
 from diag.model import Dataset, Finding
-from diag.syscalls import WAIT_FAMILIES, family
+from diag.syscalls import WAIT_NAMES, family
 
 SCHEMA = "diag.report/1"
 
@@ -99,8 +99,7 @@ def timeline(ctx: AnalysisContext, start_ns: int, end_ns: int, tid: int, max_eve
     """Everything the streams saw on thread `tid` in a window: syscalls, stack samples (py-spy,
     perf), off-CPU kernel stacks (eBPF). The HTML report draws them on one axis."""
     t0, t1 = start_ns - TIMELINE_PAD_NS, end_ns + TIMELINE_PAD_NS
-    calls = [e for e in ctx.timed_syscalls if e.tid == tid and e.end_ns >= t0 and e.start_ns <= t1]
-    calls.sort(key=lambda e: e.start_ns)
+    calls = ctx.idx.overlapping(tid, t0, t1)      # per-thread index: no scan of every call
     samples = ctx.samples_in(tid, t0, t1)
     return {
         "tid": tid, "start_ns": t0, "end_ns": t1,
@@ -211,7 +210,7 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
         },
         "slowest": [_event_json(e) for e in stats.slowest(data.syscalls, 10)],
         "slowest_waits": [_event_json(e) for e in stats.slowest(
-            [e for e in data.syscalls if family(e.name) in WAIT_FAMILIES], 5, include_waits=True)],
+            [e for e in data.syscalls if e.name in WAIT_NAMES], 5, include_waits=True)],
         "spikes": [{"start_ns": s.start_ns, "end_ns": s.end_ns, "calls": s.calls, "total_ns": s.total_ns,
                     "worst": _event_json(s.worst)} for s in spikes],
         "requests": requests_section(ctx),
@@ -220,5 +219,6 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
                   **({"slow": flame([x for s in ctx.req.slow for x in s.samples])} if ctx.req and ctx.req.slow else {})},
         "matrix": [dict(r.to_json(), findings=[f for f in r.findings if f in fired]) for r in rows],
         "findings": [_finding_json(i, f) for i, f in enumerate(findings, 1)],
+        "limits": coverage.limits(data, ctx.req is not None),
         "warnings": list(dict.fromkeys(data.warnings)),
     }

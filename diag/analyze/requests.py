@@ -31,9 +31,10 @@ from diag.model import Request, SyscallEvent
 from diag.syscalls import ACCEPT_NAMES, READ_NAMES, WRITE_NAMES, FdKind, family
 
 IDLE, READING, WRITING = 0, 1, 2
+_OPEN_CLOSE = ACCEPT_NAMES | {"close", "connect"}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Conn:
     state: int = IDLE
     conn_start: int | None = None
@@ -65,50 +66,53 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
     conns: dict[tuple[int, int], _Conn] = {}
     upstream_now: set[tuple[int, int]] = set()      # connected sockets open at this point in time
 
+    requests = out.requests
+
     def emit(key: tuple[int, int], c: _Conn) -> None:
-        out.requests.append(Request(
-            pid=key[0], tid=c.tid, fd=key[1], start_ns=c.start, end_ns=c.end, bytes_in=c.bytes_in,
-            bytes_out=c.bytes_out, reads=c.reads, writes=c.writes, first_write_ns=c.first_write,
-            write_tid=c.write_tid if c.write_tid != c.tid else None, conn_start_ns=c.conn_start, seq=c.seq,
-            source=source))
+        wt = c.write_tid
+        requests.append(Request(key[0], c.tid, key[1], c.start, c.end, c.bytes_in, c.bytes_out, c.reads, c.writes,
+                                c.first_write, wt if wt != c.tid else None, c.conn_start, c.seq, None, source))
         c.seq += 1
         c.state = IDLE
 
-    relevant = (e for e in events if e.fd_kind is FdKind.SOCKET or e.name in ACCEPT_NAMES
-                or e.name in ("close", "connect"))
-    for ev in sorted(relevant, key=lambda e: e.end_ns):
-        name = ev.name
+    SOCKET = FdKind.SOCKET
+    relevant = [e for e in events if e.fd_kind is SOCKET or e.name in _OPEN_CLOSE]
+    # by end time (start + duration: SyscallEvent fields 3 and 4, read directly: this runs per call)
+    relevant.sort(key=lambda e: e[3] + (e[4] or 0))
+    conns_get = conns.get
+    for pid, tid, name, start, dur, ret, _errno, fd, kind, nbytes, _src in relevant:
+        end = start + (dur or 0)
         if name == "connect":
-            if ev.fd is not None:
-                upstream_now.add((ev.pid, ev.fd))
-                out.upstream_fds.add((ev.pid, ev.fd))
-                conns.pop((ev.pid, ev.fd), None)
+            if fd is not None:
+                upstream_now.add((pid, fd))
+                out.upstream_fds.add((pid, fd))
+                conns.pop((pid, fd), None)
             continue
         if name in ACCEPT_NAMES:
-            if ev.ret is not None and ev.ret >= 0:
-                key = (ev.pid, ev.ret)
-                old = conns.get(key)
+            if ret is not None and ret >= 0:
+                key = (pid, ret)
+                old = conns_get(key)
                 if old is not None and old.state == WRITING:
                     emit(key, old)
-                conns[key] = _Conn(conn_start=ev.end_ns)
+                conns[key] = _Conn(conn_start=end)
                 out.connections += 1
             continue
-        if ev.fd is None:
+        if fd is None:
             continue
-        key = (ev.pid, ev.fd)
+        key = (pid, fd)
         if name == "close":
             c = conns.pop(key, None)
             if c is not None and c.state == WRITING:
                 emit(key, c)
             upstream_now.discard(key)
             continue
-        if ev.fd_kind is not FdKind.SOCKET or key in upstream_now:
+        if kind is not SOCKET or key in upstream_now:
             continue
         if name in READ_NAMES:
-            n = ev.nbytes if ev.nbytes is not None else ev.ret
+            n = nbytes if nbytes is not None else ret
             if n is None or n < 0:
                 continue                       # EAGAIN and errors: no bytes moved
-            c = conns.get(key)
+            c = conns_get(key)
             if n == 0:                         # EOF
                 if c is not None and c.state == WRITING:
                     emit(key, c)
@@ -120,24 +124,24 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
             if c.state == WRITING:
                 emit(key, c)
             if c.state == IDLE:
-                c.state, c.tid, c.start, c.end = READING, ev.tid, ev.end_ns, ev.end_ns
+                c.state, c.tid, c.start, c.end = READING, tid, end, end
                 c.first_write, c.write_tid = None, None
                 c.bytes_in = c.bytes_out = c.reads = c.writes = 0
             c.reads += 1
             c.bytes_in += n
             continue
         if name in WRITE_NAMES:
-            n = ev.nbytes if ev.nbytes is not None else ev.ret
-            c = conns.get(key)
+            n = nbytes if nbytes is not None else ret
+            c = conns_get(key)
             if c is None or c.state == IDLE or n is None or n <= 0:
                 continue
             c.state = WRITING
             c.writes += 1
             c.bytes_out += n
-            c.end = ev.end_ns
+            c.end = end
             if c.first_write is None:
-                c.first_write = ev.end_ns
-                c.write_tid = ev.tid
+                c.first_write = end
+                c.write_tid = tid
     for key, c in conns.items():
         if c.state == WRITING:
             emit(key, c)

@@ -22,6 +22,7 @@ import os
 import platform
 import socket
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -237,8 +238,11 @@ def is_capture(path: str) -> bool:
     p = Path(path)
     if p.is_dir():
         return (p / MANIFEST).is_file()
-    if p.is_file() and tarfile.is_tarfile(str(p)):
-        return True
+    if p.is_file():
+        try:
+            return tarfile.is_tarfile(str(p))
+        except (EOFError, OSError, zlib.error):
+            return False        # a cut or corrupt gzip (a Go profile, say) is no archive: its parser says why
     return False
 
 

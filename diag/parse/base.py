@@ -32,6 +32,13 @@ class ParseContext:
     tid_map: dict[int, int] = field(default_factory=dict)   # sampler thread id -> OS tid
     thread_groups: dict[int, int] = field(default_factory=dict)   # OS tid -> tgid, known threads
     stream_start_ns: int | None = None  # CLOCK_MONOTONIC when the collector started (py-spy)
+    # What the parser learned of the stream's clock, when it differs from its format's usual
+    # one (strace -r or without -t: RELATIVE / NONE; perf with a `# clockid: monotonic` header).
+    clock: Clock | None = None
+    # pthread id -> OS tid of the threads whose creation a syscall trace showed (strace clone tls=)
+    pthread_ids: dict[int, int] = field(default_factory=dict)
+    # What a stream says of itself beyond its records (a pprof profile's duration and period)
+    meta: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     # the bytes of a file the stream names beside itself (the eBPF stream's binary records), or
     # None when it is missing; by default, from the stream's own directory

@@ -310,7 +310,9 @@ class PerfScriptParser:
                 continue
             if text.startswith("#"):
                 good += 1
-                if text.startswith("# clockid:") and "monotonic" not in text:
+                if text.startswith("# clockid:") and "monotonic" in text:
+                    ctx.clock = Clock.MONOTONIC     # perf's own clock is not: -k CLOCK_MONOTONIC was given
+                elif text.startswith("# clockid:"):
                     ctx.warn(f"{ctx.path}:{lineno}: perf recorded with {text[2:].strip()!r}, not "
                              "CLOCK_MONOTONIC (record with -k CLOCK_MONOTONIC); times need an offset")
                 elif text.startswith("# arch :") and "x86_64" not in text and not arch_warned:

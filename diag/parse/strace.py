@@ -50,7 +50,15 @@ Rules chosen (what a reader of the records may rely on):
   but /dev/shm -> OTHER, anything else, /proc included, -> FILE), pipe*/socketpair,
   epoll/eventfd/timerfd/signalfd/inotify/memfd/..., dup*/fcntl(F_DUPFD*) and close/close_range.
   Fds the trace never showed being created (inherited, passed over a socket, CLOEXEC after
-  exec is not tracked) are UNKNOWN.
+  exec is not tracked, opened before `strace -p` attached) are UNKNOWN, unless a call that
+  only exists on sockets (recvfrom, sendto, recvmsg, sendmsg, accept*, connect, shutdown,
+  setsockopt...: `diag.syscalls.SOCKET_ONLY`) uses them: then they are SOCKET from that call on.
+* `strace -f -p PID -o FILE` (an attach: a task's first line resumes a call begun before the
+  trace) writes its "attached with K threads" message to stderr, not FILE: the tids the first
+  HEAD_LINES lines show and no clone there created are grouped into one process (the smallest
+  tid, the main thread's, or ctx.pid).
+* ctx.pthread_ids (pthread id -> tid) learns each thread clone's `tls=`: on x86-64 glibc that is
+  the thread's pthread id, what py-spy chrometrace without --threads names threads by.
 * `nbytes` is the return value of the read/write families (`diag.syscalls.BYTE_COUNT`) when it is >= 0.
 * Lines that are not strace's (the target's stderr) go to `BadLines`: a few are a warning, many
   an error naming the first one. A strace line torn by the target's output or by `strace:
@@ -60,26 +68,30 @@ Rules chosen (what a reader of the records may rely on):
   truncated capture: it is skipped with a warning.
 
 Known gaps: a thread whose creation the trace does not show (a -ff file of a thread: its clone
-is in another file; a thread alive before `strace -p` attached) is its own process unless
-ctx.thread_groups names it; fds inherited from outside the trace are UNKNOWN (use -y);
+is in another file) is its own process unless ctx.thread_groups names it; two processes attached
+with `-p A -p B -o FILE` are grouped as one; fds inherited from outside the trace are UNKNOWN (use -y);
 without -yy every /dev/* path but /dev/shm is OTHER, block devices included; `clone3` under
 `-e raw=clone3` hides its flags (treated as a process); a rotated log named `x.log.1` reads
 as pid 1 for its unprefixed lines; `-c` summaries and -k stack frames are skipped.
 
-Speed: one precompiled regex takes the three common lines (complete, unfinished, resumed)
-with the first argument's fd, and the loop keeps its state in locals; everything else goes
-to a slow path. About 0.45M lines/s on real -f -T -y logs (CPython 3.11).
+Speed: the lines of an `strace -f -ttt -T -o FILE` log (a complete call returning a number,
+the unfinished half of a call, its resumption), told apart by their ending, each go through a
+lean regex (_PLAIN*); other shapes through one precompiled regex for the three common lines
+(_FAST) with the first argument's fd; everything else through a slow path. The loop keeps its
+state in locals and builds events as named tuples. About 0.35-0.45M lines/s on real logs
+(CPython 3.11; bench/RESULTS.md).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import os
 import re
 import sys
 from typing import IO, Iterator
 
 from diag.model import Clock, SyscallEvent
-from diag.syscalls import BYTE_COUNT, CLONES, FD_FIRST, NEW_OTHER, NEW_SOCKET, OPENS, FdKind
+from diag.syscalls import BYTE_COUNT, CLONES, FD_FIRST, NEW_OTHER, NEW_SOCKET, OPENS, SOCKET_ONLY, FdKind
 from diag.parse.base import BadLines, ParseContext
 
 _SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIPE, FdKind.OTHER, FdKind.UNKNOWN
@@ -107,6 +119,16 @@ _DUR = r"(?: <(\d+)(?:\.(\d{1,9}))?>)?"
 _FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d+)(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
                    r"| ?<unfinished \.\.\.>)"
                    r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
+# The fastest path: the line most traces are made of (strace -f -ttt -T -o FILE, a complete call
+# returning a number, maybe an errno): 0.8 µs a match against 1.45 µs for _FAST on real redis lines.
+_PLAIN_PFX = r"(\d{1,7}) +(\d{9,})\.(\d{1,9}) "
+_PLAIN_END = r"\) += (-?\d+)(?: (E[A-Z0-9_]+) \([^()\n]*\))? <(\d+)\.(\d{1,9})>\n"
+_PLAIN_ARG0 = r"(?=(\d+)(?:(<)|[,) ])|)"       # a decimal first argument (the fd), as in _FAST
+_PLAIN = re.compile(_PLAIN_PFX + r"(\w+)\(" + _PLAIN_ARG0 + r"(.*)" + _PLAIN_END)
+# ... and the two halves of a call another thread's line interrupted (most lines of a busy
+# threaded server's log): "NAME(args <unfinished ...>" and "<... NAME resumed>rest) = RET <DUR>"
+_PLAIN_UNFINISHED = re.compile(_PLAIN_PFX + r"(\w+)\(" + _PLAIN_ARG0 + r"(.*?) ?<unfinished \.\.\.>\n")
+_PLAIN_RESUMED = re.compile(_PLAIN_PFX + r"<\.\.\. (\w+) resumed>(.*)" + _PLAIN_END)
 _PFX_BODY = re.compile(_PFX + r"(.*)\n")
 _B_FULL = re.compile(r"(\w+|\?\?\?)\((.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
 _B_UNFIN = re.compile(r"(\w+|\?\?\?)\((.*?) ?<unfinished \.\.\.>\Z")
@@ -125,18 +147,23 @@ _PAIR = re.compile(r"\[(\d+)(?:<.*?>)?, (\d+)")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
 _HEX = re.compile(r"0x([0-9a-fA-F]+)")
+_TLS = re.compile(r"\btls=0x([0-9a-fA-F]+)")
 _NAME_PID = re.compile(r".\.(\d{1,7})\Z")
+_HEAD_PFX = re.compile(r"(?:\[pid +(\d+)\] |(\d{1,7}) +)")
+_HEAD_CLONE = re.compile(r"(?:clone3?|v?fork)(?:\(.*\)| resumed>.*\)) += (\d+)")
+HEAD_LINES = 5000    # lines read ahead to find the threads `strace -p -f` attached
 
 # --- syscall tables ----------------------------------------------------------------------
 _PAIRS = {"pipe": _PIPE, "pipe2": _PIPE, "socketpair": _SOCKET}
 _SPECIAL = (OPENS | NEW_SOCKET | NEW_OTHER | frozenset(_PAIRS) | CLONES | frozenset((
     "dup", "dup2", "dup3", "fcntl", "fcntl64", "close", "close_range", "exit", "exit_group",
     "set_tid_address", "gettid", "restart_syscall")))
-A_FD, A_NBYTES, A_SPECIAL, A_CLONE = 1, 2, 4, 8
+A_FD, A_NBYTES, A_SPECIAL, A_CLONE, A_SOCK = 1, 2, 4, 8, 16
 _ACT: dict[str, int] = {}
 for _n in FD_FIRST | BYTE_COUNT | _SPECIAL:
     _ACT[_n] = (A_FD if _n in FD_FIRST else 0) | (A_NBYTES if _n in BYTE_COUNT else 0) | \
-        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in CLONES else 0)
+        (A_SPECIAL if _n in _SPECIAL else 0) | (A_CLONE if _n in CLONES else 0) | \
+        (A_SOCK if _n in SOCKET_ONLY else 0)
 CLONE_THREAD = 0x00010000
 F_DUPFD_RAW = ("0", "1030", "0x406")
 CLOSE_RANGE_CLOEXEC = 4
@@ -269,11 +296,13 @@ class _Run:
         self.in_summary = False
         self.names: dict[str, tuple[str, int]] = {}
         self.ambiguous = 0
+        self.attach_grouped = 0
         self.regrouped = 0
         self.blank = 0
 
     # --- the loop ----------------------------------------------------------------------
     def run(self, stream: IO[str]) -> Iterator[SyscallEvent]:
+        stream = self._attached_threads(stream)
         fast = _FAST.match
         names = self.names                   # name -> (interned name, action bits)
         names_get = names.get
@@ -290,6 +319,7 @@ class _Run:
         Ev = SyscallEvent
         UNKNOWN = _UNKNOWN
         FILE = _FILE
+        SOCKET = _SOCKET
         deco_cache: dict[str, FdKind] = {}    # first 8 chars of a non-path decoration -> kind
         tids: dict[str, int] = {}
         tids_get = tids.get
@@ -297,7 +327,98 @@ class _Run:
         anyp = self.any_prefixed
         unres = self.unres
         last_tid = self.last_tid
+        plain = _PLAIN.match
+        plain_unf = _PLAIN_UNFINISHED.match
+        plain_res = _PLAIN_RESUMED.match
+        tgid_of = self.tgid_of
+        errnos: dict[str, str] = {}
+        untimed = 0                          # complete calls printed without -T's duration
         for lineno, line in enumerate(stream, 1):
+            if anyp and not unres:
+                # the three commonest lines of an `strace -f -ttt -T -o FILE` log, by their ending
+                m = None
+                if line.endswith("<unfinished ...>\n"):
+                    m = plain_unf(line)
+                    if m is not None:
+                        p2, num, frac, name, fdn, fdd, args = m.groups()
+                        tid = tids_get(p2)
+                        if tid is None:
+                            tid = tids[p2] = int(p2)
+                        na = names_get(name)
+                        if na is None:
+                            na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                        if tid in tgid_of and tid not in pending and not na[1] & A_CLONE:
+                            last_tid = tid
+                            pending[tid] = (na[0], int(num + frac) * SCALE[len(frac)] + off, args, lineno, fdn, fdd)
+                            continue
+                        m = None
+                elif line.find("<... ", 0, 48) >= 0:
+                    m = plain_res(line)
+                    if m is not None:
+                        p2, num, frac, name, more, ret, errno, ds, df = m.groups()
+                        tid = tids_get(p2)
+                        if tid is None:
+                            tid = tids[p2] = int(p2)
+                        p = pending.get(tid)
+                        na = names_get(name)
+                        if na is None:
+                            na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                        if p is not None and p[0] == name and tid in tgid_of and not na[1] & A_SPECIAL:
+                            del pending[tid]
+                            start, args, fdn, fdd = p[1], p[2], p[4], p[5]
+                        else:
+                            m = None
+                else:
+                    m = plain(line)
+                    if m is not None:
+                        p2, num, frac, name, fdn, fdd, args, ret, errno, ds, df = m.groups()
+                        tid = tids_get(p2)
+                        if tid is None:
+                            tid = tids[p2] = int(p2)
+                        na = names_get(name)
+                        if na is None:
+                            na = names[name] = (sys.intern(name), _ACT.get(name, 0))
+                        if tid in tgid_of and not na[1] & A_SPECIAL:
+                            start = int(num + frac) * SCALE[len(frac)] + off
+                        else:
+                            m = None
+                if m is not None:
+                    tgid = tgid_of[tid]
+                    a = na[1]
+                    last_tid = tid
+                    reti = int(ret)
+                    fd = None
+                    kind = UNKNOWN
+                    nbytes = None
+                    if a:
+                        if a & A_FD and fdn is not None:
+                            fd = int(fdn)
+                            if fdd is not None:
+                                e = len(fdn) + 1
+                                c = args[e]
+                                if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
+                                    kind = FILE
+                                else:
+                                    kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
+                                    if kind is None:
+                                        kind = decoration_kind(args, e)
+                                        if c != "/":
+                                            deco_cache[args[e:e + 8]] = kind
+                            else:
+                                t = fdtab.get(tgid)
+                                if t is not None:
+                                    kind = t.get(fd, UNKNOWN)
+                                if kind is UNKNOWN and a & A_SOCK:
+                                    kind = SOCKET
+                                    if t is None:
+                                        t = fdtab[tgid] = {}
+                                    t[fd] = SOCKET
+                        if a & A_NBYTES and reti >= 0:
+                            nbytes = reti
+                    if errno is not None:
+                        errno = errnos.setdefault(errno, errno)
+                    yield Ev(tgid, tid, na[0], start, int(ds + df) * SCALE[len(df)], reti, errno, fd, kind, nbytes)
+                    continue
             m = fast(line)
             if m is None:
                 self.last_tid = last_tid
@@ -339,7 +460,11 @@ class _Run:
             if tod is not None:
                 start = tod_cache.get(tod)
                 if start is None:
-                    start = self._tod_base(tod)
+                    try:
+                        start = self._tod_base(tod)
+                    except _BadStamp:
+                        self.bad.bad(lineno, line, "impossible time of day")
+                        continue
                 if frac is not None:
                     start += int(frac) * SCALE[len(frac)]
             elif num is not None and len(num) >= 9:
@@ -393,6 +518,7 @@ class _Run:
                     dur = int(ds + df) * SCALE[len(df)] if df is not None else int(ds) * NS
                 else:
                     dur = None
+                    untimed += 1
             # result
             c = ret[0]
             if c == "?":
@@ -447,6 +573,13 @@ class _Run:
                             t = fdtab.get(tgid)
                             if t is not None:
                                 kind = t.get(fd, UNKNOWN)
+                            if kind is UNKNOWN and a & A_SOCK and fd >= 0:
+                                # recvfrom, sendto, accept...: only sockets have them (an fd
+                                # opened before the trace began, strace without -y)
+                                kind = SOCKET
+                                if t is None:
+                                    t = fdtab[tgid] = {}
+                                t[fd] = SOCKET
                 if a & A_NBYTES and reti is not None and reti >= 0:
                     nbytes = reti
                 if a & A_SPECIAL:
@@ -464,12 +597,58 @@ class _Run:
             else:
                 yield Ev(tgid, tid, name, start, dur, reti, errno, fd, kind, nbytes)
         self.last_tid = last_tid
+        self.ctx.meta["complete_calls_without_duration"] = untimed
         self._finish(lineno)
         if out:
             yield from out
             out.clear()
 
     # --- who -------------------------------------------------------------------------
+    def _attached_threads(self, stream: IO[str]):
+        """`strace -f -p PID -o FILE` attaches every thread of PID, but its "attached with K
+        threads" message goes to stderr, not FILE: the threads print calls with no clone creating
+        them. Read ahead: when a task's first line resumes a call begun before the trace (the
+        mark of an attach), the tids of the first HEAD_LINES lines that no clone/fork there
+        returned are taken as threads of one process, the smallest tid (the main thread's, which is the
+        pid) or ctx.pid. Not done for launch traces (the first call is execve: every other task
+        comes from a clone), -ff files, or when the capture named the threads."""
+        if self.known_groups or pid_from_name(self.ctx.path) is not None:
+            return stream
+        head: list[str] = []
+        for line in stream:
+            head.append(line)
+            if len(head) >= HEAD_LINES:
+                break
+        seen: dict[int, None] = {}
+        created: set[int] = set()
+        first_call = True
+        midway = False           # a thread was inside a call when strace attached
+        for line in head:
+            m = _HEAD_PFX.match(line)
+            if m is None:
+                if "strace: Process " in line or _STARTS_CALL.search(line[:40]):
+                    # stderr output: its attach messages and unprefixed lines say who is who
+                    return itertools.chain(head, stream)
+                continue
+            tid = int(m.group(1) or m.group(2))
+            body = line[m.end():]
+            if first_call and (body.startswith("execve(") or " execve(" in body[:40]):
+                return itertools.chain(head, stream)
+            first_call = False
+            if tid not in seen:
+                seen[tid] = None
+                if "<... resuming interrupted" in body or ("resumed>" in body and "<... " in body[:40]):
+                    midway = True
+            c = _HEAD_CLONE.search(body)
+            if c is not None:
+                created.add(int(c.group(1)))
+        orphans = [t for t in seen if t not in created]
+        if midway and len(orphans) >= 2:
+            tgid = self.ctx.pid if self.ctx.pid in orphans else min(orphans)
+            self.known_groups = {t: tgid for t in orphans}
+            self.attach_grouped = len(orphans)
+        return itertools.chain(head, stream)
+
     def _unprefixed_tid(self) -> int:
         """The tid of an unprefixed line in a trace that also has prefixed ones (strace to
         stderr omits the prefix while a single tracee is left)."""
@@ -591,10 +770,13 @@ class _Run:
                 if self.tz is None:
                     self.tz = _dt.timezone.utc
                 self.ctx.uncertainty_ns = None
+                self.ctx.clock = Clock.RELATIVE
                 self._warn_once("date", f"{self.ctx.path}: time-of-day timestamps (strace -t/-tt) but no date "
                                         "given; using 1970-01-01 UTC, so times are only relative within this "
                                         "trace and not aligned with other streams (give the capture date)")
         h, mi, s = int(tod[0:2]), int(tod[3:5]), int(tod[6:8])
+        if h > 23 or mi > 59 or s > 60:
+            raise _BadStamp(tod)
         sod = h * 3600 + mi * 60 + s
         day = self.day
         cache = True
@@ -624,10 +806,12 @@ class _Run:
             self._warn_once("nostamp", f"{ctx.path}: the trace has no timestamps (strace without -t/-tt/-ttt): "
                                        "every call starts at 0, only durations are usable")
             ctx.uncertainty_ns = None
+            ctx.clock = Clock.NONE
             return 0
         self._warn_once("relative", f"{ctx.path}: relative timestamps (strace -r): times are summed from the "
                                     "first line and not aligned with other streams")
         ctx.uncertainty_ns = None
+        ctx.clock = Clock.RELATIVE
         self.rel_ns += int(num) * _NS + (_frac_ns(frac) if frac else 0)
         return self.rel_ns
 
@@ -654,7 +838,14 @@ class _Run:
         if name in CLONES:
             pending_thread = self.pclone.pop(tid, None)
             if ok and ret > 0:
-                self._register_child(tid, tgid, ret, _is_thread(name, args) or bool(pending_thread))
+                is_thread = _is_thread(name, args) or bool(pending_thread)
+                self._register_child(tid, tgid, ret, is_thread)
+                if is_thread:
+                    m = _TLS.search(args)
+                    if m is not None:
+                        # x86-64 glibc: a thread's TLS block is its struct pthread, whose address
+                        # is its pthread id (what py-spy chrometrace names threads by)
+                        self.ctx.pthread_ids[int(m.group(1), 16)] = ret
         elif name in OPENS:
             if ok:
                 if tail.startswith("<"):
@@ -729,6 +920,8 @@ class _Run:
                             kind = decoration_kind(prev[1], fm.end())
                         else:
                             kind = self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+                            if kind is _UNKNOWN and a & A_SOCK and fd >= 0:
+                                kind = self._table(tgid)[fd] = _SOCKET
                 if a & A_NBYTES and ok:
                     nbytes = ret
         return name, fd, kind, nbytes
@@ -760,7 +953,10 @@ class _Run:
         fd = int(d) if d is not None else int(h, 16)
         if deco is not None:
             return fd, decoration_kind(args, fm.end())
-        return fd, self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+        kind = self.fdtab.get(tgid, {}).get(fd, _UNKNOWN)
+        if kind is _UNKNOWN and name in SOCKET_ONLY and fd >= 0:
+            kind = self._table(tgid)[fd] = _SOCKET
+        return fd, kind
 
     # --- everything but a complete call --------------------------------------------------
     def _slow(self, lineno: int, line: str) -> None:
@@ -850,6 +1046,12 @@ class _Run:
             self.announced.add(pid)
 
     def _line(self, lineno: int, text: str) -> bool:
+        try:
+            return self._parse_line(lineno, text)
+        except _BadStamp:
+            return False                     # an impossible time of day: not strace's line
+
+    def _parse_line(self, lineno: int, text: str) -> bool:
         """Parse one (possibly glued) line that the fast path did not take. True if it is
         strace output (a call, a signal, an exit, a message...)."""
         pm = _PFX_BODY.match(text)
@@ -1014,6 +1216,10 @@ class _Run:
                      "returned and were first put in the wrong process")
         good = total - self.bad.count - self.blank
         self.bad.finish(total, good)
+
+
+class _BadStamp(ValueError):
+    """A time of day no clock shows (25:61:00): the line is damaged, not strace's."""
 
 
 def _dur(ds: str | None, df: str | None) -> int | None:

@@ -47,6 +47,15 @@ def verdict(report: dict) -> dict:
     if not counts.get("timed_syscalls") and not counts.get("stack_samples") and not (report.get("requests") or {}).get("count"):
         return {"level": "empty", "head": "Nothing to diagnose",
                 "text": "no timed events were captured: check the collector status below"}
+    limits = report.get("limits") or []
+    blind = f"; these inputs cannot show everything: {limits[0]}" if limits else ""
+    if findings:
+        top = findings[0]
+        return {"level": "info", "head": "No warning or critical finding",
+                "text": f"top finding (info): {top['id']} explains {fmt_pct(top.get('share'))}: "
+                        f"{top.get('summary', '')}{blind}"}
+    if limits:
+        return {"level": "info", "head": "No finding in what these inputs show", "text": limits[0]}
     return {"level": "healthy", "head": "Healthy", "text": "no warning or critical finding"}
 
 
@@ -329,6 +338,7 @@ def view(report: dict) -> dict:
         "alignment": report.get("alignment") or {},
         "env": environment(report),
         "warnings": report.get("warnings") or [],
+        "limits": report.get("limits") or [],
         "colors": FAMILY_COLORS, "stack_table": table,
     }
 

@@ -39,6 +39,10 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
     out.append(f"Target {code(label)} · {w.get('duration_s', 0):.1f} s window"
                + (f" · HTML report: {esc(html_path)}" if html_path else ""))
     out.append("")
+    for lim in report.get("limits") or []:
+        out.append(f"- cannot show: {esc(lim)}")
+    if report.get("limits"):
+        out.append("")
     req = report.get("requests") or {}
     if req.get("count"):
         lat = req.get("latency") or {}

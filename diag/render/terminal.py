@@ -31,6 +31,14 @@ def verdict(report: dict) -> Text:
     if not bad:
         if not report["counts"]["timed_syscalls"] and not report["counts"]["stack_samples"]:
             return Text("No timed events: nothing to diagnose (check the collectors below)", style="yellow")
+        if report["findings"]:
+            top = report["findings"][0]
+            t = Text("No warning or critical finding; ", style="bold")
+            t.append(f"top finding (info): {top['id']} explains {top['share']:.0%} — ")
+            t.append(top["summary"])
+            return t
+        if report.get("limits"):
+            return Text("No finding in what these inputs show (see what they cannot show below)", style="bold")
         return Text("Healthy: no warning or critical finding", style="bold green")
     top = bad[0]
     t = Text(f"{top['severity'].upper()}: ", style=SEVERITY_STYLE[top["severity"]])
@@ -47,6 +55,10 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
     label = target.get("comm") or " ".join(target.get("cmdline") or []) or ", ".join(target.get("inputs") or [])
     c.print(Text.assemble(("diag report", "bold"), f"  {w['duration_s']:.2f} s window  ", Text(label or "", style="dim")))
     c.print(verdict(report))
+    if report.get("limits"):
+        c.print(Text("What these inputs cannot show:", style="bold"))
+        for lim in report["limits"]:
+            c.print(Text("  · ") + Text(lim))
     c.print()
 
     if report["findings"]:

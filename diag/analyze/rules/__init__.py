@@ -17,12 +17,14 @@ TAXONOMY = ("disk-sync", "file-io", "small-reads", "small-writes", "cpu-bound", 
 
 
 def all_rules():
-    from diag.analyze.rules import (accept_backlog, cpu_bound, cpu_stall, disk_sync, event_loop_blocked,
-                                    explicit_sleep, file_io, gc_pause, gil_contention, lock_contention,
-                                    slow_upstream, small_reads, small_writes, time_wait)
+    from diag.analyze.rules import (accept_backlog, cpu_bound, cpu_bound_samples, cpu_stall, disk_sync,
+                                    event_loop_blocked, explicit_sleep, file_io, gc_pause, gil_contention,
+                                    lock_contention, slow_upstream, small_reads, small_writes, time_wait)
 
-    return [disk_sync, file_io, small_reads, small_writes, cpu_bound, cpu_stall, event_loop_blocked,
-            lock_contention, gil_contention, gc_pause, explicit_sleep, slow_upstream, accept_backlog, time_wait]
+    # cpu_bound_samples: the cpu-bound id from samples alone, only when no requests exist
+    return [disk_sync, file_io, small_reads, small_writes, cpu_bound, cpu_bound_samples, cpu_stall,
+            event_loop_blocked, lock_contention, gil_contention, gc_pause, explicit_sleep, slow_upstream,
+            accept_backlog, time_wait]
 
 
 def run_rules(ctx: AnalysisContext) -> list[Finding]:

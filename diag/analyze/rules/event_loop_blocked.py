@@ -11,7 +11,7 @@ from diag.analyze.context import AnalysisContext
 from diag.units import fmt_duration, ladder
 from diag.analyze.rules.common import MIN_SHARE, calls_line, frames_line, slow_window
 from diag.model import Evidence, Finding
-from diag.syscalls import family
+from diag.syscalls import POLL_NAMES, family
 
 ID = "event-loop-blocked"
 # fsync, file I/O and upstream calls on the loop have their own findings (which say the thread is
@@ -46,7 +46,7 @@ def check(ctx: AnalysisContext) -> Finding | None:
         line = calls_line([c for c in calls if family(c.name) not in ("poll",)], "on the event-loop thread")
         if line:
             evidence.append(line)
-    polls = [e for e in ctx.timed_syscalls if family(e.name) == "poll" and e.tid in loop_tids and e.source != "ebpf"]
+    polls = [e for e in ctx.timed_syscalls if e.name in POLL_NAMES and e.tid in loop_tids and e.source != "ebpf"]
     if polls:      # a complete stream (strace) has every poll; eBPF sends only the slow ones
         evidence.append(Evidence("syscalls", f"the loop thread polled {len(polls):,} times; while it was blocked, "
                                              "ready connections waited"))
