@@ -15,8 +15,10 @@ into a directory of its own:
 A segment is closed at its time, when the watcher asks (SIGUSR1: "cut now", so a dump can take
 data up to this second), or early when it reaches a quarter of the bound. Before each batch is
 copied the oldest closed segments are deleted until the batch fits: the directory never holds
-more than `--ring-bytes` (what a batch cannot fit even then is dropped and counted). Dropped
-segments and records are counted in ring.json. `g` is the generation: a watcher that restarts the
+more than `--ring-bytes` (what a batch cannot fit even then is dropped and counted). While a
+watcher copies a window out of the ring it writes RING/pin.json (the window, and an expiry):
+segments in it are not deleted, and new records that do not fit meanwhile are dropped and
+counted instead. Dropped segments and records are counted in ring.json. `g` is the generation: a watcher that restarts the
 agent (the target restarted) gives it the next one, and the new agent adopts the segments already
 there into its bound.
 
@@ -41,6 +43,7 @@ from diag.capture import ebpf_stream as fmt
 from diag.syscalls import PROBE_FAMILY_KEYS
 
 RING_STATE = "ring.json"
+PIN = "pin.json"                 # written by a watcher while it dumps: segments it must keep
 JSON_SLACK = 256 * 1024          # room kept for the JSON lines of a segment (stacks, end records)
 MIN_RING_BYTES = 1 << 20
 
@@ -187,10 +190,28 @@ class SegmentAgent(Agent):
     def total_bytes(self) -> int:
         return sum(int(s.get("bytes") or 0) for s in self.closed) + self.current_bytes()
 
+    def _pin(self) -> tuple[int, int] | None:
+        """(from_ns, to_ns) of the window a dump is copying, while its pin has not expired."""
+        try:
+            with open(self.ring_dir / PIN) as f:
+                p = json.load(f)
+            if int(p["expires_ns"]) < time.clock_gettime_ns(time.CLOCK_MONOTONIC):
+                return None
+            return int(p["from_ns"]), int(p["to_ns"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def _drop_oldest(self) -> bool:
-        if not self.closed:
+        """Delete the oldest closed segment a dump is not copying; False when there is none."""
+        pin = self._pin()
+        i = 0
+        if pin is not None:
+            while i < len(self.closed) and int(self.closed[i].get("end_ns") or 0) > pin[0] \
+                    and int(self.closed[i].get("start_ns") or 0) < pin[1]:
+                i += 1
+        if i >= len(self.closed):
             return False
-        s = self.closed.pop(0)
+        s = self.closed.pop(i)
         shutil.rmtree(self.ring_dir / s["name"], ignore_errors=True)
         self.dropped["segments"] += 1
         self.dropped["bytes"] += int(s.get("bytes") or 0)
@@ -221,7 +242,7 @@ class SegmentAgent(Agent):
             if pending <= 0:
                 continue
             if not self.make_room(pending):
-                if self.current_bytes() > 0 and self.closed == []:
+                if self.current_bytes() > 0 and self.closed == [] and self._pin() is None:
                     self.rotate()                 # the segment alone is too big: close it, free it
                     self.make_room(pending)
                 if not self.make_room(pending):

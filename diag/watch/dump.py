@@ -22,7 +22,26 @@ from diag.capture.ebpf_stream import MAIN as EBPF_STREAM
 from diag.collect import make
 from diag.collect.base import DEGRADED, OK, Target
 from diag.collect.session import _safe_stop, start_collectors
+from diag.agent.segments import PIN, read_state
 from diag.watch import ringdump
+
+
+def pin(ring_dir: Path, from_ns: int, seconds: float) -> None:
+    """Ask the agent to keep the segments from `from_ns` on (for at most `seconds`)."""
+    import json
+    import os
+
+    now = monotonic_ns()
+    tmp = ring_dir / (PIN + ".tmp")
+    tmp.write_text(json.dumps({"from_ns": from_ns, "to_ns": now + int(1e12), "expires_ns": now + int(seconds * 1e9)}))
+    os.replace(tmp, ring_dir / PIN)
+
+
+def unpin(ring_dir: Path) -> None:
+    try:
+        (ring_dir / PIN).unlink()
+    except OSError:
+        pass
 
 
 @dataclass
@@ -73,6 +92,8 @@ def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target,
                                 "trigger_time": req.trigger_wall.isoformat(), "before_s": before_s, "after_s": after_s}
     writer.save()
     res = DumpResult(cap, asked_s=before_s + after_s)
+    # the ring keeps the window from now on (a flood would otherwise push it out before it is copied)
+    pin(ring_dir, req.trigger_ns - int(before_s * 1e9), after_s + settle_s + 120)
     started: list = []
     try:
         if after_s > 0:
@@ -99,12 +120,18 @@ def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target,
         cov = ringdump.select(ring_dir, req.trigger_ns - int(before_s * 1e9), end_ns)
     start_ns = req.trigger_ns - int(before_s * 1e9)
     if cov.segments:
-        totals = ringdump.merge(ring_dir, cov, writer.stream_path(EBPF_STREAM))
+        try:
+            totals = ringdump.merge(ring_dir, cov, writer.stream_path(EBPF_STREAM))
+        finally:
+            unpin(ring_dir)
+        cov.dropped = dict((read_state(ring_dir) or {}).get("dropped") or cov.dropped)
         status = OK
         notes = []
         if cov.start_ns > start_ns + 1_000_000_000:
             notes.append(f"the ring covered {(req.trigger_ns - cov.start_ns) / 1e9:.1f} s before the trigger of "
                          f"{before_s:g} s asked (older segments were dropped to keep it under its bound)")
+        if int(cov.dropped.get("records") or 0):
+            notes.append(f"{cov.dropped['records']} records dropped by the ring while it was full (kept for this dump)")
         if totals["lost"] or totals["lost_requests"]:
             notes.append(f"{totals['lost']} slow-call and {totals['lost_requests']} request records lost in the "
                          "kernel (buffer full)")
@@ -125,6 +152,7 @@ def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target,
         res.covered_s = cov.seconds
         writer.manifest["clock"]["start"] = pair_at(min(cov.start_ns, writer.manifest["clock"]["start"]["monotonic_ns"])).to_json()
     else:
+        unpin(ring_dir)
         writer.set_collector("ebpf", status="failed", reason="the ring held no closed segment for this window")
     writer.manifest["end_reason"] = "dump"
     writer.finish("complete")
@@ -157,6 +185,7 @@ def light_report(out: Path, ring_dir: Path, agent, target: Target, window_s: flo
     from diag.load import load_capture
 
     end_ns = monotonic_ns()
+    pin(ring_dir, end_ns - int(window_s * 1e9), 30)
     agent.cut()
     deadline = time.monotonic() + 3.0
     cov = ringdump.select(ring_dir, end_ns - int(window_s * 1e9), end_ns)
@@ -164,11 +193,15 @@ def light_report(out: Path, ring_dir: Path, agent, target: Target, window_s: flo
         time.sleep(0.1)
         cov = ringdump.select(ring_dir, end_ns - int(window_s * 1e9), end_ns)
     if not cov.segments:
+        unpin(ring_dir)
         return None
     work = out / ".analysis"
     shutil.rmtree(work, ignore_errors=True)
     writer = CaptureWriter(work, target.to_json(), "watch-analysis")
-    ringdump.merge(ring_dir, cov, writer.stream_path(EBPF_STREAM))
+    try:
+        ringdump.merge(ring_dir, cov, writer.stream_path(EBPF_STREAM))
+    finally:
+        unpin(ring_dir)
     writer.set_collector("ebpf", status=OK, stream=EBPF_STREAM, format="ebpf-jsonl")
     writer.manifest["clock"]["start"] = pair_at(cov.start_ns).to_json()
     writer.finish("complete")
