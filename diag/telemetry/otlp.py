@@ -122,7 +122,7 @@ class OtlpExporter:
             return Metric(name=name, description=desc, unit="1",
                           data=Sum(data_points=pts, aggregation_temporality=cum, is_monotonic=True))
 
-        metrics = [
+        metrics = [m for m in (
             ehist("diag.request.duration", "Server requests of the target (in-kernel histogram, every request)",
                   s.requests, "latency"),
             ehist("diag.syscall.duration", "Per-call latency of the target's syscalls by family",
@@ -133,7 +133,7 @@ class OtlpExporter:
             counter("diag.findings", "Findings fired", s.findings, ("finding", "severity")),
             counter("diag.triggers", "Dumps started, by trigger", {(k,): v for k, v in s.triggers.items()},
                     ("trigger",)),
-        ]
+        ) if m.data.data_points]                  # a metric without points is not sent
         scope = InstrumentationScope("diag", _version())
         return MetricsData(resource_metrics=[ResourceMetrics(
             resource=self.resource, scope_metrics=[ScopeMetrics(scope=scope, metrics=metrics, schema_url="")],
@@ -158,7 +158,7 @@ class OtlpExporter:
                 attrs["diag.capture.path"] = capture
             if trigger:
                 attrs["diag.trigger"] = trigger
-            self.logger.emit(body=f"{f.get('id')}: {f.get('summary') or ''}", attributes=attrs,
+            self.logger.emit(timestamp=time.time_ns(), body=f"{f.get('id')}: {f.get('summary') or ''}", attributes=attrs,
                              severity_number=SeverityNumber(SEVERITY.get(sev, 9)), severity_text=sev.upper(),
                              event_name="diag.finding")
 

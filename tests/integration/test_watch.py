@@ -219,3 +219,18 @@ def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def test_a_finding_trigger_fires_from_a_light_analysis_of_the_ring(tmp_path):
+    out = tmp_path / "watch"
+    journal = f"{WORKDIR}/diag-watch-finding-{os.getpid()}.bin"
+    with example_server("episodic_server", "--fault-on", "--journal", journal) as (srv, port), \
+            HttpLoad(port, rate=150, concurrency=4), \
+            WatchProc(str(srv.pid), "--out", str(out), "--trigger", "finding:disk-sync", "--analysis-every", "3",
+                      "--window", "6", "--hold", "0", "--after", "1") as w:
+        w.wait("watching")
+        trig = w.wait("trigger")
+        cap = w.wait("capture")
+    assert trig["trigger"] == "finding:disk-sync" and "disk-sync" in trig["detail"]
+    assert Path(cap["capture"]).name.endswith("-finding-disk-sync")
+    assert cap["findings"][0]["id"] == "disk-sync"
