@@ -72,8 +72,11 @@ class WatchMode(M.Mode):
     label = "diag watch (ring 64 MB, triggers every second, no dump)"
     stop_timeout_s = 60.0
 
+    extra: tuple[str, ...] = ()
+
     def command(self, target, out):
-        return M.DIAG + ["watch", str(target.pid), "--out", str(out), "--trigger", "p99>10s", "--json-events"]
+        return M.DIAG + ["watch", str(target.pid), "--out", str(out), "--trigger", "p99>10s", "--json-events",
+                         *self.extra]
 
     def stop_signal_value(self):
         return 2          # SIGINT
@@ -113,6 +116,13 @@ class WatchMode(M.Mode):
         return info
 
 
+class WatchNoFollow(WatchMode):
+    """Experiment: the target's process only (the probe tests a compiled-in tgid, not a bitmap)."""
+    name = "watch-nofollow"
+    label = "diag watch --no-follow"
+    extra = ("--no-follow",)
+
+
 def _stats(out: Path) -> dict | None:
     try:
         return json.loads((out / ".ring" / "stats.json").read_text())
@@ -136,11 +146,13 @@ def idle_cost(target, seconds: float, workdir: Path) -> dict:
     return {"seconds": seconds, "cores": cpu / seconds, "peak_rss_mb": info.get("peak_rss_mb")}
 
 
-def run_part(targets: list[str], rounds: int, duration: float, seed: int = 7, log=print) -> dict:
+def run_part(targets: list[str], rounds: int, duration: float, seed: int = 7, log=print,
+             modes: list | None = None) -> dict:
     from bench.run import measure, ratios
 
     WORK.mkdir(parents=True, exist_ok=True)
-    watch, attach, base = WatchMode(), M.DiagAttach("auto"), M.Mode()
+    base = M.Mode()
+    modes = modes or [WatchMode(), M.DiagAttach("auto")]
     rng = random.Random(seed)
     out: dict = {"rounds": rounds, "duration_s": duration, "targets": {}, "idle": {}}
     for t in make_targets(targets, str(WORK)):
@@ -152,16 +164,21 @@ def run_part(targets: list[str], rounds: int, duration: float, seed: int = 7, lo
             warm = t.load(1.0, 50_000)
             expected["baseline"] = warm.rps or None
             for r in range(rounds):
-                pair = [watch, attach]
-                rng.shuffle(pair)
-                for i, m in enumerate([base, pair[0], pair[1], base]):
+                order = list(modes)
+                rng.shuffle(order)
+                seq = [base]
+                for j, m in enumerate(order):        # B M1 M2 B M3 M4 B: each mode next to a baseline
+                    seq.append(m)
+                    if j % 2 == 1 or j == len(order) - 1:
+                        seq.append(base)
+                for i, m in enumerate(seq):
                     if not t.alive():
                         t.start()
                     rec = measure(t, m, duration, expected, WORK)
                     rec.update(round=r, pos=i)
                     runs.append(rec)
                     if m.name != "baseline":
-                        log(f"  r{r} {m.name:12s} {rec.get('rps', 0):9.0f} req/s p99 {rec.get('p99_ms', 0):7.2f} ms "
+                        log(f"  r{r} {m.name:14s} {rec.get('rps', 0):9.0f} req/s p99 {rec.get('p99_ms', 0):7.2f} ms "
                             f"tool CPU {sum((rec.get('cpu_window') or {}).values()) / (rec.get('window_s') or 1):.3f}"
                             + (f" RSS {rec.get('peak_rss_mb', 0):.0f} MB, {rec.get('syscalls_per_s', 0):,.0f} "
                                f"syscalls/s" if m.name == "watch" else "")
@@ -187,8 +204,8 @@ def table(data: dict) -> list[str]:
          "|---|---|---|---|---|---|---|---|---|---|"]
     for tname, tres in data["targets"].items():
         rs = tres["ratios"]
-        watch_runs = [r for r in tres["runs"] if r["mode"] == "watch" and r.get("ok")]
-        for mname in ("watch", "attach-auto"):
+        for mname in sorted(rs, key=lambda n: (not n.startswith("watch"), n)):
+            watch_runs = [r for r in tres["runs"] if r["mode"] == mname and r.get("ok")]
             d = rs.get(mname)
             if not d or not d["tput"]:
                 L.append(f"| {tname} | {mname} | not measured | | | | | | | |")
@@ -197,12 +214,12 @@ def table(data: dict) -> list[str]:
             cpu = _med(d["tool_cpu"])
             rps = _med(d["rps"])
             goal = ""
-            if mname == "watch":
+            if mname.startswith("watch"):
                 sc = _med([r.get("syscalls_per_s") for r in watch_runs])
                 rss = _med([r.get("peak_rss_mb") for r in watch_runs])
                 rec = _med([r.get("request_records_per_s") for r in watch_runs])
                 g = GOALS.get(tname)
-                if g is not None:
+                if g is not None and mname == "watch":
                     goal = (f"throughput >= {g:.0%}: " + ("MET" if tp[0] >= g else f"MISSED by {100 * (g - tp[0]):.1f} points"))
                 extra = (f"{sc[0]:,.0f} | {cpu[0]:.3f} ({cpu[1]:.3f}-{cpu[2]:.3f}) | {rss[0]:.0f} ({rss[1]:.0f}-{rss[2]:.0f}) | "
                          f"{rec[0]:,.0f}" if sc and rss and rec else "n/a | n/a | n/a | n/a")
@@ -234,13 +251,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS-watch.md"))
+    ap.add_argument("--modes", default="watch,attach-auto", help="watch, watch-nofollow, attach-auto, attach-ebpf")
     a = ap.parse_args(argv)
+    known = {"watch": WatchMode, "watch-nofollow": WatchNoFollow, "attach-auto": lambda: M.DiagAttach("auto"),
+             "attach-ebpf": lambda: M.DiagAttach("ebpf")}
+    chosen = [known[n]() for n in a.modes.split(",")]
     if os.geteuid() != 0:
         print("bench: run as root (eBPF)", file=sys.stderr)
         return 2
     t0 = time.monotonic()
     data = run_part(a.targets.split(","), a.rounds, a.duration,
-                    log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+                    log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True), modes=chosen)
     data["date"] = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     data["elapsed_s"] = time.monotonic() - t0
     (WORK / "results.json").write_text(json.dumps(data, indent=1, default=str))

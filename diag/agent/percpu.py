@@ -10,10 +10,10 @@ from __future__ import annotations
 import ctypes as ct
 
 
-def _lookup(table, start: int, n: int, value_words: int):
+def _lookup(table, start: int, n: int, value_words: int, ncpu: int | None = None):
     from bcc import libbcc
 
-    ncpu = table.total_cpu
+    ncpu = ncpu or table.total_cpu
     keys = (ct.c_uint32 * n)()
     vals = (ct.c_uint64 * (n * ncpu * value_words))()
     # the batch cursor is the key *before* the first one returned (NULL: from the start)
@@ -59,3 +59,12 @@ def struct_range(table, start: int, n: int, nfields: int) -> list[list[int]]:
         base = i * ncpu * nfields
         rows.append([flat[base + c * nfields: base + (c + 1) * nfields] for c in range(ncpu)])
     return rows + [[[0] * nfields] for _ in range(n - got)]
+
+
+def plain_u64_range(table, start: int, n: int) -> list[int]:
+    """Slots [start, start+n) of a plain BPF_ARRAY of u64 (one value per slot, no CPUs)."""
+    try:
+        vals, got, _ = _lookup(table, start, n, 1, ncpu=1)
+    except OSError:
+        return [int(table[ct.c_int(i)].value) for i in range(start, start + n)]
+    return list(vals)[:got] + [0] * (n - got)

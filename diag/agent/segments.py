@@ -303,6 +303,32 @@ class SegmentAgent(Agent):
         if self.args.stats:
             self.write_stats()
 
+    # --- cheaper reads of the same maps (the agent runs for days: its idle cost matters) --------
+    def hist_counts(self, table: str, row: int, nslot: int) -> list[int]:
+        return percpu.u64_range(self.b[table], row * nslot, nslot)
+
+    def counters(self) -> dict:
+        h = self.h
+        vals = percpu.u64_range(self.b["counters"], 0, h.CNT_MAX)
+        return {name.lower(): int(vals[v]) for name, v in h.prefixed("CNT_").items() if name != "MAX"}
+
+    def follow_new_targets(self) -> None:
+        """As the agent's, with the target bitmap read in one batch (512 words for pid_max 32768)."""
+        if not self.args.follow:
+            return
+        from diag.agent import procfs
+
+        table = self.b["target_bits"]
+        found = []
+        for w, word in enumerate(percpu.plain_u64_range(table, 0, len(table))):
+            while word:
+                low = word & -word
+                pid = (w << 6) + low.bit_length() - 1
+                word ^= low
+                if pid not in self.seeded and procfs.is_process(pid):
+                    found.append(pid)
+        self.add_targets(found)
+
     # --- cumulative maps ----------------------------------------------------------------------
     def snapshot(self) -> dict:
         """The cumulative in-kernel maps now: aggregates per (syscall, kind), request and family
@@ -387,8 +413,16 @@ class SegmentAgent(Agent):
         return recs
 
     def write_stats(self) -> None:
-        """The cumulative histograms and counters, for the watcher's triggers and exporters."""
+        """The cumulative histograms and counters, for the watcher's triggers and exporters.
+        Not rewritten while nothing changed (an idle target), except every 10 s."""
         h = self.h
+        c = self.counters()
+        key = (c.get("calls"), c.get("req_done"), c.get("wakeups"), c.get("runq"), len(self.tgids),
+               self.dropped["segments"])
+        now = time.monotonic()
+        if key == getattr(self, "_stats_key", None) and now - getattr(self, "_stats_at", 0.0) < 10.0:
+            return
+        self._stats_key, self._stats_at = key, now
         snap = self.snapshot()
         calls: dict[str, dict] = {}
         for row, a in snap["agg"].items():
