@@ -367,8 +367,6 @@ def watch(
     analysis_every: Annotated[float, typer.Option("--analysis-every", help="Seconds between the light analyses "
                                                                            "finding: triggers need.")] = 10.0,
     json_events: Annotated[bool, typer.Option("--json-events", help="Events as JSON lines on stdout.")] = False,
-    stacks: Annotated[bool, typer.Option("--stacks", help="Accepted for the issue's interface; stacks are "
-                                                          "taken in the --after window (see docs/watch.md).")] = False,
     no_follow: Annotated[bool, typer.Option("--no-follow", help="Do not follow the target's child processes.")] = False,
     ebpf_slow: SlowEventOpt = "1ms",
     duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds (0: until "
@@ -424,7 +422,7 @@ def watch(
                         segment_s=segment_seconds,
                         policy=retention.Policy(keep=keep, max_disk=_parse_size(max_disk, "--max-disk"),
                                                 min_free=min_free / 100),
-                        follow=not no_follow, stacks=stacks, analysis_every_s=analysis_every,
+                        follow=not no_follow, analysis_every_s=analysis_every,
                         duration_s=duration or None,
                         slow_ns=_parse_duration_ns(ebpf_slow, "--ebpf-slow") or 0)
     sinks = []

@@ -1,5 +1,9 @@
 """`python -m diag.agent --pid PID --out streams/ebpf.jsonl`: the eBPF agent's command line.
 
+`--segment-dir DIR` instead of `--out` (diag watch): the same stream cut into a bounded ring of time
+segments (diag/agent/segments.py), SIGUSR1 closes the current segment, `--stats FILE` adds the
+cumulative histograms every second. Without these options the agent behaves exactly as before.
+
 Exit codes: 0 a complete stream, 2 the probe could not be compiled or attached (one line on stderr
 says why), 3 `bcc` cannot be imported.
 """

@@ -75,13 +75,13 @@ def pair_at(monotonic: int) -> ClockPair:
     return ClockPair(now.realtime_ns - (now.monotonic_ns - monotonic), monotonic, now.gap_ns)
 
 
-def after_collectors(target: Target, stacks: bool) -> list:
+def after_collectors(target: Target) -> list:
     names = ["process", "perf"] + (["py-spy"] if target.is_python else [])
     return [make(n, perf_frequency=99, pyspy_rate=100, process_interval=0.5) for n in names]
 
 
 def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target, before_s: float, after_s: float,
-             stop: threading.Event, settle_s: float, stacks: bool = False) -> DumpResult:
+             stop: threading.Event, settle_s: float) -> DumpResult:
     cap = out / dump_name(req)
     n = 1
     while cap.exists():
@@ -97,7 +97,7 @@ def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target,
     started: list = []
     try:
         if after_s > 0:
-            started, skipped = start_collectors(after_collectors(target, stacks), target, writer)
+            started, skipped = start_collectors(after_collectors(target), target, writer)
             res.collectors.update({k: f"unavailable: {v}" for k, v in skipped.items()})
             stop.wait(after_s)
     finally:

@@ -51,7 +51,6 @@ class WatchOptions:
     segment_s: float = 5.0
     policy: retention.Policy = field(default_factory=retention.Policy)
     follow: bool = True
-    stacks: bool = False
     analysis_every_s: float = 10.0
     duration_s: float | None = None          # tests and benchmarks: stop after this long
     slow_ns: int = 1_000_000
@@ -235,7 +234,11 @@ class Watcher:
 
     # --- dumps ----------------------------------------------------------------------------------
     def _start_dump(self, reason: str, slug: str, detail: str) -> None:
-        need = self.o.ring_bytes + (64 << 20)
+        # what the dump will take: the ring's window (at most what the ring holds now) and the
+        # after-window collectors' streams (perf and py-spy: a few MB for --after 10)
+        latest = self.history.latest or {}
+        ring_now = int((latest.get("ring") or {}).get("bytes") or self.o.ring_bytes)
+        need = min(ring_now, self.o.ring_bytes) + (32 << 20)
         retention.enforce(self.o.out, self.o.policy, reserve=need)
         why_not = retention.room_for_dump(self.o.out, self.o.policy, need)
         if why_not:
@@ -254,7 +257,7 @@ class Watcher:
     def _dump(self, req: dumps.DumpRequest) -> None:
         try:
             res = dumps.run_dump(req, self.o.out, self.ring_dir, self.agent, self.target, self.o.before_s,
-                                 self.o.after_s, self.stop, settle_s=self.o.segment_s + 5, stacks=self.o.stacks)
+                                 self.o.after_s, self.stop, settle_s=self.o.segment_s + 5)
             dumps.analyse(res)
         except Exception as e:
             self.events.emit("dump-failed", f"{req.reason}: {type(e).__name__}: {e}", trigger=req.reason,

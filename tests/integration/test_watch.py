@@ -164,16 +164,35 @@ def children(pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(pid).children()]
 
 
-def bpf_programs() -> list[str] | None:
-    """Names of the loaded BPF programs (bpftool), None without bpftool."""
+def bpf_programs() -> dict[int, str] | None:
+    """Id -> name of every loaded BPF program (bpftool), None without bpftool."""
     try:
         r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=30)
     except OSError:
         return None
     try:
-        return [p.get("name", "") for p in json.loads(r.stdout or "[]")]
-    except ValueError:
+        return {int(p["id"]): p.get("name", "") for p in json.loads(r.stdout or "[]")}
+    except (ValueError, KeyError):
         return None
+
+
+def prog_ids_held_by(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds (its fds' fdinfo says `prog_id:`): this agent's own,
+    whatever other programs (other users' agents) the machine has."""
+    ids = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+    return ids
 
 
 def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp_path):
@@ -199,16 +218,18 @@ def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp
         assert a2["pids"] == [second.pid] and a2["generation"] == 2
         agent_pids = procs_mentioning(str(out / ".ring"))
         assert agent_pids
-        names = bpf_programs()
-        if names is not None:
-            assert any(n.startswith("diag_") for n in names), names
+        mine = set().union(*(prog_ids_held_by(p) for p in agent_pids))
+        assert mine, "the agent holds its programs"
+        loaded = bpf_programs()
+        if loaded is not None:
+            assert mine <= set(loaded) and any(loaded[i].startswith("diag_") for i in mine), (mine, loaded)
         # SIGKILL of the watcher: the agent detaches (its parent-death signal), nothing stays loaded
         w.p.kill()
         w.p.wait(10)
         wait_until(lambda: not any(alive(p) for p in agent_pids), "the agent exiting after SIGKILL of the watcher", 30)
-        if names is not None:
-            left = [n for n in bpf_programs() or () if n.startswith("diag_")]
-            assert not left, f"programs still loaded: {left}"
+        if loaded is not None:
+            left = {i: n for i, n in (bpf_programs() or {}).items() if i in mine}
+            assert not left, f"the agent's programs still loaded: {left}"
         assert alive(second.pid)
         st = read_state(out / ".ring")
         assert st["stopped"] == "SIGTERM", st.get("stopped")   # the last segment was closed
@@ -234,3 +255,25 @@ def test_a_finding_trigger_fires_from_a_light_analysis_of_the_ring(tmp_path):
     assert trig["trigger"] == "finding:disk-sync" and "disk-sync" in trig["detail"]
     assert Path(cap["capture"]).name.endswith("-finding-disk-sync")
     assert cap["findings"][0]["id"] == "disk-sync"
+
+
+def test_batch_reads_of_per_cpu_arrays_match_one_lookup_per_slot():
+    """diag/agent/percpu.py against BCC's own lookups, on real maps (any start, the last slot)."""
+    import ctypes as ct
+
+    bcc = pytest.importorskip("bcc", reason="bcc does not import in this interpreter")
+    from diag.agent import percpu
+
+    b = bcc.BPF(text="BPF_PERCPU_ARRAY(h, u64, 7680); BPF_ARRAY(p, u64, 600); int x(void *c) { return 0; }")
+    h, p = b["h"], b["p"]
+    for i in (0, 1, 47, 48, 95, 100, 7679):
+        v = h.Leaf()
+        for c in range(len(v)):
+            v[c] = i * 10 + c + 1
+        h[ct.c_int(i)] = v
+        if i < 600:
+            p[ct.c_int(i)] = ct.c_uint64(i + 7)
+    for start, n in ((0, 3), (47, 3), (95, 6), (7678, 2), (0, 7680)):
+        assert percpu.u64_range(h, start, n) == [int(sum(h.getvalue(ct.c_int(k)))) for k in range(start, start + n)]
+    assert percpu.plain_u64_range(p, 0, 600) == [int(p[ct.c_int(k)].value) for k in range(600)]
+    b.cleanup()
