@@ -127,6 +127,9 @@ class Watcher:
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
         o = self.o
+        if not o.spec.can_return and not targets.resolve(o.spec):
+            raise DiagError(f"pid {o.spec.pid} does not exist (or has exited): check it with `ps -p {o.spec.pid}`",
+                            EXIT_NO_TARGET)
         self._claim()
         previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_dump)
@@ -134,9 +137,6 @@ class Watcher:
         shutil.rmtree(self.ring_dir, ignore_errors=True)      # a ring of an earlier run: another clock epoch
         try:
             pids = targets.resolve(o.spec)
-            if not pids and not o.spec.can_return:
-                raise DiagError(f"pid {o.spec.pid} does not exist (or has exited): check it with `ps -p {o.spec.pid}`",
-                                EXIT_NO_TARGET)
             if not pids:
                 pids = self._wait_for_target()
             if pids:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from ebpf_helpers import EBPF_MARKS, WORKDIR
-from servers import HttpLoad, _free_port, alive, example_server, procs_mentioning, wait_until
+from servers import HttpLoad, _free_port, alive, all_tracers, example_server, procs_mentioning, wait_until
 from watch_helpers import WatchProc
 
 from diag.agent.segments import read_state
@@ -231,6 +231,7 @@ def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp
             left = {i: n for i, n in (bpf_programs() or {}).items() if i in mine}
             assert not left, f"the agent's programs still loaded: {left}"
         assert alive(second.pid)
+        assert not any(all_tracers(second.pid).values()), all_tracers(second.pid)
         st = read_state(out / ".ring")
         assert st["stopped"] == "SIGTERM", st.get("stopped")   # the last segment was closed
     finally:
