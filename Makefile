@@ -16,7 +16,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	$(SYS_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,export]'
 	@touch $@
 
 demo: setup

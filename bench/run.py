@@ -568,7 +568,7 @@ def experiment_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 round, short loads, no 5M replay: a few minutes")
-    ap.add_argument("--only", choices=("observer", "probe", "replay", "capture"), action="append",
+    ap.add_argument("--only", choices=("observer", "probe", "replay", "capture", "watch"), action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--targets", default=",".join(ALL_TARGETS))
     ap.add_argument("--modes", default="all", help="comma list of mode names, or all")
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (1 if a.quick else 3)
     duration = a.duration or (1 if a.quick else 2)
     cap_s = a.capture_seconds or (10.0 if a.quick else 60.0)
-    parts = set(a.only or ("observer", "probe", "replay", "capture"))
+    parts = set(a.only or ("observer", "probe", "replay", "capture", "watch"))
     names = [m.name for m in M.all_modes()] if a.modes == "all" else ["baseline"] + a.modes.split(",")
     unknown = set(names) - set(M.modes_by_name())
     if unknown:
@@ -628,6 +628,20 @@ def main(argv: list[str] | None = None) -> int:
     if "capture" in parts:
         log(f"replay of a {cap_s:g} s live capture")
         data["capture"] = R.capture_replay(WORK / "capture", cap_s, 3, log=log, profile_dir=profile_dir)
+    if "watch" in parts:
+        # the cost of leaving `diag watch` running: its own table, bench/RESULTS-watch.md
+        from bench import watch_cost
+
+        log("diag watch: the cost of watching, beside untraced and diag attach")
+        try:
+            w = watch_cost.run_part(["py-threaded", "redis"], rounds, 5.0 if not a.quick else 2.0, a.seed, log=log)
+            w["date"], w["elapsed_s"] = data["date"], time.monotonic() - t0
+            watch_cost.write(w, (WORK if a.quick else BENCH) / "RESULTS-watch.md", data["command"])
+        except Exception as e:
+            log(f"watch part failed: {type(e).__name__}: {e}")
+        if parts == {"watch"}:
+            log("done: bench/RESULTS-watch.md")
+            return 0
     data["elapsed_s"] = time.monotonic() - t0
     (WORK / "results.json").write_text(json.dumps(data, indent=1, default=str))
     write_results(Path(a.out), data, a)

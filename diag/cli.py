@@ -155,18 +155,27 @@ def replay(
     html_out: HtmlOpt = None,
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
+    otlp_endpoint: Annotated[Optional[str], typer.Option("--otlp-endpoint", envvar="DIAG_OTLP_ENDPOINT",
+                                                         help="Send the (first) capture's histograms and the "
+                                                              "findings once over OTLP/HTTP. Needs diag[export].")] = None,
+    service_name: Annotated[Optional[str], typer.Option("--service-name", help="service.name of exported "
+                                                                               "telemetry.")] = None,
 ) -> None:
     """Analyse captures and raw trace files offline, and print the report."""
     from diag.analyze.report import build_report
     from diag.load import LoadOptions, load_inputs
 
     gate_list = _gates(fail_on)
+    _check_otlp(otlp_endpoint)
     opts = LoadOptions(fmt=fmt, date=_parse_date(date), pid=pid, offsets=_parse_offsets(offset))
     data = load_inputs(inputs, opts)
     for w in dict.fromkeys(data.warnings):
         err_console.print(f"warning: {w}", markup=False)
     report = build_report(data, slow_ns=_parse_duration_ns(slow, "--slow"))
-    raise typer.Exit(finish_report(report, json_out, quiet, html_out, md_out, gate_list))
+    rc = finish_report(report, json_out, quiet, html_out, md_out, gate_list)
+    if otlp_endpoint:
+        _export_capture(inputs[0] if os.path.isdir(inputs[0]) else "", otlp_endpoint, service_name, report, json_out)
+    raise typer.Exit(rc)
 
 
 DurationOpt = Annotated[float, typer.Option("--duration", "-d", help="Seconds to capture (0: until Ctrl-C or the "
@@ -184,6 +193,35 @@ PayloadOpt = Annotated[int, typer.Option("--strace-payload", help="Bytes of sysc
 SlowEventOpt = Annotated[str, typer.Option("--ebpf-slow", help="eBPF: send per-call records for calls slower "
                                                                "than this (0 = every call).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report.")]
+OtlpOpt = Annotated[Optional[str], typer.Option("--otlp-endpoint", envvar="DIAG_OTLP_ENDPOINT",
+                                                help="Send the capture's histograms and findings once to this "
+                                                     "OpenTelemetry Collector (OTLP/HTTP, e.g. http://127.0.0.1:4318; "
+                                                     "OTEL_EXPORTER_OTLP_* are honoured). Needs diag[export].")]
+ServiceOpt = Annotated[Optional[str], typer.Option("--service-name", help="service.name of exported telemetry "
+                                                                          "(default: the target's command).")]
+
+
+def _check_otlp(endpoint: Optional[str]) -> None:
+    if endpoint:
+        from diag import telemetry
+
+        telemetry.require("--otlp-endpoint", telemetry.OTLP)
+
+
+def _export_capture(capture: str, endpoint: Optional[str], service: Optional[str], report: dict,
+                    json_out: Optional[str]) -> None:
+    """attach/run/replay --otlp-endpoint: the summary once; a failed export is a warning, not a failure."""
+    if not endpoint:
+        return
+    from diag.telemetry.otlp import export_once
+
+    try:
+        ok = export_once(capture, report, endpoint, service, json_out if json_out and json_out != "-" else None)
+    except Exception as e:
+        ok = False
+        err_console.print(f"diag: warning: OTLP export to {endpoint} failed: {type(e).__name__}: {e}", markup=False)
+    if ok:
+        err_console.print(f"OTLP summary sent to {endpoint}", markup=False, highlight=False)
 
 
 def _capture_options(duration, out, collectors, follow, payload, ebpf_slow):
@@ -214,15 +252,21 @@ def attach(
     html_out: HtmlOpt = None,
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
+    otlp_endpoint: OtlpOpt = None,
+    service_name: ServiceOpt = None,
 ) -> None:
     """Attach to a running process, capture, detach, and print the report."""
     from diag import live
 
     gate_list = _gates(fail_on)
+    _check_otlp(otlp_endpoint)
     result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow),
                          port=port, name=name)
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    raise typer.Exit(finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list))
+    report = live.report_for(result.capture)
+    rc = finish_report(report, json_out, quiet, html_out, md_out, gate_list)
+    _export_capture(result.capture, otlp_endpoint, service_name, report, json_out)
+    raise typer.Exit(rc)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -240,6 +284,8 @@ def run(
     html_out: HtmlOpt = None,
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
+    otlp_endpoint: OtlpOpt = None,
+    service_name: ServiceOpt = None,
 ) -> None:
     """Run a command under diagnosis; its exit code is passed through, unless a --fail-on gate fails (1).
 
@@ -249,9 +295,13 @@ def run(
     from diag import live
 
     gate_list = _gates(fail_on)
+    _check_otlp(otlp_endpoint)
     result, rc = live.run(cmd, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    if finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list):
+    report = live.report_for(result.capture)
+    failed = finish_report(report, json_out, quiet, html_out, md_out, gate_list)
+    _export_capture(result.capture, otlp_endpoint, service_name, report, json_out)
+    if failed:
         raise typer.Exit(1)
     # rc: the command's status as a shell gives it; None: it outlived --duration and still runs
     raise typer.Exit(rc if rc is not None else 0)
@@ -312,6 +362,120 @@ def compare(
         cmp_mod.render_terminal(result)
     _print_gates(results)
     raise typer.Exit(1 if gates.failed(results) else 0)
+
+
+@app.command()
+def watch(
+    pid: Annotated[Optional[int], typer.Argument(help="Pid of the server to watch (or --port / --name).",
+                                                 show_default=False)] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Watch the processes listening on this TCP "
+                                                                "port, and their successors after a restart.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Watch the processes of this name (command, "
+                                                                "script or module), and their successors.")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory of the dumps (and of the ring, in .ring/).",
+                                     envvar="DIAG_WATCH_OUT")] = "diag-watch",
+    trigger: Annotated[Optional[list[str]], typer.Option("--trigger", "-t", help="Dump when this holds, in the "
+                                                         "--fail-on grammar: 'p99>50ms', 'sync.p99>5ms', "
+                                                         "'finding:disk-sync', 'severity>=warning'. Repeatable.")] = None,
+    before: Annotated[float, typer.Option("--before", help="Seconds before the trigger kept in a dump.")] = 30.0,
+    after: Annotated[float, typer.Option("--after", help="Seconds after the trigger, with the full collectors "
+                                                         "(perf, py-spy, process sampler).")] = 10.0,
+    window: Annotated[float, typer.Option("--window", help="Seconds of the sliding window a trigger reads.")] = 10.0,
+    hold: Annotated[float, typer.Option("--hold", help="Seconds a trigger must hold before it fires.")] = 3.0,
+    min_slow: Annotated[int, typer.Option("--min-slow", help="Values over the limit the window must hold: one "
+                                                             "slow request never fires.")] = 3,
+    cooldown: Annotated[float, typer.Option("--cooldown", help="Seconds between two triggered dumps.")] = 120.0,
+    ring_mb: Annotated[int, typer.Option("--ring-mb", help="Bound of the ring on disk, MiB.")] = 64,
+    segment_seconds: Annotated[float, typer.Option("--segment-seconds", help="Seconds per ring segment.")] = 5.0,
+    keep: Annotated[int, typer.Option("--keep", help="Dumps kept at most, oldest removed first (0: no limit).")] = 20,
+    max_disk: Annotated[str, typer.Option("--max-disk", help="Disk all dumps may use (e.g. 2G, 500M; 0: no "
+                                                             "limit), oldest removed first.")] = "2G",
+    min_free: Annotated[float, typer.Option("--min-free", help="No dump when the filesystem would have less "
+                                                               "than this percentage free.")] = 5.0,
+    analysis_every: Annotated[float, typer.Option("--analysis-every", help="Seconds between the light analyses "
+                                                                           "finding: triggers need.")] = 10.0,
+    json_events: Annotated[bool, typer.Option("--json-events", help="Events as JSON lines on stdout.")] = False,
+    no_follow: Annotated[bool, typer.Option("--no-follow", help="Do not follow the target's child processes.")] = False,
+    ebpf_slow: SlowEventOpt = "1ms",
+    duration: Annotated[float, typer.Option("--duration", help="Stop after this many seconds (0: until "
+                                                               "stopped).")] = 0.0,
+    dump: Annotated[bool, typer.Option("--dump", help="Ask the watcher running with this --out for a dump now, "
+                                                      "and exit.")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this "
+                                                                               "port. Needs diag[export].")] = None,
+    metrics_addr: Annotated[str, typer.Option("--metrics-addr", help="Address of --metrics-port.")] = "127.0.0.1",
+    otlp_endpoint: OtlpOpt = None,
+    otlp_interval: Annotated[float, typer.Option("--otlp-interval", help="Seconds between OTLP exports.")] = 10.0,
+    service_name: ServiceOpt = None,
+) -> None:
+    """Keep a cheap flight recorder on a server; on a trigger, dump the seconds before it with a report."""
+    from pathlib import Path
+
+    from diag.watch import retention, triggers
+    from diag.watch.events import Events
+    from diag.watch.target import TargetSpec
+    from diag.watch.watcher import WatchOptions, Watcher, ask_dump
+
+    outp = Path(out)
+    if dump:
+        pid_ = ask_dump(outp)
+        err_console.print(f"diag watch: asked the watcher (pid {pid_}) for a dump into {outp}", markup=False)
+        raise typer.Exit(0)
+    given = [x is not None for x in (pid, port, name)]
+    if sum(given) != 1:
+        raise DiagError("diag watch: give exactly one target: a PID, --port N or --name NAME")
+    for flag, v in (("--before", before), ("--after", after), ("--cooldown", cooldown), ("--duration", duration)):
+        if v < 0:
+            raise DiagError(f"{flag} {v:g}: must not be negative")
+    for flag, v in (("--window", window), ("--segment-seconds", segment_seconds), ("--analysis-every", analysis_every)):
+        if v <= 0:
+            raise DiagError(f"{flag} {v:g}: must be positive")
+    if ring_mb < 1:
+        raise DiagError(f"--ring-mb {ring_mb}: must be at least 1")
+    if not 0 <= min_free < 100:
+        raise DiagError(f"--min-free {min_free:g}: a percentage between 0 and 100")
+    trig = triggers.parse(trigger or [], hold, max(1, min_slow))
+    if metrics_port is not None:
+        from diag import telemetry
+
+        telemetry.require("--metrics-port", telemetry.PROMETHEUS)
+    _check_otlp(otlp_endpoint)
+    if os.geteuid() != 0:
+        from diag.errors import EXIT_NO_PRIVILEGE
+
+        raise DiagError("diag watch needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE): run it with sudo, or as "
+                        "the service in contrib/diag-watch.service", EXIT_NO_PRIVILEGE)
+    opts = WatchOptions(spec=TargetSpec(pid=pid, port=port, name=name), out=outp, triggers=trig, before_s=before,
+                        after_s=after, window_s=window, cooldown_s=cooldown, ring_bytes=ring_mb << 20,
+                        segment_s=segment_seconds,
+                        policy=retention.Policy(keep=keep, max_disk=_parse_size(max_disk, "--max-disk"),
+                                                min_free=min_free / 100),
+                        follow=not no_follow, analysis_every_s=analysis_every,
+                        duration_s=duration or None,
+                        slow_ns=_parse_duration_ns(ebpf_slow, "--ebpf-slow") or 0)
+    sinks = []
+    if metrics_port is not None:
+        from diag.telemetry.prometheus import PrometheusSink
+
+        sinks.append(PrometheusSink(metrics_port, metrics_addr, service_name))
+    if otlp_endpoint:
+        from diag.telemetry.otlp import OtlpSink
+
+        sinks.append(OtlpSink(otlp_endpoint, service_name, otlp_interval))
+    raise typer.Exit(Watcher(opts, Events(as_json=json_events), sinks).run())
+
+
+def _parse_size(value: str, flag: str) -> int:
+    """'2G', '500M', '64k', '1048576' -> bytes (binary units)."""
+    v = value.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1:] if v else "", 1)
+    try:
+        n = float(v[:-1] if mult > 1 else v)
+    except ValueError:
+        raise DiagError(f"{flag} {value!r}: expected a size such as 2G, 500M or 0") from None
+    if n < 0:
+        raise DiagError(f"{flag} {value!r}: must not be negative")
+    return int(n * mult)
 
 
 @app.command()

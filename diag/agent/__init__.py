@@ -11,5 +11,8 @@ has `bcc`. It imports only the standard library, `bcc` and diag's bottom-layer v
     ring.py          BPF ring buffers consumed by whole batches through mmap
     stream.py        the capture stream it writes (format, record files)
     agent.py         the life of one capture: compile, attach, consume, steer, finish
+    segments.py      segment mode (diag watch): the stream as a bounded ring of time segments, and
+                     the cumulative histograms every second for the watcher's triggers
+    percpu.py        per-CPU arrays read a range at a time (one batch lookup per range)
     __main__.py      its command line
 """

@@ -1,5 +1,9 @@
 """`python -m diag.agent --pid PID --out streams/ebpf.jsonl`: the eBPF agent's command line.
 
+`--segment-dir DIR` instead of `--out` (diag watch): the same stream cut into a bounded ring of time
+segments (diag/agent/segments.py), SIGUSR1 closes the current segment, `--stats FILE` adds the
+cumulative histograms every second. Without these options the agent behaves exactly as before.
+
 Exit codes: 0 a complete stream, 2 the probe could not be compiled or attached (one line on stderr
 says why), 3 `bcc` cannot be imported.
 """
@@ -42,6 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                         "price of the attached programs (bench)")
     p.add_argument("--keep-running", action="store_true", help="do not stop when every target has exited")
     p.add_argument("--dump-probe", action="store_true", help="print the probe source with its cflags, exit")
+    # segment mode (diag watch): the stream as a bounded ring of time segments (diag/agent/segments.py)
+    p.add_argument("--segment-dir", default=None, help="write the stream as a ring of time segments in this "
+                                                       "directory instead of --out")
+    p.add_argument("--segment-seconds", type=float, default=5.0, help="segment mode: seconds per segment")
+    p.add_argument("--ring-bytes", type=int, default=64 << 20, help="segment mode: the ring's bound on disk")
+    p.add_argument("--segment-generation", type=int, default=1, help="segment mode: this run's generation "
+                                                                     "(a restarted agent takes the next)")
+    p.add_argument("--stats", default=None, help="segment mode: JSON file of the cumulative in-kernel "
+                                                 "histograms and counters, rewritten every second")
     a = p.parse_args(argv)
     for name in ("ringbuf_pages", "request_pages", "sched_pages"):
         v = getattr(a, name)
@@ -49,8 +62,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be a power of two")
     if not a.pid and not a.dump_probe:
         p.error("give at least one --pid")
-    if not a.out and not a.dump_probe:
-        p.error("give --out")
+    if not a.out and not a.dump_probe and not a.segment_dir:
+        p.error("give --out (or --segment-dir)")
+    if a.segment_dir and a.out:
+        p.error("give --out or --segment-dir, not both")
+    if a.segment_dir:
+        from diag.agent.segments import MIN_RING_BYTES
+
+        if a.ring_bytes < MIN_RING_BYTES:
+            p.error(f"--ring-bytes must be at least {MIN_RING_BYTES}")
+        if a.segment_seconds <= 0:
+            p.error("--segment-seconds must be positive")
+    elif a.stats:
+        p.error("--stats needs --segment-dir")
     return a
 
 
@@ -62,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump_probe:
         sys.stdout.write(build.dump(args, header.load()))
         return 0
-    agent = Agent(args)
+    if args.segment_dir:
+        from diag.agent.segments import SegmentAgent
+
+        agent = SegmentAgent(args)
+    else:
+        agent = Agent(args)
 
     def on_signal(signum, frame):
         agent.stop_reason = signal.Signals(signum).name
