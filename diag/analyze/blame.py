@@ -113,6 +113,30 @@ class SchedIndex:
             self.pid_of.setdefault(r.tid, r.pid)
         # threads that serve requests (any request read or written by them)
         self.serving_tids = {r.tid for r in data.requests} | {r.write_tid for r in data.requests if r.write_tid}
+        # a lock's releases: each wakeup of a futex waiter by a thread inside its own futex call
+        # is that thread handing the lock on; under contention, the thread that released it at
+        # time t held it since the release before
+        rel: dict[tuple[int, int], list[tuple[int, int, bool]]] = defaultdict(list)
+        for w in data.wakeups:
+            if (w.call and family(w.call) == "futex" and w.waker_target and not w.waker_irq
+                    and w.waker_call and family(w.waker_call) == "futex"):
+                rel[(w.pid, w.arg)].append((w.end_ns, w.waker_tid, w.waker_serving))
+        self.releases = {k: sorted(v) for k, v in rel.items()}
+
+    def holders(self, pid: int, uaddr: int, a: int, b: int) -> list[tuple[int, int, int, bool]]:
+        """(start, end, tid, serving) of the successive holders of the lock at `uaddr` over [a, b],
+        from its releases: the piece before each release is its releaser's."""
+        rel = self.releases.get((pid, uaddr))
+        if not rel:
+            return []
+        times = [r[0] for r in rel]
+        lo, hi = bisect.bisect_right(times, a), bisect.bisect_right(times, b)
+        out, start = [], a
+        for t, tid, serving in rel[lo:hi]:
+            if t > start:
+                out.append((start, t, tid, serving))
+            start = t
+        return out
 
     @property
     def empty(self) -> bool:
@@ -206,6 +230,18 @@ class CriticalPath:
         # thread seen waking from user space was interrupted there by the real waker (a timer, the
         # network), whose code ran on that thread's stack (interrupts from user mode do)
         from_kernel = not w.waker_target or w.waker_irq or w.waker_idle or w.waker_call is None
+        if via == LOCK and not from_kernel and depth <= MAX_DEPTH:
+            # a wait may span several holders (another waiter got the lock first): each piece is
+            # its own holder's, the last the waker's
+            pieces = self.idx.holders(w.pid, w.arg, a, b)
+            if len(pieces) > 1:
+                out = []
+                for s, e, tid, serving in pieces:
+                    if tid in path:
+                        out.append(Blame(FUTEX, via, e - s, None, None, path, (s, e), "a wait cycle"))
+                    else:
+                        out.extend(self._activity(tid, w.pid, s, e, depth, (*path, tid), via, serving))
+                return out
         root = _kernel_root(w, self.idx.upstream_fds)
         if root == SLEEP or from_kernel or w.waker_tid in path or depth > MAX_DEPTH:
             detail = _waker_label(w) if from_kernel else ("a wait cycle" if w.waker_tid in path else "depth")

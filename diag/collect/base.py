@@ -59,6 +59,12 @@ class Target:
                "launched": self.launched, "follow_children": self.follow_children, "threads": self.threads()}
         if self.tree is not None:
             out["processes"] = self.tree.to_json()
+        if self.is_python:
+            from diag.collect.pyruntime import gil_state
+
+            state = gil_state(self.pid)
+            if state:
+                out["gil_state"] = list(state)
         return out
 
 

@@ -91,6 +91,22 @@ def open_reader(pid: int, wait_s: float = 0.0) -> RuntimeReader:
     return reader
 
 
+def gil_state(pid: int) -> tuple[int, int] | None:
+    """(address, size) of a CPython process's GIL state, read once (its symbols, and a pointer on
+    3.12+), or None: lets the analysis tell a GIL wait from a lock wait even when the runtime
+    sampler did not run (`diag watch`, --collectors without it)."""
+    try:
+        reader = open_reader(pid)
+    except Exception:
+        return None
+    try:
+        return reader.gil_address(), GIL_STATE_SIZE
+    except Exception:
+        return None
+    finally:
+        reader.close()
+
+
 class PyRuntimeCollector:
     """Samples the GIL and GC state of a CPython target from a thread of diag."""
 

@@ -50,17 +50,26 @@ def target_from_pid(pid: int, follow: bool = True) -> Target:
     return Target(pid=pid, cmdline=cmdline, comm=comm, is_python=is_python(pid), follow_children=follow)
 
 
-def _root_of(pids: set[int]) -> list[int]:
-    """The members of `pids` whose parent is not in `pids`: the roots of the trees they form."""
+def root_pids(pids) -> list[int]:
+    """The members of `pids` whose parent is not among them: the roots of the trees they form
+    (a pre-fork master and its workers all hold the listening socket: the master is the root)."""
+    chosen = set(pids)
     roots = []
-    for pid in sorted(pids):
+    for pid in sorted(chosen):
         try:
             ppid = psutil.Process(pid).ppid()
         except psutil.Error:
             continue
-        if ppid not in pids:
+        if ppid not in chosen:
             roots.append(pid)
     return roots
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _describe(pid: int) -> str:
@@ -71,19 +80,18 @@ def _describe(pid: int) -> str:
         return str(pid)
 
 
-def _one(pids: set[int], what: str, hint: str) -> int:
+def _one(pids: list[int], what: str, hint: str) -> int:
     if not pids:
         raise DiagError(f"no process {what}: {hint}", EXIT_NO_TARGET)
-    roots = _root_of(pids)
+    roots = root_pids(pids)
     if len(roots) == 1:
         return roots[0]
     listed = ", ".join(_describe(p) for p in roots[:8])
     raise DiagError(f"{len(roots)} processes {what}: {listed}; give one pid instead", EXIT_BAD_INPUT)
 
 
-def pid_listening_on(port: int) -> int:
-    """The process listening on TCP `port` (of the tree that shares the listening socket, the root:
-    a pre-fork master and its workers all hold it)."""
+def listening_pids(port: int) -> list[int]:
+    """Processes holding a TCP socket listening on `port` (in diag's network namespace)."""
     if not 0 < port < 65536:
         raise DiagError(f"--port {port}: not a TCP port (1-65535)", EXIT_BAD_INPUT)
     inodes = set()
@@ -109,27 +117,70 @@ def pid_listening_on(port: int) -> int:
                         break
             except OSError:
                 continue
-    return _one(pids, f"listening on TCP port {port}",
+    return sorted(pids)
+
+
+def _names(name: str, argv: list[str]) -> set[str]:
+    """What a process may be called: its comm, its program, and for an interpreter the script or
+    module it runs (`python3 -m pkg.server`, `python3 server.py`)."""
+    names = {name}
+    if argv:
+        names.add(os.path.basename(argv[0]))
+        for i, a in enumerate(argv[1:3], 1):
+            if a == "-m" and i + 1 < len(argv):
+                names.update({argv[i + 1], argv[i + 1].rsplit(".", 1)[-1]})
+            elif not a.startswith("-"):
+                base = os.path.basename(a)
+                names.update({base, base.rsplit(".", 1)[0]})
+                break
+    return names
+
+
+def named_pids(pattern: str) -> list[int]:
+    """Processes a name matches: one of its names (see _names), a shell glob over its name or
+    command line, or a part of its command line. diag itself never matches."""
+    me = {os.getpid(), os.getppid()}
+    glob = any(c in pattern for c in "*?[")
+    out = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if p.info["pid"] in me:
+                continue
+            argv = p.info["cmdline"] or []
+            name, cmd = p.info["name"] or "", " ".join(argv)
+            if argv[1:3] in (["-m", "diag"],) or os.path.basename(argv[0] if argv else "") == "diag":
+                continue
+            if glob:
+                hit = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(cmd, pattern)
+            else:
+                hit = pattern in _names(name, argv) or pattern in cmd
+            if hit:
+                out.append(p.info["pid"])
+        except psutil.Error:
+            continue
+    return sorted(out)
+
+
+def pid_listening_on(port: int) -> int:
+    """The process listening on TCP `port` (the root of the tree that shares the socket)."""
+    return _one(listening_pids(port), f"listening on TCP port {port}",
                 "check `ss -ltnp` (a process in another network namespace is found by --pid)")
 
 
 def pid_named(pattern: str) -> int:
-    """The process whose name or command line matches `pattern` (a shell glob, or a substring):
-    one, or one tree of them."""
-    me = os.getpid()
-    pids = set()
-    glob = any(c in pattern for c in "*?[")
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        if p.info["pid"] in (me, os.getppid()):
-            continue
-        name, cmd = p.info["name"] or "", " ".join(p.info["cmdline"] or ())
-        if glob:
-            hit = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(cmd, pattern)
-        else:
-            hit = pattern == name or pattern in cmd
-        if hit and "diag" not in (p.info["cmdline"] or [""])[1:2]:
-            pids.add(p.info["pid"])
-    return _one(pids, f"match --name {pattern!r}", "check `ps -eo pid,comm,args`")
+    """The process whose name or command line matches `pattern`: one, or one tree of them."""
+    return _one(named_pids(pattern), f"match --name {pattern!r}", "check `ps -eo pid,comm,args`")
+
+
+def container_id(pid: int) -> str | None:
+    """The container id in the process's cgroup path (docker, containerd, cri-o, podman), if any."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    m = re.search(r"([0-9a-f]{64})", text)
+    return m.group(1) if m else None
 
 
 def resolve(pid: int | None, port: int | None, name: str | None, follow: bool) -> Target:
@@ -166,11 +217,12 @@ class Member:
     last_seen_ns: int
     ns_pid: int | None = None
     python: bool = False
+    gil_state: tuple[int, int] | None = None     # (address, size) of its GIL state, Python members
 
     def to_json(self) -> dict:
         return {"pid": self.pid, "ppid": self.ppid, "role": self.role, "cmdline": self.cmdline,
                 "first_seen_ns": self.first_seen_ns, "last_seen_ns": self.last_seen_ns, "ns_pid": self.ns_pid,
-                "python": self.python}
+                "python": self.python, "gil_state": list(self.gil_state) if self.gil_state else None}
 
 
 @dataclass
@@ -199,7 +251,11 @@ class ProcessTree:
                 ppid, cmd = p.ppid(), p.cmdline()
             except psutil.Error:
                 continue
-            self.members[p.pid] = Member(p.pid, ppid, "process", cmd, now, now, ns_pid(p.pid), is_python(p.pid))
+            py = is_python(p.pid)
+            if py:
+                from diag.collect.pyruntime import gil_state
+            self.members[p.pid] = Member(p.pid, ppid, "process", cmd, now, now, ns_pid(p.pid), py,
+                                         gil_state(p.pid) if py else None)
             new.append(p.pid)
         self._roles()
         return new

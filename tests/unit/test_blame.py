@@ -40,12 +40,24 @@ def test_lock_held_across_fsync_ends_in_sync():
 
 def test_chain_is_followed_through_two_holders():
     # T waits for 2, which waits for 3, which sleeps
-    blames = walk([wake(1, 0, 50, waker=2), wake(2, 0, 45, waker=3),
+    blames = walk([wake(1, 0, 50, waker=2), wake(2, 0, 45, waker=3, arg=0xB0),
                    wake(3, 0, 40, waker=0, call="clock_nanosleep", waker_call=None, irq=True, target=False)])
     assert total(blames, root=SLEEP) == 40 * MS
     assert total(blames, root=CPU) == 10 * MS          # 2 ran 45-50, 3 ran 40-45
     sleeper = [b for b in blames if b.root == SLEEP][0]
     assert sleeper.chain == (1, 2, 3) and sleeper.holder == 3
+
+
+def test_a_wait_across_several_holders_is_split_at_the_locks_releases():
+    # T (1) waits 0-30 ms on lock A; 2 released it at 10 (waking 5), 3 at 30 (waking T): the
+    # piece up to 10 is 2's, the rest 3's (a sleep 10-22, then CPU), not all of it 3's
+    blames = walk([wake(5, 0, 10, waker=2), wake(1, 0, 30, waker=3),
+                   wake(3, 0, 22, waker=0, call="clock_nanosleep", waker_call=None, irq=True, target=False)])
+    by = {}
+    for b in blames:
+        by[b.holder] = by.get(b.holder, 0) + b.ns
+    assert by == {2: 10 * MS, 3: 20 * MS}, blames
+    assert total(blames, root=SLEEP) == 12 * MS
 
 
 def test_a_cycle_ends_the_chain():
