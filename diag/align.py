@@ -187,7 +187,7 @@ def _shift(data: Dataset, d: int) -> None:
     """Add d ns to every time of a stream's records (records are frozen: new ones)."""
     if not d:
         return
-    from diag.model import Request, StackSample, SyscallEvent
+    from diag.model import StackSample, SyscallEvent
 
     data.syscalls[:] = [SyscallEvent(e.pid, e.tid, e.name, e.start_ns + d, e.dur_ns, e.ret, e.errno, e.fd,
                                      e.fd_kind, e.nbytes, e.source) for e in data.syscalls]

@@ -230,7 +230,7 @@ def shell_status(returncode: int | None) -> int | None:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _check_command(cmd0: str) -> str:
+def check_command(cmd0: str) -> str:
     """The errors the exec would give, given before anything starts (one line, exit 3); returns
     the program's path."""
     path = cmd0 if "/" in cmd0 else shutil.which(cmd0)

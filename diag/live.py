@@ -11,25 +11,20 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from rich.console import Console
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
-from diag.units import fmt_duration
 from diag.capture.bundle import CaptureWriter
-from diag.capture.clock import monotonic_ns
 from diag.collect import AFTER_EXEC, parse_selection, policy
-from diag.collect.base import Target, Unavailable
-from diag.collect.targets import resolve
+from diag.collect.base import Target
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
+from diag.collect.strace import LaunchedStrace
+from diag.collect.targets import resolve
 from diag.errors import EXIT_INTERRUPTED, EXIT_NO_COLLECTOR, EXIT_NO_TARGET, DiagError
-from diag.launch import TRACER_WAIT_S, HeldCommand, _check_command, python_verdict, shell_status
+from diag.launch import HeldCommand, check_command, python_verdict, shell_status
+from diag.render.live_view import LiveView
 
 
 @dataclass
@@ -49,43 +44,6 @@ def default_out(comm: str, pid: int | None) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", comm)[:32] or "target"
     return f"diag-{safe}-{pid or 'run'}-{stamp}.diag"
-
-
-class LiveView:
-    """The rich view shown while capturing: time, per-collector events/s and lost, slowest calls."""
-
-    def __init__(self, console: Console, target: Target) -> None:
-        self.console = console
-        self.target = target
-        self.last: dict[str, tuple[float, int]] = {}
-        self.live = Live(console=console, refresh_per_second=4, transient=True)
-
-    def __enter__(self):
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.live.__exit__(*exc)
-
-    def tick(self, state: dict) -> None:
-        el, dur = state["elapsed_s"], state["duration_s"]
-        head = Text(f"diag: capturing pid {self.target.pid} ({self.target.comm})  {el:5.1f} s")
-        head.append(f" / {dur:.0f} s" if dur else " (Ctrl-C to stop)")
-        t = Table(box=None, pad_edge=False)
-        for col in ("collector", "events", "events/s", "lost", "note"):
-            t.add_column(col)
-        slow: list[tuple[str, int]] = []
-        for name, st in state["collectors"].items():
-            prev_t, prev_n = self.last.get(name, (0.0, 0))
-            rate = (st.events - prev_n) / max(1e-3, el - prev_t)
-            self.last[name] = (el, st.events)
-            t.add_row(name, f"{st.events:,}", f"{rate:,.0f}", str(st.lost), Text(st.note))
-            slow.extend(st.slowest)
-        parts = [head, t]
-        if slow:
-            slow.sort(key=lambda x: -x[1])
-            parts.append(Text("slowest so far: " + ", ".join(f"{n} {fmt_duration(d)}" for n, d in slow[:5])))
-        self.live.update(Group(*parts))
 
 
 def _collector_opts(opts: CaptureOptions) -> dict:
@@ -183,7 +141,7 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
     """
     if not cmd:
         raise DiagError("diag run: give the command after --, e.g. `diag run -- python3 server.py`")
-    path = _check_command(cmd[0])
+    path = check_command(cmd[0])
     name = os.path.basename(cmd[0])
     probe = Target(pid=os.getpid(), cmdline=cmd, comm=name, launched=True, follow_children=opts.follow)
     collectors = policy(parse_selection(opts.collectors), probe, **_collector_opts(opts))
@@ -194,9 +152,9 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
     argv, after = cmd, []
     strace = next((c for c in collectors if c.name == "strace"), None)
     if strace is not None and strace.check(probe) is None:
-        argv = _strace_launch_argv(strace, cmd, writer)
+        argv = strace.launch_command(cmd, writer)
         collectors.remove(strace)
-        after.append(_LaunchedStrace(strace))
+        after.append(LaunchedStrace(strace))
     after += [c for c in collectors if c.name in AFTER_EXEC]
     collectors = [c for c in collectors if c.name not in AFTER_EXEC]
     stop = StopFlag()
@@ -215,7 +173,7 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
                 writer.manifest["target"] = target.to_json()
                 writer.save()
                 for c in after:
-                    if isinstance(c, _LaunchedStrace):
+                    if isinstance(c, LaunchedStrace):
                         c.held = held
                 result = _capture(target, writer, collectors, opts, alive=lambda: held.proc.poll() is None,
                                   release=held.release, after_release=after, stop=stop)
@@ -287,84 +245,6 @@ def _after_release_error(e: BaseException, held: HeldCommand, stop: StopFlag, cm
 def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _strace_launch_argv(strace, cmd: list[str], writer: CaptureWriter) -> list[str]:
-    """What StraceCollector.launch runs (strace -D --seccomp-bpf ... -- CMD), for the holder to exec:
-    -D keeps the command in the process strace was started as, so the pid stays the held one."""
-    argv = strace.argv(str(writer.stream_path("strace.txt")), seccomp=True)
-    argv[1:1] = ["-D"]
-    strace.writer = writer
-    strace.stderr_path = writer.root / "logs" / "strace.stderr"
-    strace.stderr_path.parent.mkdir(exist_ok=True)
-    return [*argv, "--", *cmd]
-
-
-class _LaunchedStrace:
-    """Adapts a strace that launches the command (the holder execs it at the release) to the
-    session's interface: it "starts" right after the release, once the command is seen traced."""
-
-    runs_from_release = True               # already tracing once released: started even if diag was stopped
-
-    def __init__(self, strace) -> None:
-        self.inner = strace
-        self.name = strace.name
-        self.held: HeldCommand | None = None
-        self.pid = 0
-
-    def check(self, target: Target) -> str | None:
-        return None
-
-    def start(self, target: Target, writer: CaptureWriter) -> None:
-        self.pid = target.pid
-        self.inner.started_ns = monotonic_ns()
-        if self.held is not None:
-            self.inner.target_proc = self.held.proc
-        why = self._not_tracing()
-        if why:
-            raise Unavailable(why)
-        self.inner._register(writer, seccomp=True)
-
-    def _not_tracing(self) -> str | None:
-        """Why the command is not traced, or None. strace -D attaches to the held process before
-        it execs the command; if that failed (ptrace forbidden: Yama, a container, a tracer
-        already there) strace says so on the command's stderr and the command runs untraced. So
-        once the command has exec'd its TracerPid must be set (waits TRACER_WAIT_S at most for the
-        exec). A command already gone cannot be checked: what strace wrote is the evidence."""
-        from diag.collect.strace import tracer_of
-
-        deadline = time.monotonic() + TRACER_WAIT_S
-        while True:
-            done, exe = self.held.exec_state() if self.held is not None else (True, "")
-            tracer = tracer_of(self.pid)     # read after the exec state: an attach precedes the exec
-            if tracer:
-                return None
-            if done is None or tracer is None:
-                return None
-            if done:
-                return (f"strace is not tracing pid {self.pid} ({exe}): it could not attach (ptrace refused: "
-                        f"Yama, a container, or another tracer; strace's message is on the command's stderr)")
-            if time.monotonic() >= deadline:
-                return f"strace had not attached to pid {self.pid} {TRACER_WAIT_S:.0f} s after the release"
-            time.sleep(0.005)
-
-    def stats(self):
-        return self.inner.stats()
-
-    def stop(self) -> None:
-        """Detach strace if the capture ends before the command: SIGTERM its tracer."""
-        from diag.collect.strace import tracer_of
-
-        tracer = tracer_of(self.pid) if self.pid else None
-        if tracer:
-            try:
-                os.kill(tracer, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        self.inner._stopped = True
-        st = self.inner.stats()
-        if self.inner.writer:
-            self.inner.writer.set_collector(self.name, events=st.events)
 
 
 def report_for(capture: str, slow_ns: int | None = None) -> dict:

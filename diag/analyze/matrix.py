@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from diag.analyze.context import AnalysisContext
 from diag.units import fmt_duration
-from diag.syscalls import POLL_NAMES, READ_NAMES, SYNC_NAMES, WRITE_NAMES, FdKind, family
+from diag.syscalls import POLL_NAMES, READ_NAMES, SYNC_NAMES, WRITE_NAMES, FdKind
 
 RW_NAMES = READ_NAMES | WRITE_NAMES
 
@@ -73,7 +73,7 @@ def _cpi_row(ctx: AnalysisContext) -> MatrixRow:
     row = MatrixRow("high-cpi", "high cycles per instruction",
                     "CPU pipeline stalls (cache misses, branch mispredictions)", "perf stat (hardware counters)",
                     NOT_MEASURABLE, findings=["cpu-stall"])
-    counters = _perf_counters(ctx)
+    counters = perf_counters(ctx)
     cycles, instructions = counters.get("cycles"), counters.get("instructions")
     if not cycles or not instructions:
         reason = counters.get("reason") or "no hardware counters in the inputs"
@@ -85,7 +85,7 @@ def _cpi_row(ctx: AnalysisContext) -> MatrixRow:
     return row
 
 
-def _perf_counters(ctx: AnalysisContext) -> dict:
+def perf_counters(ctx: AnalysisContext) -> dict:
     m = ctx.data.manifest or {}
     perf = (m.get("collectors") or {}).get("perf") or {}
     return perf.get("counters") or {}

@@ -95,7 +95,7 @@ class Collector(Protocol):
         """Detach and finalize. Must be safe to call twice and after a failed start."""
 
 
-def _set_pdeathsig(sig: int):
+def pdeathsig_preexec(sig: int):
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec() -> None:
@@ -146,7 +146,7 @@ class SubprocessCollector:
         err = open(self.stderr_path, "wb")
         self.started_ns = monotonic_ns()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout or subprocess.DEVNULL,
-                                     stderr=err, preexec_fn=_set_pdeathsig(self.stop_signal), close_fds=True)
+                                     stderr=err, preexec_fn=pdeathsig_preexec(self.stop_signal), close_fds=True)
         err.close()
         return self.proc
 

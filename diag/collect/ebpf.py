@@ -157,7 +157,7 @@ class EbpfCollector(SubprocessCollector):
     def _agent_error(self) -> str:
         if not self.stderr_path or not self.stderr_path.exists():
             return ""
-        return _last_error(self.stderr_path.read_bytes()[-20000:].decode(errors="replace"))
+        return agent_error_line(self.stderr_path.read_bytes()[-20000:].decode(errors="replace"))
 
     # --- progress / stop ----------------------------------------------------------------------
     def _progress(self) -> dict:
@@ -245,7 +245,7 @@ def _steady(cost: dict, cpu_s, seconds: float) -> dict:
             "cores_with_compile": cost.get("cores")}
 
 
-def _last_error(stderr: str) -> str:
+def agent_error_line(stderr: str) -> str:
     """One line out of the agent's stderr: its own "error:" line, plus the compiler's first error."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     own = [line.split("ebpf-agent: error:", 1)[1].strip() for line in lines if "ebpf-agent: error:" in line]

@@ -96,9 +96,9 @@ class PerfCollector(SubprocessCollector):
 
     @staticmethod
     def _preexec_int():
-        from diag.collect.base import _set_pdeathsig
+        from diag.collect.base import pdeathsig_preexec
 
-        return _set_pdeathsig(signal.SIGINT)
+        return pdeathsig_preexec(signal.SIGINT)
 
     def stats(self) -> CollectorStats:
         return CollectorStats(events=self.samples, running=self.alive(), note="system-wide, filtered at stop")

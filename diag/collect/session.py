@@ -67,11 +67,11 @@ def start_collectors(collectors: list[Collector], target: Target, writer: Captur
         except Unavailable as e:
             writer.set_collector(c.name, status=FAILED, reason=str(e))
             skipped[c.name] = str(e)
-            _safe_stop(c, writer)
+            stop_safely(c, writer)
     return started, skipped
 
 
-def _safe_stop(c: Collector, writer: CaptureWriter) -> None:
+def stop_safely(c: Collector, writer: CaptureWriter) -> None:
     try:
         c.stop()
     except Exception as e:  # stopping one must never prevent stopping the others
@@ -190,7 +190,7 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                 except Exception:
                     pass
         for c in reversed(started):
-            _safe_stop(c, writer)
+            stop_safely(c, writer)
         for s, h in previous.items():
             signal.signal(s, h)
         if writer.manifest["status"] == "running":

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import time
 
 from diag.capture.bundle import CaptureWriter
+from diag.capture.clock import monotonic_ns
 from diag.collect.base import (FAILED, OK, CollectorStats, SubprocessCollector, Target, Unavailable, tool_path,
                                wait_for)
 
@@ -80,7 +83,6 @@ class StraceCollector(SubprocessCollector):
         self._tail_pos = 0
         self._events = 0
         self._slowest: list[tuple[str, int]] = []
-        self.launch_argv: list[str] | None = None
 
     def check(self, target: Target) -> str | None:
         if not tool_path("strace"):
@@ -96,6 +98,16 @@ class StraceCollector(SubprocessCollector):
             a.append("--seccomp-bpf")
         return a
 
+    def launch_command(self, cmd: list[str], writer: CaptureWriter) -> list[str]:
+        """What the held command execs under `diag run` (strace -D --seccomp-bpf ... -- CMD): -D
+        keeps the command in the process strace was started as, so the pid stays the held one."""
+        argv = self.argv(str(writer.stream_path("strace.txt")), seccomp=True)
+        argv[1:1] = ["-D"]
+        self.writer = writer
+        self.stderr_path = writer.root / "logs" / "strace.stderr"
+        self.stderr_path.parent.mkdir(exist_ok=True)
+        return [*argv, "--", *cmd]
+
     def start(self, target: Target, writer: CaptureWriter) -> None:
         out = str(writer.stream_path("strace.txt"))
         # -f follows forks from now on; the members already forked are attached one by one
@@ -110,7 +122,7 @@ class StraceCollector(SubprocessCollector):
             self.terminate()
             writer.set_collector(self.name, status=FAILED, reason=self.stderr_tail() or "strace did not attach")
             raise Unavailable(f"strace could not attach to pid {target.pid}: {self.stderr_tail() or 'timeout'}")
-        self._register(writer, seccomp=False)
+        self.register(writer, seccomp=False)
 
     def launch(self, cmd: list[str], writer: CaptureWriter) -> subprocess.Popen:
         """`diag run`: strace launches the command (-D keeps the command our direct child, so its
@@ -127,10 +139,10 @@ class StraceCollector(SubprocessCollector):
         self.started_ns = monotonic_ns()
         proc = subprocess.Popen(argv, stdin=None, stdout=None, stderr=None)
         self.target_proc = proc
-        self._register(writer, seccomp=True)
+        self.register(writer, seccomp=True)
         return proc
 
-    def _register(self, writer: CaptureWriter, seccomp: bool) -> None:
+    def register(self, writer: CaptureWriter, seccomp: bool) -> None:
         writer.set_collector(self.name, status=OK, stream="strace.txt", format="strace",
                              started_monotonic_ns=self.started_ns,
                              settings={"trace": self.trace, "payload_bytes": self.payload_bytes,
@@ -167,3 +179,67 @@ class StraceCollector(SubprocessCollector):
         if self.writer:
             self.writer.set_collector(self.name, events=st.events)
 
+
+class LaunchedStrace:
+    """Adapts a strace that launches the command (the holder execs it at the release) to the
+    session's interface: it "starts" right after the release, once the command is seen traced."""
+
+    runs_from_release = True               # already tracing once released: started even if diag was stopped
+
+    def __init__(self, strace) -> None:
+        self.inner = strace
+        self.name = strace.name
+        self.held = None                   # diag.launch.HeldCommand, set by `diag run`
+        self.pid = 0
+
+    def check(self, target: Target) -> str | None:
+        return None
+
+    def start(self, target: Target, writer: CaptureWriter) -> None:
+        self.pid = target.pid
+        self.inner.started_ns = monotonic_ns()
+        if self.held is not None:
+            self.inner.target_proc = self.held.proc
+        why = self._not_tracing()
+        if why:
+            raise Unavailable(why)
+        self.inner.register(writer, seccomp=True)
+
+    def _not_tracing(self) -> str | None:
+        """Why the command is not traced, or None. strace -D attaches to the held process before
+        it execs the command; if that failed (ptrace forbidden: Yama, a container, a tracer
+        already there) strace says so on the command's stderr and the command runs untraced. So
+        once the command has exec'd its TracerPid must be set (waits TRACER_WAIT_S at most for the
+        exec). A command already gone cannot be checked: what strace wrote is the evidence."""
+        from diag.launch import TRACER_WAIT_S
+
+        deadline = time.monotonic() + TRACER_WAIT_S
+        while True:
+            done, exe = self.held.exec_state() if self.held is not None else (True, "")
+            tracer = tracer_of(self.pid)     # read after the exec state: an attach precedes the exec
+            if tracer:
+                return None
+            if done is None or tracer is None:
+                return None
+            if done:
+                return (f"strace is not tracing pid {self.pid} ({exe}): it could not attach (ptrace refused: "
+                        f"Yama, a container, or another tracer; strace's message is on the command's stderr)")
+            if time.monotonic() >= deadline:
+                return f"strace had not attached to pid {self.pid} {TRACER_WAIT_S:.0f} s after the release"
+            time.sleep(0.005)
+
+    def stats(self):
+        return self.inner.stats()
+
+    def stop(self) -> None:
+        """Detach strace if the capture ends before the command: SIGTERM its tracer."""
+        tracer = tracer_of(self.pid) if self.pid else None
+        if tracer:
+            try:
+                os.kill(tracer, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.inner._stopped = True
+        st = self.inner.stats()
+        if self.inner.writer:
+            self.inner.writer.set_collector(self.name, events=st.events)

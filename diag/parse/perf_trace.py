@@ -69,7 +69,6 @@ class PerfTraceParser:
         first_pid = ctx.pid
         base: float | None = None
         total = good = 0
-        ns_per_ms = 1_000_000
         off = ctx.offset_ns
         for lineno, line in enumerate(stream, 1):
             total += 1

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from diag.agent.segments import read_state
-from diag.collect.base import _set_pdeathsig
-from diag.collect.ebpf import REPO_ROOT, SYSTEM_PYTHON, _last_error, bcc_python
+from diag.collect.base import pdeathsig_preexec
+from diag.collect.ebpf import REPO_ROOT, SYSTEM_PYTHON, agent_error_line, bcc_python
 from diag.errors import EXIT_NO_COLLECTOR, DiagError
 
 # Request records per second the probe exports before it keeps only the slow tail and exemplars:
@@ -56,7 +56,7 @@ class RingAgent:
         err = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                         preexec_fn=_set_pdeathsig(signal.SIGTERM), close_fds=True)
+                                         preexec_fn=pdeathsig_preexec(signal.SIGTERM), close_fds=True)
         finally:
             err.close()
         deadline = time.monotonic() + timeout_s
@@ -78,7 +78,7 @@ class RingAgent:
 
     def error(self) -> str:
         try:
-            return _last_error(self.log_path.read_bytes()[-20000:].decode(errors="replace"))
+            return agent_error_line(self.log_path.read_bytes()[-20000:].decode(errors="replace"))
         except OSError:
             return ""
 

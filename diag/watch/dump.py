@@ -21,7 +21,7 @@ from diag.capture.clock import ClockPair, monotonic_ns, read_pair
 from diag.capture.ebpf_stream import MAIN as EBPF_STREAM
 from diag.collect import make
 from diag.collect.base import DEGRADED, OK, Target
-from diag.collect.session import _safe_stop, start_collectors
+from diag.collect.session import stop_safely, start_collectors
 from diag.agent.segments import PIN, read_state
 from diag.watch import ringdump
 
@@ -109,7 +109,7 @@ def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target,
                 except Exception:
                     pass
         for c in reversed(started):
-            _safe_stop(c, writer)
+            stop_safely(c, writer)
     end_ns = monotonic_ns()
     # the segment being written ends now: ask the agent to close it, wait until it has
     agent.cut()

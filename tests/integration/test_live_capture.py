@@ -482,16 +482,15 @@ def test_run_records_strace_failed_when_it_is_not_tracing_the_command(tmp_path):
     from diag.capture.bundle import CaptureWriter
     from diag.collect.base import Target
     from diag.collect.session import run_capture
-    from diag.collect.strace import StraceCollector
+    from diag.collect.strace import LaunchedStrace, StraceCollector
     from diag.errors import EXIT_NO_COLLECTOR, DiagError
     from diag.launch import HeldCommand
-    from diag.live import _LaunchedStrace, _strace_launch_argv
 
     cmd = [sys.executable, "-c", "import time; time.sleep(600)"]
     writer = CaptureWriter(str(tmp_path / "c.diag"), {"cmdline": cmd}, "run")
     strace = StraceCollector()
-    _strace_launch_argv(strace, cmd, writer)
-    launched = _LaunchedStrace(strace)
+    strace.launch_command(cmd, writer)
+    launched = LaunchedStrace(strace)
     held = HeldCommand(cmd, cmd)           # the command itself, with no strace in between
     try:
         assert held.wait_held()

@@ -3,14 +3,14 @@ mispredictions). Needs hardware counters: on VMs without them the matrix says no
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext
-from diag.analyze.matrix import HIGH_CPI, _perf_counters
+from diag.analyze.matrix import HIGH_CPI, perf_counters
 from diag.model import Evidence, Finding
 
 ID = "cpu-stall"
 
 
 def check(ctx: AnalysisContext) -> Finding | None:
-    c = _perf_counters(ctx)
+    c = perf_counters(ctx)
     cycles, instructions = c.get("cycles"), c.get("instructions")
     if not cycles or not instructions:
         return None
