@@ -71,6 +71,20 @@ def start_collectors(collectors: list[Collector], target: Target, writer: Captur
     return started, skipped
 
 
+def stop_all(started: list[Collector], writer: CaptureWriter) -> None:
+    """Stop collectors, the last started first: every one is told at once (their streams end
+    together), then each is waited for; one failing never keeps the others attached."""
+    for c in reversed(started):
+        begin = getattr(c, "begin_stop", None)
+        if begin is not None:
+            try:
+                begin()
+            except Exception:
+                pass
+    for c in reversed(started):
+        stop_safely(c, writer)
+
+
 def stop_safely(c: Collector, writer: CaptureWriter) -> None:
     try:
         c.stop()
@@ -181,16 +195,7 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
         if target.tree is not None:
             target.tree.refresh()
             writer.manifest["target"]["processes"] = target.tree.to_json()
-        # every collector is told at once (streams end together), then each is waited for
-        for c in reversed(started):
-            begin = getattr(c, "begin_stop", None)
-            if begin is not None:
-                try:
-                    begin()
-                except Exception:
-                    pass
-        for c in reversed(started):
-            stop_safely(c, writer)
+        stop_all(started, writer)
         for s, h in previous.items():
             signal.signal(s, h)
         if writer.manifest["status"] == "running":

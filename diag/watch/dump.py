@@ -21,7 +21,7 @@ from diag.capture.clock import ClockPair, monotonic_ns, read_pair
 from diag.capture.ebpf_stream import MAIN as EBPF_STREAM
 from diag.collect import make
 from diag.collect.base import DEGRADED, OK, Target
-from diag.collect.session import stop_safely, start_collectors
+from diag.collect.session import start_collectors, stop_all
 from diag.agent.segments import PIN, read_state
 from diag.watch import ringdump
 
@@ -101,15 +101,7 @@ def run_dump(req: DumpRequest, out: Path, ring_dir: Path, agent, target: Target,
             res.collectors.update({k: f"unavailable: {v}" for k, v in skipped.items()})
             stop.wait(after_s)
     finally:
-        for c in reversed(started):
-            begin = getattr(c, "begin_stop", None)
-            if begin is not None:
-                try:
-                    begin()
-                except Exception:
-                    pass
-        for c in reversed(started):
-            stop_safely(c, writer)
+        stop_all(started, writer)
     end_ns = monotonic_ns()
     # the segment being written ends now: ask the agent to close it, wait until it has
     agent.cut()
