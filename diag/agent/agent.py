@@ -159,19 +159,23 @@ class Agent:
                     found.append(pid)
         self.add_targets(found)
 
-    def open_outputs(self) -> None:
-        out = Path(self.args.out)
-        self.out = open(out, "w", encoding="utf-8")
-        d = out.parent
-        for kind, (fname, struct_name) in fmt.RECORDS.items():
+    def open_rings(self) -> None:
+        """A reader on each of the probe's ring buffers (the request ring only with requests)."""
+        maps = {"calls": "events", "requests": "requests", "sched": "sched"}
+        pages = {"calls": self.args.ringbuf_pages, "requests": self.args.request_pages,
+                 "sched": self.args.sched_pages}
+        for kind, (_fname, struct_name) in fmt.RECORDS.items():
             if kind == "requests" and not self.want_requests:
                 continue
             layout = self.h.structs[struct_name]
-            ring = self.b[{"calls": "events", "requests": "requests", "sched": "sched"}[kind]]
-            pages = {"calls": self.args.ringbuf_pages, "requests": self.args.request_pages,
-                     "sched": self.args.sched_pages}[kind]
-            self.rings[kind] = RingReader(ring.map_fd, pages * mmap.PAGESIZE, layout.size)
-            self.files[kind] = open(d / fname, "wb")
+            self.rings[kind] = RingReader(self.b[maps[kind]].map_fd, pages[kind] * mmap.PAGESIZE, layout.size)
+
+    def open_outputs(self) -> None:
+        out = Path(self.args.out)
+        self.out = open(out, "w", encoding="utf-8")
+        self.open_rings()
+        for kind in self.rings:
+            self.files[kind] = open(out.parent / fmt.RECORDS[kind][0], "wb")
 
     # --- the loop -----------------------------------------------------------------------------
     def consume(self) -> None:

@@ -114,20 +114,9 @@ class SegmentAgent(Agent):
 
     # --- set-up -------------------------------------------------------------------------------
     def open_outputs(self) -> None:
-        import mmap
-
-        from diag.agent.ring import RingReader
-
         self.ring_dir.mkdir(parents=True, exist_ok=True)
         self._adopt()
-        for kind, (_fname, struct_name) in fmt.RECORDS.items():
-            if kind == "requests" and not self.want_requests:
-                continue
-            layout = self.h.structs[struct_name]
-            ring = self.b[{"calls": "events", "requests": "requests", "sched": "sched"}[kind]]
-            pages = {"calls": self.args.ringbuf_pages, "requests": self.args.request_pages,
-                     "sched": self.args.sched_pages}[kind]
-            self.rings[kind] = RingReader(ring.map_fd, pages * mmap.PAGESIZE, layout.size)
+        self.open_rings()
         self.snap = self.snapshot()
         self._open_segment(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 

@@ -131,6 +131,22 @@ def json_lines(stream: IO[str], bad: "BadLines"):
         yield lineno, line, obj
 
 
+def opt_int(v) -> int | None:
+    return None if v is None else int(v)
+
+
+class TaggedJsonLines:
+    """Base of the parsers of diag's own JSON Lines streams, whose first line names their format
+    (`{"format": TAG, ...}`) and whose times are CLOCK_MONOTONIC."""
+
+    format = "jsonl"
+    tag = ""
+    clock = Clock.MONOTONIC
+
+    def sniff(self, head: str, name: str) -> bool:
+        return head.lstrip().startswith("{") and self.tag in head.split("\n", 1)[0]
+
+
 def numbered_lines(stream: IO[str]) -> Iterable[tuple[int, str]]:
     """(1-based line number, line with its newline) for every line of `stream`."""
     return enumerate(stream, 1)

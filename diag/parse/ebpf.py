@@ -22,7 +22,7 @@ from typing import IO, Iterator
 from diag.capture import ebpf_stream as fmt
 from diag.model import (Clock, ExportSetting, Frame, ProbeCounters, Request, RequestHistogram, RunqWait, StackSample,
                         SyscallAggregate, SyscallEvent, Wakeup)
-from diag.parse.base import BadLines, ParseContext, json_lines
+from diag.parse.base import BadLines, ParseContext, json_lines, opt_int
 from diag.syscalls import BYTE_COUNT, PROBE_FAMILY_KEYS, FdKind
 
 _TAGS = (fmt.FORMAT_TAG, *fmt.OLD_FORMAT_TAGS)
@@ -41,10 +41,6 @@ def _kind(v) -> FdKind:
         return FdKind(v) if v is not None else FdKind.UNKNOWN
     except ValueError:
         return FdKind.UNKNOWN
-
-
-def _opt_int(v) -> int | None:
-    return None if v is None else int(v)
 
 
 class EbpfParser:
@@ -266,18 +262,18 @@ class EbpfParser:
         start = int(obj["start_ns"]) + offset
         tid = int(obj["tid"])
         pid = int(obj.get("pid") or tid)
-        ret = _opt_int(obj.get("ret"))
-        nbytes = _opt_int(obj.get("bytes"))
+        ret = opt_int(obj.get("ret"))
+        nbytes = opt_int(obj.get("bytes"))
         if nbytes is None and name in BYTE_COUNT and ret is not None and ret >= 0:
             nbytes = ret
-        ev = SyscallEvent(pid=pid, tid=tid, name=name, start_ns=start, dur_ns=_opt_int(obj.get("dur_ns")),
-                          ret=ret, errno=obj.get("errno"), fd=_opt_int(obj.get("fd")),
+        ev = SyscallEvent(pid=pid, tid=tid, name=name, start_ns=start, dur_ns=opt_int(obj.get("dur_ns")),
+                          ret=ret, errno=obj.get("errno"), fd=opt_int(obj.get("fd")),
                           fd_kind=_kind(obj.get("fd_kind")), nbytes=nbytes, source="ebpf")
         kstack = obj.get("kstack")
         yield ev
         if kstack:
             yield StackSample(tid=tid, ts_ns=start, frames=cls._frames([str(f) for f in kstack], stack_cache),
-                              on_cpu=False, source="ebpf", pid=pid, dur_ns=_opt_int(obj.get("off_cpu_ns")))
+                              on_cpu=False, source="ebpf", pid=pid, dur_ns=opt_int(obj.get("off_cpu_ns")))
 
     @staticmethod
     def _request(obj: dict, offset: int) -> Request:
@@ -292,14 +288,14 @@ class EbpfParser:
             raise TypeError("family_ns is not an object")
         family_ns = tuple(sorted((PROBE_FAMILY_KEYS.get(str(k), str(k)), int(v)) for k, v in fam.items() if v))
         tid = int(obj["tid"])
-        write_tid = _opt_int(obj.get("write_tid"))
+        write_tid = opt_int(obj.get("write_tid"))
         return Request(pid=int(obj.get("pid") or tid), tid=tid, fd=int(obj["fd"]), start_ns=start, end_ns=end,
                        bytes_in=int(obj.get("bytes_in") or 0), bytes_out=int(obj.get("bytes_out") or 0),
                        reads=int(obj.get("reads") or 0), writes=int(obj.get("writes") or 0),
                        first_write_ns=t(obj.get("first_write_ns")),
                        write_tid=write_tid if write_tid != tid else None,
                        conn_start_ns=t(obj.get("conn_start_ns")), seq=int(obj.get("seq") or 0),
-                       family_ns=family_ns, source="ebpf", queued_ns=_opt_int(obj.get("queued_ns")))
+                       family_ns=family_ns, source="ebpf", queued_ns=opt_int(obj.get("queued_ns")))
 
     @staticmethod
     def _aggregate(obj: dict) -> SyscallAggregate:

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 from typing import IO, Iterator
 
-from diag.model import Clock, GcPause, GilSpan, RuntimeWindow
-from diag.parse.base import BadLines, ParseContext, json_lines
+from diag.model import GcPause, GilSpan, RuntimeWindow
+from diag.parse.base import BadLines, ParseContext, TaggedJsonLines, json_lines, opt_int
 
 FORMAT_TAG = "diag.pyruntime/1"
 
 
-def _opt_int(v) -> int | None:
-    return None if v is None else int(v)
-
-
-class PyRuntimeParser:
+class PyRuntimeParser(TaggedJsonLines):
     format = "pyruntime-jsonl"
-    clock = Clock.MONOTONIC
-
-    def sniff(self, head: str, name: str) -> bool:
-        return head.lstrip().startswith("{") and FORMAT_TAG in head.split("\n", 1)[0]
+    tag = FORMAT_TAG
 
     def parse(self, stream: IO[str], ctx: ParseContext) -> Iterator[object]:
         bad = BadLines(ctx, "pyruntime sampler")
@@ -44,23 +37,23 @@ class PyRuntimeParser:
                         bad.bad(lineno, line, f"unsupported stream version {obj['format']!r}")
                         continue
                     header = obj
-                    pid = _opt_int(obj.get("pid")) or pid
+                    pid = opt_int(obj.get("pid")) or pid
                 elif kind == "gil":
                     state = obj["state"]
                     if state not in ("held", "free"):
                         raise ValueError(f"state {state!r}")
-                    rec = GilSpan(tid=_opt_int(obj.get("tid")), held=state == "held",
+                    rec = GilSpan(tid=opt_int(obj.get("tid")), held=state == "held",
                                   start_ns=int(obj["start_ns"]) + off, end_ns=int(obj["end_ns"]) + off,
-                                  samples=int(obj["samples"]), switches=_opt_int(obj.get("switches")), pid=pid)
+                                  samples=int(obj["samples"]), switches=opt_int(obj.get("switches")), pid=pid)
                     last_ns = max(last_ns or rec.end_ns, rec.end_ns)
                     yield rec
                 elif kind == "gc":
-                    gen = _opt_int(obj.get("generation"))
+                    gen = opt_int(obj.get("generation"))
                     if gen is not None and not 0 <= gen <= 2:
                         raise ValueError(f"generation {gen}")
                     rec = GcPause(start_ns=int(obj["start_ns"]) + off, end_ns=int(obj["end_ns"]) + off,
                                   generation=gen, samples=int(obj["samples"]),
-                                  collections=_opt_int(obj.get("collections")), tid=_opt_int(obj.get("tid")),
+                                  collections=opt_int(obj.get("collections")), tid=opt_int(obj.get("tid")),
                                   pid=pid)
                     last_ns = max(last_ns or rec.end_ns, rec.end_ns)
                     yield rec
@@ -95,9 +88,9 @@ class PyRuntimeParser:
         return RuntimeWindow(pid=pid or 0, python=str(header.get("python") or "?"),
                              method=str(header.get("method") or "?"), rate_hz=int(header["rate_hz"]),
                              start_ns=start, end_ns=stop,
-                             samples=_opt_int((end or {}).get("samples")),
-                             read_errors=_opt_int((end or {}).get("read_errors")),
+                             samples=opt_int((end or {}).get("samples")),
+                             read_errors=opt_int((end or {}).get("read_errors")),
                              gc_collections=tuple(int(c) for c in colls) if colls else None,
-                             gil_switches=_opt_int((end or {}).get("gil_switches")), gil_state=gil_state,
+                             gil_switches=opt_int((end or {}).get("gil_switches")), gil_state=gil_state,
                              unknown=tuple(dict.fromkeys(str(u) for u in [*(header.get("unknown") or ()),
                                                                           *((end or {}).get("unknown") or ())])))

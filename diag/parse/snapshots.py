@@ -7,19 +7,16 @@ from __future__ import annotations
 
 from typing import IO, Iterator
 
-from diag.model import Clock, ProcessSnapshot
-from diag.parse.base import BadLines, ParseContext, json_lines
+from diag.model import ProcessSnapshot
+from diag.parse.base import BadLines, ParseContext, TaggedJsonLines, json_lines
 
 FORMAT_TAG = "diag.process/1"
 _FIELDS = set(ProcessSnapshot.__dataclass_fields__)
 
 
-class SnapshotParser:
+class SnapshotParser(TaggedJsonLines):
     format = "process-jsonl"
-    clock = Clock.MONOTONIC
-
-    def sniff(self, head: str, name: str) -> bool:
-        return head.lstrip().startswith("{") and FORMAT_TAG in head.split("\n", 1)[0]
+    tag = FORMAT_TAG
 
     def parse(self, stream: IO[str], ctx: ParseContext) -> Iterator[ProcessSnapshot]:
         bad = BadLines(ctx, "process sampler")

@@ -321,6 +321,19 @@ class _Run:
         FILE = _FILE
         SOCKET = _SOCKET
         deco_cache: dict[str, FdKind] = {}    # first 8 chars of a non-path decoration -> kind
+
+        def deco_kind(args: str, e: int) -> FdKind:
+            """The kind of an fd from its -y decoration at args[e]: a path is a file (but /dev/
+            and memfd:), the rest (socket:[...], pipe:[...], anon_inode:...) by its first 8 chars."""
+            c = args[e]
+            if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
+                return FILE
+            kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
+            if kind is None:
+                kind = decoration_kind(args, e)
+                if c != "/":
+                    deco_cache[args[e:e + 8]] = kind
+            return kind
         tids: dict[str, int] = {}
         tids_get = tids.get
         lineno = 0
@@ -394,16 +407,7 @@ class _Run:
                         if a & A_FD and fdn is not None:
                             fd = int(fdn)
                             if fdd is not None:
-                                e = len(fdn) + 1
-                                c = args[e]
-                                if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
-                                    kind = FILE
-                                else:
-                                    kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
-                                    if kind is None:
-                                        kind = decoration_kind(args, e)
-                                        if c != "/":
-                                            deco_cache[args[e:e + 8]] = kind
+                                kind = deco_kind(args, len(fdn) + 1)
                             else:
                                 t = fdtab.get(tgid)
                                 if t is not None:
@@ -560,15 +564,7 @@ class _Run:
                             e = fm.end() if deco is not None else 0
                     if fd is not None:
                         if e:
-                            c = args[e]
-                            if c == "/" and not args.startswith("/dev/", e) and not args.startswith("/memfd:", e):
-                                kind = FILE
-                            else:
-                                kind = deco_cache.get(args[e:e + 8]) if c != "/" else None
-                                if kind is None:
-                                    kind = decoration_kind(args, e)
-                                    if c != "/":
-                                        deco_cache[args[e:e + 8]] = kind
+                            kind = deco_kind(args, e)
                         else:
                             t = fdtab.get(tgid)
                             if t is not None:
