@@ -78,15 +78,16 @@ def _parse_offsets(values: Optional[list[str]]) -> dict[str, int]:
 
 def emit_report(report: dict, json_out: Optional[str], quiet: bool) -> None:
     """Write the outputs a command was asked for; the terminal report unless --quiet."""
+    from diag import render
     from diag.render import json_report, terminal
 
     if json_out:
         if json_out == "-":
             sys.stdout.write(json_report.dumps(report))
         else:
-            json_report.write(report, json_out)
+            render.write(report, json_out, json_report)
     if not quiet and json_out != "-":
-        terminal.render(report)
+        terminal.show(report)
         if json_out:
             err_console.print(f"JSON report written to {json_out}")
 
@@ -106,14 +107,16 @@ def finish_report(report: dict, json_out: Optional[str], quiet: bool, html_out: 
     emit_report(report, json_out, quiet)
     results = gates.evaluate(gate_list, report)
     if html_out:
+        from diag import render
         from diag.render import html
 
-        html.write(report, html_out)
+        render.write(report, html_out, html)
         err_console.print(f"HTML report written to {html_out}", markup=False, highlight=False)
     if md_out:
+        from diag import render
         from diag.render import markdown
 
-        markdown.write(report, md_out, results, html_out)
+        render.write(report, md_out, markdown, gates=results, html_path=html_out)
     _print_gates(results)
     return 1 if gates.failed(results) else 0
 
@@ -346,6 +349,7 @@ def compare(
     """Two captures or JSON reports side by side: percentiles, syscall families, findings."""
     from diag import compare as cmp_mod
     from diag import gates
+    from diag import render
     from diag.render import json_report
 
     gate_list = _gates(fail_on)
@@ -354,7 +358,7 @@ def compare(
     results = gates.evaluate_compare(gate_list, b, c)
     result["gates"] = [r.to_json() for r in results]
     if json_out:
-        json_report.write(result, json_out)
+        render.write(result, json_out, json_report)
     if html_out:
         cmp_mod.write_html(result, html_out, results)
         err_console.print(f"HTML comparison written to {html_out}", markup=False, highlight=False)

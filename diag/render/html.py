@@ -13,7 +13,6 @@ import math
 import os
 from pathlib import Path
 
-from diag import fsutil
 from diag.units import fmt_count, fmt_duration, fmt_pct
 
 EXTENSION = ".html"
@@ -383,7 +382,3 @@ def render(report: dict) -> str:
             "frames": v["stack_table"].frames, "stacks": v["stack_table"].stacks}
     return render_template("report.html.j2", {"v": v, "data": data}, scripts)
 
-
-def write(report: dict, path: str) -> None:
-    """Written atomically: a CI job never uploads a half-written report."""
-    fsutil.write_text(path, render(report))

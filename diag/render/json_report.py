@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
-from diag.fsutil import write_text
+NAME = "json"
+EXTENSION = ".json"
 
 
-def dumps(report: dict) -> str:
+def render(report: dict) -> str:
     return json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write(report: dict, path: str) -> None:
-    """Write atomically (a CI job never reads a half-written report); devices in place."""
-    write_text(path, dumps(report))
+dumps = render

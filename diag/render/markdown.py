@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import re
 
-from diag.fsutil import write_text
 from diag.render.html import verdict
 from diag.units import fmt_duration, fmt_pct
 
@@ -78,6 +77,3 @@ def render(report: dict, gates: list | None = None, html_path: str | None = None
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
-
-def write(report: dict, path: str, gates: list | None = None, html_path: str | None = None) -> None:
-    write_text(path, render(report, gates, html_path))

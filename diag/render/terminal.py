@@ -14,6 +14,9 @@ from diag.units import fmt_duration
 BREAKDOWN_LABEL = {"user": "on CPU (user space)", "runq": "waiting for a CPU", "sync": "fsync",
                    "file": "file I/O", "upstream": "upstream calls", "futex": "lock/GIL waits", "sleep": "sleeping",
                    "poll": "polling", "socket": "own socket I/O"}
+NAME = "terminal"
+EXTENSION = ".txt"
+
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"triggered": "bold red", "not-triggered": "green", "not-measurable": "dim"}
 COLLECTOR_STYLE = {"ok": "green", "degraded": "yellow", "unavailable": "dim", "failed": "red",
@@ -47,7 +50,17 @@ def verdict(report: dict) -> Text:
     return t
 
 
-def render(report: dict, console: Console | None = None, top: int = 12) -> None:
+def render(report: dict) -> str:
+    """The terminal report as plain text (a log file, `--report report.txt`)."""
+    import io
+
+    buf = io.StringIO()
+    show(report, Console(file=buf, width=120, color_system=None, force_terminal=False))
+    return buf.getvalue()
+
+
+def show(report: dict, console: Console | None = None, top: int = 12) -> None:
+    """Print the report on a console (the terminal by default)."""
     # Not a terminal (CI logs, files): a fixed 120 columns rather than rich's 80 fallback.
     c = console or Console(width=None if Console().is_terminal else 120)
     w = report["window"]

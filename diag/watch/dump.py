@@ -155,14 +155,15 @@ def analyse(res: DumpResult) -> DumpResult:
     """The report of a dump, written beside it as report.json and report.html."""
     from diag.analyze.report import build_report
     from diag.load import load_capture
+    from diag import render
     from diag.render import html, json_report
 
     try:
         res.report = build_report(load_capture(str(res.capture)))
         res.json_path = res.capture / "report.json"
-        json_report.write(res.report, str(res.json_path))
+        render.write(res.report, str(res.json_path), json_report)
         res.html_path = res.capture / "report.html"
-        html.write(res.report, str(res.html_path))
+        render.write(res.report, str(res.html_path), html)
     except Exception as e:         # the capture is kept whatever the analysis does
         res.error = f"analysis failed: {type(e).__name__}: {e}"
     return res

@@ -52,6 +52,6 @@ def test_report_of_empty_dataset_renders():
     from diag.render import terminal
     r = build_report(Dataset())
     buf = StringIO()
-    terminal.render(r, Console(file=buf, width=100))
+    terminal.show(r, Console(file=buf, width=100))
     assert "No timed events" in buf.getvalue()
     assert all(row["status"] == "not-measurable" for row in r["matrix"])
