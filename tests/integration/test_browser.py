@@ -327,10 +327,11 @@ def test_every_section_with_hostile_strings_and_requests_is_inert(browser, tmp_p
                      "slowest": [{"start_ns": t0 + 1_000_000, "end_ns": t0 + 21_000_000, "latency_ns": 20_000_000,
                                   "tid": tid, "path": "/<script>alert(7)</script>", "method": "GET"}]}
     hostile = _poison(r)
+    from diag import render
     from diag.render import html as html_render
 
     out = tmp_path / "poisoned.html"
-    html_render.write(hostile, str(out))
+    render.write(hostile, str(out), html_render)
     # WHEN opened
     url = browser.open(out)
     # THEN still inert, both flame graphs drawn
@@ -353,10 +354,11 @@ def test_every_section_with_hostile_strings_and_requests_is_inert(browser, tmp_p
 def test_empty_report_renders_without_script_errors(browser, tmp_path):
     from diag.analyze.report import build_report
     from diag.model import Dataset
+    from diag import render
     from diag.render import html as html_render
 
     out = tmp_path / "empty.html"
-    html_render.write(build_report(Dataset()), str(out))
+    render.write(build_report(Dataset()), str(out), html_render)
     url = browser.open(out)
     _assert_clean(browser, url, scripts_expected=1)
     assert "Nothing to diagnose" in browser.eval("document.body.innerText")
