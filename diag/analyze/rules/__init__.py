@@ -1,6 +1,8 @@
 """One module per finding id; each exposes `ID` and `check(ctx) -> Finding | None`.
 
 The ids are the JSON contract of the report (docs/report-schema.md) and never change meaning.
+Rules are discovered: every module of this package with an `ID` and a `check` runs (common.py,
+the shared builders, has neither). docs/extending.md says how to add one.
 """
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ TAXONOMY = ("disk-sync", "file-io", "small-reads", "small-writes", "cpu-bound", 
 
 
 def all_rules():
-    from diag.analyze.rules import (accept_backlog, cpu_bound, cpu_bound_samples, cpu_stall, disk_sync,
-                                    event_loop_blocked, explicit_sleep, file_io, gc_pause, gil_contention,
-                                    lock_contention, slow_upstream, small_reads, small_writes, time_wait)
+    """The rule modules of this package, by module name (the order does not matter: findings
+    are ranked after every rule has run)."""
+    import importlib
+    import pkgutil
 
-    # cpu_bound_samples: the cpu-bound id from samples alone, only when no requests exist
-    return [disk_sync, file_io, small_reads, small_writes, cpu_bound, cpu_bound_samples, cpu_stall,
-            event_loop_blocked, lock_contention, gil_contention, gc_pause, explicit_sleep, slow_upstream,
-            accept_backlog, time_wait]
+    mods = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)]
+    rules = [m for m in sorted(mods, key=lambda m: m.__name__) if hasattr(m, "ID") and hasattr(m, "check")]
+    unknown = {m.ID for m in rules} - set(TAXONOMY)
+    assert not unknown, f"rules with ids outside the taxonomy: {unknown}"
+    return rules
 
 
 def run_rules(ctx: AnalysisContext) -> list[Finding]:
