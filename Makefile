@@ -13,7 +13,7 @@ setup: system-deps $(VENV)/.installed
 system-deps:
 	@bash .ci/install-system-deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(SYS_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

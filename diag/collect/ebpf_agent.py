@@ -42,7 +42,8 @@ import struct
 import sys
 import time
 
-PROBE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "probes")
+from diag.resources import probe_dir
+
 PROBE = "syscall_latency.c"
 FORMAT_TAG = "diag.ebpf/1"
 
@@ -248,12 +249,13 @@ def proc_alive(pid: int) -> bool:
 
 def build(args: argparse.Namespace, ringbuf: bool) -> tuple[str, list[str]]:
     """The probe text and its cflags."""
-    path = args.probe or os.path.join(PROBE_DIR, PROBE)
+    probes = str(probe_dir())          # the one place that knows a checkout from a wheel
+    path = args.probe or os.path.join(probes, PROBE)
     with open(path) as f:
         text = f.read()
     incdir = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(os.path.join(incdir, "diag_events.h")):
-        incdir = PROBE_DIR
+        incdir = probes
     cflags = [f"-I{incdir}", f"-DSLOW_NS={int(args.slow_ns)}ULL", f"-DDIAG_EVENT_SIZE={ct.sizeof(Event)}",
               f"-DDIAG_AGENT_NIDX={DIAG_NIDX}", f"-DDIAG_AGENT_NKIND={DIAG_NKIND}", f"-DDIAG_AGENT_NSLOT={DIAG_NSLOT}",
               f"-DDIAG_REQUEST_SIZE={ct.sizeof(Request)}",
