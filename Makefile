@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup system-deps demo test scenarios bench clean lint
+.PHONY: setup system-deps demo test fuzz scenarios bench clean lint
 
 setup: system-deps $(VENV)/.installed
 
@@ -25,6 +25,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# 10,000 hostile inputs (mutated real traces and captures, archive bombs) through `diag replay`:
+# the table of outcomes; docs/fuzz-results.txt keeps the last full run. `make test` runs a slice.
+fuzz: setup
+	$(PY) tests/fuzz/campaign.py --table docs/fuzz-results.txt $(FUZZ_ARGS)
 
 scenarios: setup
 	DIAG_SCENARIO_ROUNDS=$${DIAG_SCENARIO_ROUNDS:-3} $(PY) -m pytest tests/scenarios -q $(PYTEST_ARGS)

@@ -21,14 +21,18 @@ import json
 import os
 import platform
 import socket
+import stat
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from diag import __version__
+from diag.capture.archive import READ_ERRORS, ArchiveReader
 from diag.capture.clock import ClockPair, read_pair
+from diag.capture.manifest import check_fields
 from diag.errors import DiagError, ParseError
 from diag.fsutil import write_text
+from diag.limits import MAX_MANIFEST_BYTES, human, max_stream_bytes, too_large
 
 SCHEMA = "diag.capture/1"
 SUPPORTED_SCHEMAS = {SCHEMA}
@@ -105,14 +109,19 @@ class CaptureWriter:
 
 
 class Capture:
-    """A capture opened for reading, from a directory or a tar archive."""
+    """A capture opened for reading, from a directory or an archive (never extracted).
 
-    def __init__(self, path: str, manifest: dict, tar: tarfile.TarFile | None, prefix: str) -> None:
+    Streams are named by the manifest; each is read only if it is a regular file inside the
+    capture, no larger than the stream limit (`diag.limits`). A stream that is missing, or that is
+    a FIFO, a device or a link leading outside the capture, is skipped: `problem()` says why.
+    """
+
+    def __init__(self, path: str, manifest: dict, archive: ArchiveReader | None, prefix: str) -> None:
         self.path = path
         self.manifest = manifest
-        self._tar = tar
+        self._archive = archive
         self._prefix = prefix
-        self.warnings: list[str] = []
+        self.warnings: list[str] = archive.warnings if archive is not None else []
         if manifest.get("status") not in ("complete", None):
             self.warnings.append(f"{path}: capture status is {manifest.get('status')!r} (interrupted); "
                                  "replaying what was written")
@@ -132,60 +141,108 @@ class Capture:
 
     def member_path(self, rel: str) -> str:
         """A display path for a stream inside the capture."""
-        return f"{self.path}/{rel}" if self._tar is None else f"{self.path}:{rel}"
+        return f"{self.path}/{rel}" if self._archive is None else f"{self.path}:{rel}"
+
+    def problem(self, rel: str) -> str | None:
+        """Why stream `rel` cannot be read ("missing", "a FIFO", ...), or None when it can."""
+        _check_rel(self.path, rel)
+        if self._archive is not None:
+            return None if self._prefix + rel in self._archive.members and \
+                self._archive.members[self._prefix + rel].isreg() else "missing"
+        p = Path(self.path) / rel
+        if not os.path.lexists(p):
+            return "missing"
+        try:
+            real = p.resolve(strict=True)
+            st = os.stat(real)
+        except (OSError, RuntimeError):
+            return "a broken or looping symbolic link"
+        if not real.is_relative_to(Path(self.path).resolve()):
+            return f"a symbolic link to {real}, outside the capture"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{_file_kind(st.st_mode)}, not a regular file"
+        limit = max_stream_bytes()
+        if st.st_size > limit:
+            raise too_large(self.member_path(rel), st.st_size, limit)
+        return None
 
     def exists(self, rel: str) -> bool:
-        _check_rel(self.path, rel)
-        if self._tar is None:
-            return (Path(self.path) / rel).is_file()
-        try:
-            self._tar.getmember(self._prefix + rel)
-            return True
-        except KeyError:
-            return False
+        return self.problem(rel) is None
 
     def local_file(self, rel: str) -> str | None:
         """A filesystem path for the stream when the capture is a directory (None in an archive)."""
-        return str(Path(self.path) / rel) if self._tar is None else None
+        if self._archive is not None or self.problem(rel) is not None:
+            return None
+        return str(Path(self.path) / rel)
 
     def open_text(self, rel: str) -> IO[str]:
         """Open one stream of the capture as text (tolerating invalid UTF-8)."""
-        _check_rel(self.path, rel)
-        if self._tar is None:
-            try:
-                return open(Path(self.path) / rel, encoding="utf-8", errors="replace", newline="")
-            except FileNotFoundError:
-                raise ParseError(self.member_path(rel), None, "stream listed in the manifest is missing")
-        try:
-            f = self._tar.extractfile(self._prefix + rel)
-        except KeyError:
-            f = None
-        if f is None:
-            raise ParseError(self.member_path(rel), None, "stream listed in the manifest is missing")
-        return io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline="")
+        why = self.problem(rel)
+        if why is not None:
+            raise ParseError(self.member_path(rel), None, f"stream listed in the manifest is {why}")
+        if self._archive is None:
+            return open(Path(self.path) / rel, encoding="utf-8", errors="replace", newline="")
+        return io.TextIOWrapper(self._archive.open(self._prefix + rel), encoding="utf-8", errors="replace",
+                                newline="")
 
     def read_head(self, rel: str, n: int = 65536) -> str:
         with self.open_text(rel) as f:
             return f.read(n)
 
     def close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
+        if self._archive is not None:
+            self._archive.close()
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _check_rel(path: str, rel: str) -> None:
     p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts:
+    if p.is_absolute() or ".." in p.parts or "\0" in rel:
         raise ParseError(path, None, f"manifest names a stream outside the capture: {rel!r}")
 
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
 def is_capture(path: str) -> bool:
+    """A directory with a manifest.json (whatever it is: opening it says what is wrong), or a
+    file that is a tar archive or named like one."""
     p = Path(path)
     if p.is_dir():
-        return (p / MANIFEST).is_file()
-    if p.is_file() and tarfile.is_tarfile(str(p)):
-        return True
+        return os.path.lexists(p / MANIFEST)
+    if p.is_file():
+        if p.name.endswith(ARCHIVE_SUFFIXES):
+            return True
+        try:
+            return tarfile.is_tarfile(str(p))
+        except READ_ERRORS:
+            return False
     return False
+
+
+def _parse_manifest(where: str, raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParseError(where, None, f"manifest.json is not UTF-8 text (byte {e.start}); not a diag capture")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParseError(where, e.lineno, f"manifest.json is not valid JSON ({e.msg})")
+    except (ValueError, RecursionError) as e:
+        raise ParseError(where, None, f"manifest.json is not valid JSON ({' '.join(str(e).split())[:80]})")
+    return _check_manifest(where, manifest)
 
 
 def _check_manifest(path: str, manifest: object) -> dict:
@@ -193,44 +250,60 @@ def _check_manifest(path: str, manifest: object) -> dict:
         raise ParseError(path, None, "manifest.json has no schema field; not a diag capture")
     schema = manifest["schema"]
     if schema not in SUPPORTED_SCHEMAS:
-        raise ParseError(path, None, f"capture schema {schema!r} is not supported by diag {__version__} "
+        shown = repr(schema) if isinstance(schema, str) else f"of type {type(schema).__name__}"
+        raise ParseError(path, None, f"capture schema {shown[:60]} is not supported by diag {__version__} "
                                      f"(supported: {', '.join(sorted(SUPPORTED_SCHEMAS))}); upgrade diag")
-    return manifest
+    return check_fields(path, manifest)
+
+
+def _read_manifest_file(path: str) -> dict:
+    mpath = Path(path) / MANIFEST
+    shown = str(mpath)
+    if not os.path.lexists(mpath):
+        raise DiagError(f"{path}: directory has no manifest.json; not a diag capture")
+    try:
+        real = mpath.resolve(strict=True)
+        st = os.stat(real)
+    except (OSError, RuntimeError):
+        raise ParseError(shown, None, "manifest.json is a broken or looping symbolic link; not a diag capture")
+    if not real.is_relative_to(Path(path).resolve()):
+        raise ParseError(shown, None, f"manifest.json is a symbolic link to {real}, outside the capture; "
+                                      "refusing to read it")
+    if not stat.S_ISREG(st.st_mode):
+        raise ParseError(shown, None, f"manifest.json is {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ParseError(shown, None, f"manifest.json is {human(st.st_size)} (a manifest is a few KB, at most "
+                                      f"{human(MAX_MANIFEST_BYTES)}); not a diag capture")
+    try:
+        with open(real, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise DiagError(f"{shown}: cannot read ({e.strerror or e})")
+    return _parse_manifest(shown, raw)
 
 
 def open_capture(path: str) -> Capture:
     """Open a capture directory or archive, validating its manifest."""
-    p = Path(path)
-    if p.is_dir():
-        mpath = p / MANIFEST
-        try:
-            text = mpath.read_text()
-        except FileNotFoundError:
-            raise DiagError(f"{path}: directory has no manifest.json; not a diag capture")
-        try:
-            manifest = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ParseError(str(mpath), e.lineno, f"manifest.json is not valid JSON ({e.msg})")
-        return Capture(path, _check_manifest(str(mpath), manifest), None, "")
+    if Path(path).is_dir():
+        return Capture(path, _read_manifest_file(path), None, "")
+    archive = ArchiveReader(path)
     try:
-        tar = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DiagError(f"{path}: cannot open as a capture archive ({e})")
-    names = [m.name for m in tar.getmembers() if m.isfile()]
-    manifests = sorted((n for n in names if PurePosixPath(n).name == MANIFEST), key=len)
-    if not manifests:
-        tar.close()
-        raise DiagError(f"{path}: archive has no manifest.json; not a diag capture")
-    mname = manifests[0]
-    prefix = mname[: -len(MANIFEST)]
-    f = tar.extractfile(mname)
-    assert f is not None
-    try:
-        manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        tar.close()
-        raise ParseError(f"{path}:{mname}", e.lineno, f"manifest.json is not valid JSON ({e.msg})")
-    return Capture(path, _check_manifest(f"{path}:{mname}", manifest), tar, prefix)
+        manifests = sorted((n for n in archive.regular() if PurePosixPath(n).name == MANIFEST), key=len)
+        if not manifests:
+            raise DiagError(f"{path}: archive has no manifest.json; not a diag capture")
+        mname = manifests[0]
+        where = f"{path}:{mname}"
+        size = archive.members[mname].size
+        if size > MAX_MANIFEST_BYTES:
+            raise ParseError(where, None, f"manifest.json is {human(size)} (a manifest is a few KB, at most "
+                                          f"{human(MAX_MANIFEST_BYTES)}); not a diag capture")
+        with archive.open(mname) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        manifest = _parse_manifest(where, raw)
+    except BaseException:
+        archive.close()
+        raise
+    return Capture(path, manifest, archive, mname[: -len(MANIFEST)])
 
 
 def pack(capture_dir: str, archive: str) -> str:

@@ -5,6 +5,7 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
+from diag.limits import max_stream_bytes, too_large
 from diag.model import (Clock, Dataset, ProcessSnapshot, Request, StackSample, StreamInfo, SyscallAggregate,
                         SyscallEvent)
 from diag.parse.base import ParseContext, ParsedStream, Parser
@@ -121,6 +122,9 @@ def parse_file(path: str, ctx: ParseContext | None = None, fmt: str | None = Non
     """Detect (or force) the format of one raw file and parse it."""
     ctx = ctx or ParseContext(path=path)
     head = _read_head(path)
+    size, limit = os.stat(path).st_size, max_stream_bytes()
+    if size > limit:
+        raise too_large(path, size, limit, "trace file")
     parser = parser_for(fmt) if fmt else detect(path, head)
     if not head.strip():
         raise ParseError(path, None, "empty file: nothing to replay")

@@ -98,7 +98,7 @@ def json_lines(stream: IO[str], bad: "BadLines"):
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):      # JSONDecodeError, a 5000-digit number, deep nesting
             bad.bad(lineno, line, "not a JSON object")
             continue
         if not isinstance(obj, dict):

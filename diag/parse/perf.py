@@ -72,6 +72,12 @@ _INLINE_IP = re.compile(r"^(?P<addr>[0-9a-f]+)(?:\s+(?P<text>.*?))?\s*$")
 _SYM_DSO = re.compile(r"^(?P<sym>.*?)(?:\+0x[0-9a-f]+)?(?:\s+\((?P<dso>[^()]*)\))?$")
 # `-F +srcline` lines: `  pytime.c:609`, `  [kernel.kallsyms][ffffffff816dfdb6]`.
 _SRCLINE = re.compile(r"^ +\S+$")
+# perf pads its columns with a few dozen blanks at most. The lazy fields of the patterns above
+# backtrack through a run of blanks once per character before it: a line holding a long run took
+# quadratic time (64 KB of spaces: over a minute). Such a line is not perf output; it is refused
+# before any pattern sees it.
+_BLANK_RUN_LEN = 256
+_BLANK_RUN = re.compile(r"\s{%d}" % _BLANK_RUN_LEN)
 
 # Events whose samples mean "this thread was running on a CPU right then".
 _CPU_EVENTS = frozenset({"cpu-clock", "task-clock", "cycles", "cpu-cycles", "ref-cycles", "instructions",
@@ -221,6 +227,8 @@ class PerfScriptParser:
         in_sample = False
         for line in lines[:400]:
             line = line.rstrip("\r")
+            if len(line) > _BLANK_RUN_LEN and _BLANK_RUN.search(line):
+                return False
             if not line.strip():
                 in_sample = False
                 continue
@@ -303,6 +311,9 @@ class PerfScriptParser:
             total += 1
             complete = line.endswith("\n")
             text = line.rstrip("\r\n")
+            if len(text) > _BLANK_RUN_LEN and _BLANK_RUN.search(text):
+                bad.bad(lineno, line, "a run of hundreds of blanks, not `perf script` output")
+                continue
             if text.startswith("\t"):
                 m = _FRAME.match(text)
                 if cur is None or not m or not complete:

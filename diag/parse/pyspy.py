@@ -161,6 +161,9 @@ def _load_json(stream: IO[str], ctx: ParseContext, what: str) -> Any:
                                                  f"does ({e.msg}); was py-spy killed while writing it?") from None
         raise ParseError(ctx.path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno}): not {what} "
                                              "output") from None
+    except (ValueError, RecursionError) as e:     # a 5000-digit number, arrays nested 10^5 deep
+        raise ParseError(ctx.path, None, f"invalid JSON ({' '.join(str(e).split())[:80]}): not {what} "
+                                         "output") from None
 
 
 def _shape_error(ctx: ParseContext, what: str, detail: str) -> ParseError:
