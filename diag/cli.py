@@ -142,6 +142,8 @@ def replay(
     html_out: HtmlOpt = None,
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
+    no_redact: Annotated[bool, typer.Option("--no-redact", help="Show command-line secrets (--password=..., "
+                                            "tokens, URL passwords) as the capture holds them.")] = False,
 ) -> None:
     """Analyse captures and raw trace files offline, and print the report."""
     from diag.analyze.report import build_report
@@ -152,7 +154,7 @@ def replay(
     data = load_inputs(inputs, opts)
     for w in dict.fromkeys(data.warnings):
         err_console.print(f"warning: {w}", markup=False)
-    report = build_report(data, slow_ns=_parse_duration_ns(slow, "--slow"))
+    report = build_report(data, slow_ns=_parse_duration_ns(slow, "--slow"), redact=not no_redact)
     raise typer.Exit(finish_report(report, json_out, quiet, html_out, md_out, gate_list))
 
 
@@ -169,13 +171,16 @@ PayloadOpt = Annotated[int, typer.Option("--strace-payload", help="Bytes of sysc
 SlowEventOpt = Annotated[str, typer.Option("--ebpf-slow", help="eBPF: send per-call records for calls slower "
                                                                "than this (0 = every call).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report.")]
+NoRedactOpt = Annotated[bool, typer.Option("--no-redact", help="Keep command-line secrets (--password=..., tokens, "
+                                                               "URL passwords) in the manifest and the report.")]
 
 
-def _capture_options(duration, out, collectors, follow, payload, ebpf_slow):
+def _capture_options(duration, out, collectors, follow, payload, ebpf_slow, no_redact):
     from diag.live import CaptureOptions
 
     return CaptureOptions(duration_s=duration or None, out=out, collectors=collectors, follow=follow,
-                          strace_payload=payload, ebpf_slow_ns=_parse_duration_ns(ebpf_slow, "--ebpf-slow") or 0)
+                          strace_payload=payload, ebpf_slow_ns=_parse_duration_ns(ebpf_slow, "--ebpf-slow") or 0,
+                          redact=not no_redact)
 
 
 @app.command()
@@ -192,14 +197,17 @@ def attach(
     html_out: HtmlOpt = None,
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
+    no_redact: NoRedactOpt = False,
 ) -> None:
     """Attach to a running process, capture, detach, and print the report."""
     from diag import live
 
     gate_list = _gates(fail_on)
-    result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
+    result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow,
+                                               no_redact))
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    raise typer.Exit(finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list))
+    raise typer.Exit(finish_report(live.report_for(result.capture, redact=not no_redact), json_out, quiet, html_out,
+                                   md_out, gate_list))
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -217,6 +225,7 @@ def run(
     html_out: HtmlOpt = None,
     md_out: MarkdownOpt = None,
     fail_on: FailOnOpt = None,
+    no_redact: NoRedactOpt = False,
 ) -> None:
     """Run a command under diagnosis; its exit code is passed through, unless a --fail-on gate fails (1).
 
@@ -226,9 +235,11 @@ def run(
     from diag import live
 
     gate_list = _gates(fail_on)
-    result, rc = live.run(cmd, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
+    result, rc = live.run(cmd, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow,
+                                                no_redact))
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    if finish_report(live.report_for(result.capture), json_out, quiet, html_out, md_out, gate_list):
+    if finish_report(live.report_for(result.capture, redact=not no_redact), json_out, quiet, html_out, md_out,
+                     gate_list):
         raise typer.Exit(1)
     # rc: the command's status as a shell gives it; None: it outlived --duration and still runs
     raise typer.Exit(rc if rc is not None else 0)

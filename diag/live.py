@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from diag.collect import parse_selection, policy
 from diag.collect.base import Target, Unavailable
 from diag.collect.pyspy import is_python
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
-from diag.errors import EXIT_INTERRUPTED, EXIT_NO_COLLECTOR, EXIT_NO_TARGET, DiagError
+from diag.errors import EXIT_INTERRUPTED, EXIT_NO_COLLECTOR, EXIT_NO_PRIVILEGE, EXIT_NO_TARGET, DiagError
 from diag.launch import TRACER_WAIT_S, HeldCommand, _check_command, python_verdict, shell_status
 
 
@@ -39,6 +40,7 @@ class CaptureOptions:
     collectors: str = "auto"
     follow: bool = False
     strace_payload: int = 0
+    redact: bool = True                 # secrets of the command line (diag.redact) in manifest and report
     pyspy_rate: int = 100
     ebpf_slow_ns: int = 1_000_000
     live_view: bool | None = None       # None: when stderr is a terminal
@@ -48,6 +50,7 @@ def target_from_pid(pid: int, follow: bool = False) -> Target:
     try:
         p = psutil.Process(pid)
         cmdline, comm = p.cmdline(), p.name()
+        uids = p.uids()
         if p.status() == psutil.STATUS_ZOMBIE:
             raise psutil.NoSuchProcess(pid)
     except psutil.NoSuchProcess:
@@ -55,7 +58,33 @@ def target_from_pid(pid: int, follow: bool = False) -> Target:
     except psutil.AccessDenied:
         raise DiagError(f"pid {pid}: permission denied reading /proc/{pid}: run diag as its user or with sudo",
                         EXIT_NO_TARGET)
-    return Target(pid=pid, cmdline=cmdline, comm=comm, is_python=is_python(pid), follow_children=follow)
+    return Target(pid=pid, cmdline=cmdline, comm=comm, is_python=is_python(pid), follow_children=follow,
+                  uid=uids.real, user=_user_name(uids.real))
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_owner(target: Target) -> None:
+    """Only root attaches to another user's process. The tools may be able to (CAP_SYS_PTRACE, a
+    permissive ptrace_scope, /proc readable by all), but what a capture holds about the target
+    (command line, files, peers, stacks) is that user's: reading it is root's call. The
+    effective uid counts too: a setuid program runs with its owner's rights."""
+    me = os.geteuid()
+    if me == 0 or target.uid is None:
+        return
+    try:
+        euid = psutil.Process(target.pid).uids().effective
+    except psutil.Error:
+        euid = target.uid
+    if target.uid != me or euid != me:
+        owner = target.user if target.uid != me else _user_name(euid)
+        raise DiagError(f"pid {target.pid} ({target.comm}) belongs to user {owner}, not to {_user_name(me)}: "
+                        f"only root attaches to another user's process: run diag with sudo", EXIT_NO_PRIVILEGE)
 
 
 def default_out(comm: str, pid: int | None) -> str:
@@ -121,8 +150,9 @@ def _capture(target: Target, writer: CaptureWriter, collectors: list, opts: Capt
 
 def attach(pid: int, opts: CaptureOptions) -> SessionResult:
     target = target_from_pid(pid, opts.follow)
+    check_owner(target)
     collectors = policy(parse_selection(opts.collectors), target, **_collector_opts(opts))
-    writer = CaptureWriter(opts.out or default_out(target.comm, pid), target.to_json(), "attach")
+    writer = CaptureWriter(opts.out or default_out(target.comm, pid), target.to_json(), "attach", redact=opts.redact)
     return _capture(target, writer, collectors, opts)
 
 
@@ -195,7 +225,9 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
     pyspy_only = [c.name for c in collectors] == ["py-spy"]
     if pyspy_only:
         _require_python(collectors[0], cmd[0], path, probe)
-    writer = CaptureWriter(opts.out or default_out(name, None), {"cmdline": cmd, "comm": name}, "run")
+    me = os.geteuid()
+    writer = CaptureWriter(opts.out or default_out(name, None), {"cmdline": cmd, "comm": name, "uid": me,
+                                                                  "user": _user_name(me)}, "run", redact=opts.redact)
     argv, after = cmd, []
     strace = next((c for c in collectors if c.name == "strace"), None)
     if strace is not None and strace.check(probe) is None:
@@ -216,9 +248,8 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
         try:
             if held.wait_held(stopped=stop.event.is_set):
                 target = Target(pid=held.pid, cmdline=cmd, comm=name, launched=True, follow_children=opts.follow,
-                                is_python=bool(re.search(r"(^|/)python[\d.]*$", cmd[0])))
-                writer.manifest["target"] = target.to_json()
-                writer.save()
+                                is_python=bool(re.search(r"(^|/)python[\d.]*$", cmd[0])), uid=me, user=_user_name(me))
+                writer.set_target(target.to_json())
                 for c in after:
                     if isinstance(c, _LaunchedStrace):
                         c.held = held
@@ -372,11 +403,11 @@ class _LaunchedStrace:
             self.inner.writer.set_collector(self.name, events=st.events)
 
 
-def report_for(capture: str, slow_ns: int | None = None) -> dict:
+def report_for(capture: str, slow_ns: int | None = None, redact: bool = True) -> dict:
     from diag.analyze.report import build_report
     from diag.load import load_capture
 
-    return build_report(load_capture(capture), slow_ns=slow_ns)
+    return build_report(load_capture(capture), slow_ns=slow_ns, redact=redact)
 
 
 __all__ = ["attach", "run", "CaptureOptions", "report_for", "python_verdict", "shell_status"]

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import pwd
 import socket
 import stat
 import tarfile
@@ -33,8 +34,10 @@ from diag.capture.manifest import check_fields
 from diag.errors import DiagError, ParseError
 from diag.fsutil import write_text
 from diag.limits import MAX_MANIFEST_BYTES, human, max_stream_bytes, too_large
+from diag.redact import redact_argv
 
 SCHEMA = "diag.capture/1"
+FILE_MODES = "directories 0700, files 0600 (owner only)"
 SUPPORTED_SCHEMAS = {SCHEMA}
 MANIFEST = "manifest.json"
 STREAMS_DIR = "streams"
@@ -51,7 +54,22 @@ def host_facts() -> dict:
             "os": u.system, "cpus": os.cpu_count(), "boot_id": boot_id}
 
 
-def new_manifest(target: dict, mode: str) -> dict:
+def attached_by() -> dict:
+    """Who is capturing: the effective user, and the user sudo was run by (SUDO_USER, read from
+    diag's own environment: the only variable a capture records, and it is not the target's)."""
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    out = {"uid": uid, "user": user}
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and uid == 0:
+        out["sudo_user"] = sudo_user
+    return out
+
+
+def new_manifest(target: dict, mode: str, redact: bool = True) -> dict:
     """A manifest for a capture that starts now. `target`: pid, cmdline, comm, python..."""
     start = read_pair()
     return {
@@ -60,27 +78,61 @@ def new_manifest(target: dict, mode: str) -> dict:
         "status": "running",
         "mode": mode,                      # attach | run | import
         "host": host_facts(),
-        "target": target,
+        "target": redact_target(target) if redact else target,
+        "access": {"attached_by": attached_by(), "redacted": redact, "file_modes": FILE_MODES},
         "clock": {"start": start.to_json(), "end": None},
         "collectors": {},
         "events": {"seen": 0, "lost": 0},
     }
 
 
+def redact_target(target: dict) -> dict:
+    """The target with the secrets of its command line redacted (diag.redact)."""
+    if not isinstance(target.get("cmdline"), list):
+        return target
+    return {**target, "cmdline": redact_argv([str(a) for a in target["cmdline"]])}
+
+
 def _atomic_write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", fsync=True)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", fsync=True, mode=0o600)
 
 
 class CaptureWriter:
-    """Owns one capture directory while collectors write into it."""
+    """Owns one capture directory while collectors write into it.
 
-    def __init__(self, root: str | os.PathLike, target: dict, mode: str) -> None:
+    A capture holds command lines, paths and socket peers: its directories are 0700 and its files
+    0600 whatever the umask (FILE_MODES). The directory is made private before anything is
+    written in it, so what the collectors create there (with their own umask) is never readable
+    by others meanwhile; every save sets the modes of what they created.
+    """
+
+    def __init__(self, root: str | os.PathLike, target: dict, mode: str, redact: bool = True) -> None:
         self.root = Path(root)
+        self.redact = redact
         if self.root.exists() and any(self.root.iterdir()):
             raise DiagError(f"{self.root}: already exists and is not empty; choose another --out or remove it")
-        (self.root / STREAMS_DIR).mkdir(parents=True, exist_ok=True)
-        self.manifest = new_manifest(target, mode)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        (self.root / STREAMS_DIR).mkdir(mode=0o700, exist_ok=True)
+        self.manifest = new_manifest(target, mode, redact)
         self.save()
+
+    def set_target(self, target: dict) -> None:
+        """The target, once known (`diag run`: after the launch), redacted as the capture is."""
+        self.manifest["target"] = redact_target(target) if self.redact else target
+        self.save()
+
+    def _private(self) -> None:
+        for d, dirs, files in os.walk(self.root):
+            os.chmod(d, 0o700)
+            for name in files:
+                p = os.path.join(d, name)
+                try:
+                    if not os.path.islink(p):
+                        os.chmod(p, 0o600)
+                except FileNotFoundError:       # a collector's temp file, gone meanwhile
+                    pass
 
     def stream_path(self, filename: str) -> Path:
         """Where a collector writes its raw stream (`streams/FILENAME`)."""
@@ -100,6 +152,7 @@ class CaptureWriter:
         lost = sum(int(c.get("lost") or 0) for c in self.manifest["collectors"].values())
         self.manifest["events"] = {"seen": seen, "lost": lost}
         _atomic_write_json(self.root / MANIFEST, self.manifest)
+        self._private()
 
     def finish(self, status: str = "complete") -> dict:
         self.manifest["clock"]["end"] = read_pair().to_json()
@@ -311,6 +364,8 @@ def pack(capture_dir: str, archive: str) -> str:
     src = Path(capture_dir)
     if not (src / MANIFEST).is_file():
         raise DiagError(f"{capture_dir}: not a capture directory (no manifest.json)")
-    with tarfile.open(archive, "w:gz") as tar:
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
         tar.add(str(src), arcname=src.name)
     return archive

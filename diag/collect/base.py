@@ -41,6 +41,8 @@ class Target:
     is_python: bool = False
     launched: bool = False          # started by `diag run` (we own its lifetime)
     follow_children: bool = False
+    uid: int | None = None          # its owner (real uid), when known
+    user: str | None = None
 
     def threads(self) -> list[int]:
         """The target's thread ids now (threads born later are seen by the tracers' clone events)."""
@@ -50,8 +52,11 @@ class Target:
             return []
 
     def to_json(self) -> dict:
-        return {"pid": self.pid, "cmdline": self.cmdline, "comm": self.comm, "python": self.is_python,
-                "launched": self.launched, "follow_children": self.follow_children, "threads": self.threads()}
+        out = {"pid": self.pid, "cmdline": self.cmdline, "comm": self.comm, "python": self.is_python,
+               "launched": self.launched, "follow_children": self.follow_children, "threads": self.threads()}
+        if self.uid is not None:
+            out.update(uid=self.uid, user=self.user)
+        return out
 
 
 @dataclass

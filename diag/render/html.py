@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from diag import fsutil
+from diag.render.access import access_rows
 from diag.resources import reports_dir
 
 EXTENSION = ".html"
@@ -309,6 +310,7 @@ def environment(report: dict) -> list[tuple[str, str]]:
         v = c.get("version") or (c.get("settings") or {}).get("version")
         if v:
             rows.append((f"{name} version", str(v)))
+    rows += access_rows(report)
     w = report.get("window") or {}
     if w:
         rows.append(("window", f"{w.get('duration_s', 0):.3f} s (CLOCK_MONOTONIC {w.get('start_ns')} .. {w.get('end_ns')})"))

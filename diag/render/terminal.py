@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from diag.analyze.context import fmt_ms
+from diag.render.access import access_line
 
 BREAKDOWN_LABEL = {"user": "on CPU (user space)", "runq": "waiting for a CPU", "sync": "fsync",
                    "file": "file I/O", "upstream": "upstream calls", "futex": "lock/GIL waits", "sleep": "sleeping",
@@ -140,6 +141,9 @@ def render(report: dict, console: Console | None = None, top: int = 12) -> None:
                      f"{tgt['cpu_s']:.2f} CPU-s ({tgt['cores']:.0%} of a core)")
     c.print(t)
     c.print(Text("Alignment: " + report["alignment"]["note"], style="dim"))
+    access = access_line(report)
+    if access:
+        c.print(Text("Capture: " + access, style="dim"))
     for wmsg in report["warnings"][:10]:
         c.print(Text("warning: ", style="yellow") + Text(wmsg))
     if len(report["warnings"]) > 10:
