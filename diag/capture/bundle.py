@@ -302,9 +302,10 @@ def _check_manifest(path: str, manifest: object) -> dict:
     if not isinstance(manifest, dict) or "schema" not in manifest:
         raise ParseError(path, None, "manifest.json has no schema field; not a diag capture")
     schema = manifest["schema"]
+    if not isinstance(schema, str):
+        raise ParseError(path, None, "manifest.json's schema field is not a string; not a diag capture")
     if schema not in SUPPORTED_SCHEMAS:
-        shown = repr(schema) if isinstance(schema, str) else f"of type {type(schema).__name__}"
-        raise ParseError(path, None, f"capture schema {shown[:60]} is not supported by diag {__version__} "
+        raise ParseError(path, None, f"capture schema {schema[:60]!r} is not supported by diag {__version__} "
                                      f"(supported: {', '.join(sorted(SUPPORTED_SCHEMAS))}); upgrade diag")
     return check_fields(path, manifest)
 

@@ -79,7 +79,7 @@ PAIR = _Obj({"realtime_ns": _int, "monotonic_ns": _int, "gap_ns": _opt(_int)}, (
 COLLECTOR = _Obj({
     "status": _str, "reason": _opt(_str), "stream": _opt(_str), "raw_stream": _opt(_str),
     "format": _opt(_str), "events": _opt(_int), "lost": _opt(_int), "started_monotonic_ns": _opt(_int),
-    "settings": _opt(_any_object), "observer": _Map(_opt(_number)),
+    "settings": _opt(_any_object), "observer": _Map(_number),
     "clock": _Obj({"offset_ns": _opt(_int), "uncertainty_ns": _opt(_int), "method": _opt(_str),
                    "started_monotonic_ns": _opt(_int)}),
     "tid_map": _Map(_int, int_keys=True), "version": _opt(_str),

@@ -69,15 +69,18 @@ from diag.parse.base import BadLines, ParseContext, numbered_lines
 UNKNOWN_TID = -1
 """tid of folded stacks recorded without --threads (py-spy merged all threads' samples)."""
 
-_THREAD = re.compile(r"^thread \((?P<id>\d+|0[xX][0-9a-fA-F]+)\)(?:: (?P<name>.*))?$")
-_PROCESS = re.compile(r'^process (?P<pid>\d+):"(?P<cmd>.*)"$')
-_PROFILE_NAME = re.compile(r'^(?:Process (?P<pid>\d+) )?Thread (?P<id>\d+|0[xX][0-9a-fA-F]+) "(?P<name>.*)"$', re.S)
+# Numbers are bounded to what 64 bits print: a longer one is damage (int() of thousands of
+# digits raises).
+_THREAD = re.compile(r"^thread \((?P<id>\d{1,20}|0[xX][0-9a-fA-F]{1,16})\)(?:: (?P<name>.*))?$")
+_PROCESS = re.compile(r'^process (?P<pid>\d{1,10}):"(?P<cmd>.*)"$')
+_PROFILE_NAME = re.compile(r'^(?:Process (?P<pid>\d{1,10}) )?Thread (?P<id>\d{1,20}|0[xX][0-9a-fA-F]{1,16}) '
+                           r'"(?P<name>.*)"$', re.S)
 _SHARED_OBJECT = re.compile(r"(?:\.so(?:\.\d+)*|\.dylib|\.pyd|\.dll)$|^\[vdso\]$")
 # A folded line: frames joined by ';', a blank, the sample count.
-_FOLDED = re.compile(r"^(?P<stack>\S.*?) (?P<count>\d+)$")
+_FOLDED = re.compile(r"^(?P<stack>\S.*?) (?P<count>\d{1,18})$")
 _EMPTY_STACK = re.compile(r"^ \d+$")
 # One py-spy folded frame: `name (file:line)`, `name (file)` or a bare name.
-_RAW_FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_RAW_FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d{1,10}))?\)$")
 _STRACE_LIKE = re.compile(r"\w\(.*\)\s+=\s+\S|^\d+\s+\d+\.\d+\s|<\.\.\. ")
 
 

@@ -89,21 +89,23 @@ _SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIP
 # Stamps: HH:MM:SS[.frac] (-t/-tt, --absolute-timestamps=format:time), secs[.frac]
 # (-ttt, format:unix, any precision), "   0.000123" (-r). Then -t -r's "(+ 0.000123) ",
 # -n's "[ 0] " and -i's "[00007f..] ".
-_PFX = (r"(?:\[pid +(\d+)\] |(\d{1,7}) +)?"
-        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d+))(?:\.(\d{1,9}))? )?"
+_PFX = (r"(?:\[pid +(\d{1,10})\] |(\d{1,7}) +)?"
+        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d{1,12}))(?:\.(\d{1,9}))? )?"
         r"(?:\(\+ *\d+\.\d+\) )?(?:\[[^\]\n]*\] )*")
-_RET = r"(-?\d+|0x[0-9a-fA-F]+|\?)"
+# Numbers have at most the digits a 64-bit value prints (a pid, fd or timestamp far fewer): a line
+# with a longer one is not strace output, and int() of thousands of digits raises (and is slow).
+_RET = r"(-?\d{1,20}|0x[0-9a-fA-F]{1,16}|\?)"
 # After the value: an fd decoration (-y: "= 3</path>"), then errno / annotations:
 # " EAGAIN (Resource ...)", " (Timeout)", " (flags O_RDONLY)", " (INJECTED)", " <unavailable>".
 _TAIL = r'((?:<(?:[^"\\\n]|\\.)*?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
-_DUR = r"(?: <(\d+)(?:\.(\d{1,9}))?>)?"
+_DUR = r"(?: <(\d{1,12})(?:\.(\d{1,9}))?>)?"
 # The fast path, one regex for the three common lines: a complete call, an unfinished one
 # ("read(3,  <unfinished ...>") and its resumption ("<... read resumed>"..., 1) = 1 <0.1>").
 # The greedy args make the LAST ") = " that leaves a valid tail the split point, so ") = "
 # inside a string argument does no harm.
 # The lookahead after "NAME(" captures a decimal first argument and whether a -y decoration
 # follows it, so that fd calls need no second match.
-_FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d+)(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
+_FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d{1,10})(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
                    r"| ?<unfinished \.\.\.>)"
                    r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
 _PFX_BODY = re.compile(_PFX + r"(.*)\n")
@@ -115,12 +117,12 @@ _R_REST = re.compile(r"(.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
 _R_DETACHED = re.compile(r"(.*?) *<detached \.\.\.>\Z")
 _SIGNAL = re.compile(r"--- .* ---\Z")
 _EXIT = re.compile(r"\+\+\+ (?:exited with|killed by|superseded by) .*\+\+\+\Z")
-_MSG_PROC = re.compile(r"strace: Process (\d+) (attached|detached)(?: with (\d+) threads)?")
-_EMBEDDED_MSG = re.compile(r"(\s*\S.*?)(strace: Process (\d+) (?:attached|detached)[^\n]*)\n")
+_MSG_PROC = re.compile(r"strace: Process (\d{1,10}) (attached|detached)(?: with (\d{1,10}) threads)?")
+_EMBEDDED_MSG = re.compile(r"(\s*\S.*?)(strace: Process (\d{1,10}) (?:attached|detached)[^\n]*)\n")
 _STARTS_CALL = re.compile(r"(?:\w+|\?\?\?)\(|<\.\.\. \w+ resumed>")
 _ERRNO = re.compile(r" (E[A-Z0-9_]+) \(")
-_ARG0 = re.compile(r"(?:0x([0-9a-fA-F]+)|(-?\d+))(<)?")
-_PAIR = re.compile(r"\[(\d+)(?:<.*?>)?, (\d+)")
+_ARG0 = re.compile(r"(?:0x([0-9a-fA-F]{1,16})|(-?\d{1,20}))(<)?")
+_PAIR = re.compile(r"\[(\d{1,10})(?:<.*?>)?, (\d{1,10})")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
 _HEX = re.compile(r"0x([0-9a-fA-F]+)")

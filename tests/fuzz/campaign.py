@@ -8,7 +8,7 @@ through the same entry point as the `diag` command (`diag.cli.main`: exit code, 
 a user sees them), with `--json` and, for one input in four, `--html` and `--markdown`; one in
 `--subprocess-every` is also run as a real `python -m diag replay` and must agree. Outcomes:
 
-    report    exit 0 or 1 and the requested reports written
+    report    exit 0 and the requested reports written (no --fail-on is given: exit 1 is a failure)
     refused   exit 2 with exactly one line on stderr ("diag: error: ...")
     failures  internal-error (exit 70 or any other code), traceback, bad-refusal (exit 2 but not
               one line), timeout (> --timeout s), memory (MemoryError under the worker's address-
@@ -49,6 +49,7 @@ FAILURES = ("internal-error", "traceback", "bad-refusal", "timeout", "memory", "
 # The content of a file beside each input that links point to: read through a link that leads
 # outside a capture, it would show in an error line or a report.
 SECRET = "a-secret-that-must-not-appear-in-a-report"
+CHUNK = 500                      # inputs per hypothesis run (see worker)
 KINDS = ["raw"] * 6 + ["junk"] + ["capture"] * 5 + ["archive"] * 4
 KIND_LABELS = {"raw": "raw file, byte damage", "json-shape": "JSON document, wrong shape",
                "jsonl-shape": "JSON Lines record, wrong shape", "junk": "random bytes/text/JSON",
@@ -118,7 +119,10 @@ def invoke_in_process(argv: list[str]) -> tuple[int, str, str]:
 def classify(code: int, out: str, err: str, outputs: dict[str, Path]) -> tuple[str, str]:
     if "Traceback (most recent call last)" in out + err:
         return "traceback", err.strip().splitlines()[-1][:300] if err.strip() else out[-300:]
-    if code in (0, 1):
+    if code == 1:
+        # no --fail-on gate is given: exit 1 is something else (click's "Aborted!" on an EOFError was)
+        return "internal-error", "exit 1 without a --fail-on gate: " + " | ".join(err.strip().splitlines())[-300:]
+    if code == 0:
         for kind, path in outputs.items():
             if not path.is_file() or path.stat().st_size == 0:
                 return "internal-error", f"exit {code} but the {kind} report was not written"
@@ -291,10 +295,6 @@ def worker(a) -> int:
     seen: set[str] = set()
     counter = {"n": 0, "attempts": 0, "duplicates": 0}
 
-    @settings(max_examples=a.inputs, database=None, deadline=None, derandomize=False, print_blob=False,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-    @seed(a.seed + a.worker)
-    @given(data=st.data())
     def one(data):
         attempt = counter["attempts"] = counter["attempts"] + 1
         drawn = data.draw(strategy_for(data.draw(st.integers(0, 2**40))))
@@ -316,7 +316,8 @@ def worker(a) -> int:
             check = bool(a.subprocess_every and n % a.subprocess_every == 0)
             outcome, detail, secs = run_input(case_dir, input_path, case, n, tmpdir, cwd, a.timeout, check,
                                               a.memory_mb << 20)
-            record.update(outcome=outcome, detail=detail, secs=round(secs, 3), subprocess=check)
+            record.update(outcome=outcome, detail=detail, secs=round(secs, 3), subprocess=check,
+                          maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
             results.write(json.dumps(record) + "\n")
             if outcome in FAILURES and a.save:
                 _save_failure(Path(a.save), case_dir, record)
@@ -326,7 +327,19 @@ def worker(a) -> int:
             if attempt % 100 == 0:
                 gc.collect()
 
-    one()
+    # in runs of CHUNK inputs, each from its own seed: hypothesis keeps every choice it made in a
+    # run, and over thousands of inputs that memory counts against the worker's limit
+    chunk = 0
+    while counter["n"] < a.inputs:
+        share = min(CHUNK, a.inputs - counter["n"])
+        run = settings(max_examples=share, database=None, deadline=None, derandomize=False, print_blob=False,
+                       phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
+            seed(a.seed * 1000 + a.worker * 100 + chunk)(given(data=st.data())(one)))
+        before = counter["n"]
+        run()
+        chunk += 1
+        if counter["n"] == before:
+            break
     results.write(json.dumps({"worker": a.worker, "duplicates": counter["duplicates"],
                               "attempts": counter["attempts"]}) + "\n")
     results.close()

@@ -22,6 +22,9 @@ ODD_TEXT = ["\x00", "\ufeff", "\u202e", "\u2028", "\u2029", "\u0085", "\r", "\r\
             "\udcff", "\ud800", "\U0010ffff", "e\u0301\u0301\u0301", "<script>alert(1)</script>", "</script>",
             "{{ 7*7 }}", "%s%n%x", "\t", "\\", '"', "'", "\u00a0", "\ufffd", "\uffff", "[x]", "[/]"]
 
+# Damage never makes an input larger than this: a long line duplicated 2000 times would
+# otherwise exhaust the fuzzer's own memory before diag sees it.
+MAX_INPUT = 48 << 20
 _LINE = re.compile(rb"[^\n]*\n?")
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?")
 
@@ -49,7 +52,7 @@ def mutate_bytes(draw, data: bytes, max_ops: int = 4) -> tuple[bytes, list[str]]
     names = []
     for _ in range(draw(st.integers(1, max_ops))):
         op = draw(_BYTE_OP_NAMES)
-        data = BYTE_OPS[op](draw, data)
+        data = BYTE_OPS[op](draw, data)[:MAX_INPUT]
         names.append(op)
     return data, names
 
@@ -80,6 +83,7 @@ def _dup_lines(draw, data: bytes) -> bytes:
     span = draw(st.integers(1, 5))
     times = draw(st.sampled_from([1, 2, 10, 100, 2000]))
     block = lines[i:i + span]
+    times = max(1, min(times, MAX_INPUT // max(1, sum(map(len, block)))))
     return b"".join(lines[:i + span] + block * times + lines[i + span:])
 
 
@@ -206,7 +210,7 @@ def mutate_json(draw, doc, max_ops: int = 3) -> tuple[object, list[str]]:
             parent[key] = draw(st.sampled_from([[value], {"value": value}]))
         elif op == "empty":
             parent[key] = type(value)() if isinstance(value, (dict, list, str)) else None
-        elif op == "repeat" and isinstance(value, list) and value:
+        elif op == "repeat" and isinstance(value, list) and value and len(value) <= 1000:
             parent[key] = value * draw(st.sampled_from([2, 50, 1000]))
         names.append(f"{op}:{'.'.join(str(k) for k in path)[:60]}")
     return doc, names

@@ -301,3 +301,55 @@ def test_perf_script_temp_file_is_removed_when_its_parse_fails(tmp_path, monkeyp
     with pytest.raises(DiagError):
         load._parse_perf_data(str(PERF), "perf-script", {}, None, None, {}, "perf")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- found by the 10,000-input run
+
+@pytest.mark.parametrize("old, new", [
+    ("= 0 <", "= " + "9" * 5000 + " <"),              # return value: int() of 5000 digits raised ValueError
+    (" <0.", " <" + "9" * 400 + "."),                  # duration: a time past any float (OverflowError later)
+])
+def test_strace_line_with_an_absurd_number_is_a_bad_line(tmp_path, old, new):
+    lines = (REAL / "streams" / "strace.txt").read_text().splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if old in line)
+    lines[i] = lines[i].replace(old, new, 1)
+    p = tmp_path / "strace.txt"
+    p.write_text("".join(lines))
+    whole = load_inputs([str(REAL / "streams" / "strace.txt")])
+    r = replay("--format", "strace", str(p))
+    assert r.returncode == 0, r.stderr                 # was exit 70
+    # the line is not read (the call it ends is lost, not given an impossible value)
+    assert len(load_inputs([str(p)]).syscalls) == len(whole.syscalls) - 1
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda m: m.update(schema=["diag.capture/1"]), "schema field is not a string"),       # unhashable: TypeError
+    (lambda m: m["collectors"]["perf"]["observer"].update(cores=None), "observer.cores"),  # None in a format spec
+])
+def test_manifest_values_found_by_the_long_run(capture, change, what):
+    damage_manifest(capture, change)
+    with pytest.raises(DiagError) as e:
+        load_inputs([str(capture)])
+    assert what in refused(e)
+
+
+def test_pyspy_raw_count_of_thousands_of_digits_is_a_bad_line(tmp_path):
+    lines = (ROOT / "tests" / "data" / "pyspy" / "raw_threads.txt").read_text().splitlines(keepends=True)
+    lines[0] = lines[0].rstrip("\n").rsplit(" ", 1)[0] + " " + "9" * 5000 + "\n"   # was: ValueError, exit 70
+    p = tmp_path / "raw.txt"
+    p.write_text("".join(lines))
+    r = replay("--format", "pyspy-raw", str(p))
+    assert r.returncode == 0, r.stderr
+    assert f"{p}:1: skipped 1 unparseable line" in r.stderr
+
+
+def test_ebpf_record_with_a_40_digit_number_is_a_bad_line(tmp_path):
+    # int() takes it; the analysis later overflowed a float division (exit 70)
+    lines = (REAL / "streams" / "ebpf.jsonl").read_text().splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if '"type":"request"' in line.replace(" ", ""))
+    lines[i] = lines[i].replace('"end_ns":', '"end_ns":1' + "0" * 40 + ',"was":', 1)
+    p = tmp_path / "ebpf.jsonl"
+    p.write_text("".join(lines))
+    r = replay(str(p))
+    assert r.returncode == 0, r.stderr
+    assert f"{p}:{i + 1}: skipped 1 unparseable line(s), first: a number of 20 digits or more" in r.stderr
