@@ -77,6 +77,7 @@ _PROFILE_NAME = re.compile(r'^(?:Process (?P<pid>\d{1,10}) )?Thread (?P<id>\d{1,
                            r'"(?P<name>.*)"$', re.S)
 _SHARED_OBJECT = re.compile(r"(?:\.so(?:\.\d+)*|\.dylib|\.pyd|\.dll)$|^\[vdso\]$")
 # A folded line: frames joined by ';', a blank, the sample count.
+_TS_MAX = 2**63 // 1000           # µs stamps that still fit 64-bit ns (also false for NaN)
 _FOLDED = re.compile(r"^(?P<stack>\S.*?) (?P<count>\d{1,18})$")
 _EMPTY_STACK = re.compile(r"^ \d+$")
 # One py-spy folded frame: `name (file:line)`, `name (file)` or a bare name.
@@ -315,7 +316,8 @@ class ChrometraceParser:
                 continue                # metadata (M), instant (i), counters (C): not stacks
             ts, tid, name = ev.get("ts"), ev.get("tid"), ev.get("name")
             if isinstance(ts, bool) or not isinstance(ts, (int, float)) or isinstance(tid, bool) \
-                    or not isinstance(tid, int) or not isinstance(name, str):
+                    or not isinstance(tid, int) or not isinstance(name, str) \
+                    or not -_TS_MAX < ts < _TS_MAX or not -2**63 <= tid < 2**63:     # NaN, Infinity, 1e400
                 raise _shape_error(ctx, what, f"event {i} lacks a numeric 'ts', an integer 'tid' or a 'name'")
             args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
             fn = args.get("filename") if isinstance(args.get("filename"), str) else None
@@ -324,7 +326,7 @@ class ChrometraceParser:
             key = (name, fn, line)
             if ph == "X":
                 dur = ev.get("dur")
-                if not isinstance(dur, (int, float)):
+                if not isinstance(dur, (int, float)) or not -_TS_MAX < dur < _TS_MAX:
                     raise _shape_error(ctx, what, f"event {i} is a complete (X) event without 'dur'")
                 has_x = True
                 cooked.append((ts, i, "B", tid, pid, key))

@@ -95,9 +95,11 @@ _PFX = (r"(?:\[pid +(\d{1,10})\] |(\d{1,7}) +)?"
 # Numbers have at most the digits a 64-bit value prints (a pid, fd or timestamp far fewer): a line
 # with a longer one is not strace output, and int() of thousands of digits raises (and is slow).
 _RET = r"(-?\d{1,20}|0x[0-9a-fA-F]{1,16}|\?)"
-# After the value: an fd decoration (-y: "= 3</path>"), then errno / annotations:
+# After the value: an fd decoration (-y: "= 3</path>", a path of at most PATH_MAX escaped: the
+# bound keeps the lazy search for its ">" from stacking one backtrack state per character of a
+# long line, 280 bytes each: a 20 MB line took 6 GB), then errno / annotations:
 # " EAGAIN (Resource ...)", " (Timeout)", " (flags O_RDONLY)", " (INJECTED)", " <unavailable>".
-_TAIL = r'((?:<(?:[^"\\\n]|\\.)*?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
+_TAIL = r'((?:<(?:[^"\\\n]|\\.){0,16384}?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
 _DUR = r"(?: <(\d{1,12})(?:\.(\d{1,9}))?>)?"
 # The fast path, one regex for the three common lines: a complete call, an unfinished one
 # ("read(3,  <unfinished ...>") and its resumption ("<... read resumed>"..., 1) = 1 <0.1>").
@@ -123,7 +125,7 @@ _STARTS_CALL = re.compile(r"(?:\w+|\?\?\?)\(|<\.\.\. \w+ resumed>")
 _ERRNO = re.compile(r" (E[A-Z0-9_]+) \(")
 _ARG0 = re.compile(r"(?:0x([0-9a-fA-F]{1,16})|(-?\d{1,20}))(<)?")
 _PAIR = re.compile(r"\[(\d{1,10})(?:<.*?>)?, (\d{1,10})")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_QUOTED = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"')     # "unrolled": no backtrack state per character
 _RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
 _HEX = re.compile(r"0x([0-9a-fA-F]+)")
 _NAME_PID = re.compile(r".\.(\d{1,7})\Z")
@@ -934,7 +936,10 @@ class _Run:
             self._complete(tid, tgid, sys.intern(name), self._stamp(tod, num, frac), args, ret, tail,
                            _dur(ds, df))
             return True
-        m = _B_DETACHED.match(body)
+        # the "<detached ...>" patterns backtrack through a run of blanks once per character
+        # before it (quadratic time, and memory: a 20 MB line took 6 GB): tried only when the
+        # marker is there
+        m = _B_DETACHED.match(body) if "<detached" in body else None
         if m is not None:
             self.seen_call = True
             tid = self._tid_of(p1, p2)
@@ -969,7 +974,7 @@ class _Run:
             p = None
         m = _R_REST.match(rest)
         if m is None:
-            if _R_DETACHED.match(rest) and p is not None:
+            if p is not None and "<detached" in rest and _R_DETACHED.match(rest):
                 self._cut(tid, p)
             return
         if p is None:

@@ -49,11 +49,11 @@ FAILURES = ("internal-error", "traceback", "bad-refusal", "timeout", "memory", "
 # The content of a file beside each input that links point to: read through a link that leads
 # outside a capture, it would show in an error line or a report.
 SECRET = "a-secret-that-must-not-appear-in-a-report"
-CHUNK = 500                      # inputs per hypothesis run (see worker)
+CHUNK = 500                      # inputs per worker process (see main)
 KINDS = ["raw"] * 6 + ["junk"] + ["capture"] * 5 + ["archive"] * 4
 KIND_LABELS = {"raw": "raw file, byte damage", "json-shape": "JSON document, wrong shape",
                "jsonl-shape": "JSON Lines record, wrong shape", "junk": "random bytes/text/JSON",
-               "capture": "capture directory", "archive": "capture archive", "bomb": "gigabyte gzip bomb"}
+               "capture": "capture directory", "archive": "capture archive", "bomb": "gzip bomb, default limits"}
 
 
 def _digest(case_dir: Path, fmt: str | None) -> str:
@@ -327,19 +327,9 @@ def worker(a) -> int:
             if attempt % 100 == 0:
                 gc.collect()
 
-    # in runs of CHUNK inputs, each from its own seed: hypothesis keeps every choice it made in a
-    # run, and over thousands of inputs that memory counts against the worker's limit
-    chunk = 0
-    while counter["n"] < a.inputs:
-        share = min(CHUNK, a.inputs - counter["n"])
-        run = settings(max_examples=share, database=None, deadline=None, derandomize=False, print_blob=False,
-                       phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
-            seed(a.seed * 1000 + a.worker * 100 + chunk)(given(data=st.data())(one)))
-        before = counter["n"]
-        run()
-        chunk += 1
-        if counter["n"] == before:
-            break
+    settings(max_examples=a.inputs, database=None, deadline=None, derandomize=False, print_blob=False,
+             phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
+        seed(a.seed * 1000 + a.worker)(given(data=st.data())(one)))()
     results.write(json.dumps({"worker": a.worker, "duplicates": counter["duplicates"],
                               "attempts": counter["attempts"]}) + "\n")
     results.close()
@@ -454,22 +444,24 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="diag-fuzz-"))
     save = Path(a.save) if a.save else root.parent / (root.name + "-failures")
     t0 = time.monotonic()
-    shares = [a.inputs // a.jobs + (1 if i < a.inputs % a.jobs else 0) for i in range(a.jobs)]
+    # one worker process per chunk of CHUNK inputs (its own hypothesis seed), --jobs at a time: a
+    # worker's memory (hypothesis keeps every choice of its run; the allocator keeps what an input
+    # took) never carries over to the next thousand inputs
+    chunks = [(c, min(CHUNK, a.inputs - c * CHUNK)) for c in range((a.inputs + CHUNK - 1) // CHUNK)]
     env = {**os.environ, "DIAG_MAX_STREAM_SIZE": a.stream_limit, "PYTHONHASHSEED": "0"}
-    procs = []
-    for i, share in enumerate(shares):
-        res = root / f"results-{i}.jsonl"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(i), "--root", str(root),
-               "--inputs", str(share), "--seed", str(a.seed), "--memory-mb", str(a.memory_mb), "--timeout",
+    records, crashed, running = [], [], []
+    a.duplicates = 0
+
+    def start(c: int, n: int):
+        res = root / f"results-{c}.jsonl"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(c), "--root", str(root),
+               "--inputs", str(n), "--seed", str(a.seed), "--memory-mb", str(a.memory_mb), "--timeout",
                str(a.timeout), "--subprocess-every", str(a.subprocess_every), "--save", str(save),
                "--results", str(res), "--bomb-unit", str(a.bomb_unit)]
-        procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(root / f"w{i}.stderr", "w")),
-                      res))
-    records, crashed = [], []
-    a.duplicates = 0
-    bomb = _bomb(root, a.bomb_gib, a.memory_mb, a.timeout) if a.bomb_gib > 0 else None
-    for i, (p, res) in enumerate(procs):
-        rc = p.wait()
+        with open(root / f"w{c}.stderr", "w") as err:
+            running.append((c, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err), res))
+
+    def collect(c: int, rc: int, res: Path) -> bool:
         started = {}
         if res.exists():
             for line in res.read_text().splitlines():
@@ -483,13 +475,31 @@ def main(argv: list[str] | None = None) -> int:
                     started.pop((r["worker"], r["i"]), None)
                     records.append(r)
         if rc != 0:
-            err = (root / f"w{i}.stderr").read_text()[-2000:]
             for r in started.values():
                 crashed.append(r)
                 records.append({**r, "outcome": "crash", "detail": f"worker exit {rc}", "secs": 0})
             if not started:
-                print(f"worker exited {rc}:\n{err}", file=sys.stderr)
-                return 2
+                print(f"worker {c} exited {rc}:\n{(root / f'w{c}.stderr').read_text()[-2000:]}", file=sys.stderr)
+                return False
+        return True
+
+    bomb = None
+    pending = list(chunks)
+    while pending or running:
+        while pending and len(running) < a.jobs:
+            start(*pending.pop(0))
+        if bomb is None and a.bomb_gib > 0:
+            bomb = _bomb(root, a.bomb_gib, a.memory_mb, a.timeout)
+        time.sleep(0.2)
+        for item in list(running):
+            c, p, res = item
+            rc = p.poll()
+            if rc is not None:
+                running.remove(item)
+                if not collect(c, rc, res):
+                    for _, q, _ in running:
+                        q.kill()
+                    return 2
     if bomb:
         records.append(bomb)
     elapsed = time.monotonic() - t0

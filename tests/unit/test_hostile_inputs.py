@@ -353,3 +353,38 @@ def test_ebpf_record_with_a_40_digit_number_is_a_bad_line(tmp_path):
     r = replay(str(p))
     assert r.returncode == 0, r.stderr
     assert f"{p}:{i + 1}: skipped 1 unparseable line(s), first: a number of 20 digits or more" in r.stderr
+
+
+# ---------------------------------------------------------------- found by the second long run
+
+def _limited(mb: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (mb << 20, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize("line", [
+    # a decorated fd, then 4 MB of blanks before the duration: the lazy search for the
+    # decoration's ">" kept a backtrack state per character (a 20 MB line: 6 GB, 27 s)
+    '14936 1796305684.565 openat(AT_FDCWD, "/etc/x", O_RDONLY) = 3</etc/x> <0.' + " " * (4 << 20) + '000009>\n',
+    # an open without -y decoration and a 16 MB path: the quoted-string pattern did the same
+    '14936 1796305684.565 openat(AT_FDCWD, "/' + "a" * (16 << 20) + '", O_RDONLY) = 3 <0.000009>\n',
+])
+def test_strace_long_line_needs_little_memory(tmp_path, line):
+    head = (REAL / "streams" / "strace.txt").read_text()
+    p = tmp_path / "strace.txt"
+    p.write_text(head + line + head)
+    r = subprocess.run([sys.executable, "-m", "diag", "replay", "--quiet", "--format", "strace", str(p)],
+                       capture_output=True, text=True, timeout=120, preexec_fn=_limited(640))
+    assert r.returncode == 0, r.stderr[-500:]            # was: MemoryError (exit 70) under 640 MB
+
+
+@pytest.mark.parametrize("ts", ["Infinity", "NaN", "1e400", "1" + "0" * 30])
+def test_chrometrace_event_with_an_impossible_time_is_refused(tmp_path, ts):
+    text = (REAL / "streams" / "py-spy.json").read_text()
+    text = text.replace('"ts":', f'"ts":{ts},"was":', 1).replace('"ts": ', f'"ts": {ts}, "was": ', 1)
+    p = tmp_path / "py-spy.json"
+    p.write_text(text)
+    with pytest.raises(DiagError) as e:                  # was: OverflowError / ValueError, exit 70
+        load_inputs([str(p)])
+    assert "lacks a numeric 'ts'" in refused(e)
