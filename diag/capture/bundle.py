@@ -13,6 +13,11 @@ A capture is written incrementally: the manifest is written first with status "r
 rewritten (write to a temp file, fsync, rename) whenever a collector changes state, so a capture
 cut by a crash or SIGKILL still has a valid manifest and streams readable up to their last
 complete record. The same layout packed in a tar (optionally gzip'ed) is a capture archive.
+
+A capture is private (0700 directories, 0600 files) and its target's command line redacted
+(diag.redact) unless asked otherwise. Reading trusts nothing: the manifest's fields are checked
+(diag.capture.manifest), archives are read through diag.capture.archive, and streams are read
+only when they are regular files inside the capture, within the size limits (diag.limits).
 """
 from __future__ import annotations
 

@@ -392,6 +392,8 @@ def table(records: list[dict], a, elapsed: float, crashed: list[dict]) -> str:
     lines.append(f"subprocess sample: {len(sub)} inputs also run as `python -m diag replay`; {agree} agree")
     refusals = Counter(_refusal_kind(r["detail"]) for r in records if r["outcome"] == "refused")
     lines.append("most common refusals: " + "; ".join(f"{k} ({n})" for k, n in refusals.most_common(6)))
+    peak = max((r.get("maxrss_mb") or 0 for r in records), default=0)
+    lines.append(f"peak resident memory of a worker process (each runs {CHUNK} inputs in-process): {peak} MB")
     slow = max(records, key=lambda r: r.get("secs") or 0, default=None)
     if slow:
         lines.append(f"slowest input: {slow['secs']:.2f} s ({slow['kind']}: {', '.join(slow['ops'][:3]) or slow['seed']})")

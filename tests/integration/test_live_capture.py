@@ -15,7 +15,7 @@ import time
 
 import pytest
 from other_user import run_as_nobody
-from servers import (ROOT, HttpLoad, all_tracers, alive, collectors_started_ns, diag, diag_popen, example_server, http_ok,
+from servers import (HttpLoad, all_tracers, alive, collectors_started_ns, diag, diag_popen, example_server, http_ok,
                      load_json, procs_mentioning, redis_server, require_root, require_tool, stop_diag,
                      strace_completed, strace_lines, tracer_pid, wait_until)
 
