@@ -10,6 +10,8 @@ members (`..` and absolute names, links, devices, an expansion to gigabytes).
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import json
 import os
@@ -68,6 +70,16 @@ def build_capture_seeds(into: Path) -> list[Path]:
         w.set_collector(name, status="ok", stream=dst, format=fmt, events=10, started_monotonic_ns=1000,
                         tid_map={"140000": 25448} if name == "py-spy" else None)
     w.finish()
+    # what CaptureWriter read from this machine and this moment (clocks, host, who) is replaced by
+    # the real capture's, so that a seed makes the same inputs on every run and every machine
+    path = into / "assembled.diag" / "manifest.json"
+    m, fixed = json.loads(path.read_text()), json.loads((real / "manifest.json").read_text())
+    m.update(clock=fixed["clock"], host=fixed["host"], tool=fixed["tool"],
+             access={"attached_by": {"uid": 0, "user": "root"}, "redacted": True,
+                     "file_modes": "directories 0700, files 0600 (owner only)"})
+    for entry in m["collectors"].values():
+        entry["started_monotonic_ns"] = fixed["clock"]["start"]["monotonic_ns"]
+    path.write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     return [real, into / "assembled.diag"]
 
 
@@ -259,9 +271,14 @@ def write_archive(dest: Path, capture: Path, compression: str, tricks: list[str]
     bomb = "member-bomb" in tricks or "total-bomb" in tricks
     if bomb:
         compression = "gz"
-    mode = f"w:{compression}" if compression else "w"
-    kw = {"compresslevel": 1} if compression in ("gz", "bz2") else ({"preset": 0} if compression == "xz" else {})
-    with tarfile.open(dest, mode=mode, **kw) as tar:
+    mode = f"w:{compression}" if compression not in ("", "gz") else "w"
+    kw = {"compresslevel": 1} if compression == "bz2" else ({"preset": 0} if compression == "xz" else {})
+    # gzip by hand, with mtime 0: tarfile's own would stamp the time, and the same recipe would
+    # make different bytes from one second to the next (the campaign tells inputs apart by bytes)
+    raw = open(dest, "wb")
+    fileobj = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) if compression == "gz" else None
+    with raw, (fileobj or contextlib.nullcontext()), \
+            tarfile.open(fileobj=fileobj or raw, mode=mode, **kw) as tar:
         for p in sorted(capture.rglob("*")):
             rel = f"{prefix}{top}/{p.relative_to(capture)}"
             if p.is_symlink() or not p.is_file():
