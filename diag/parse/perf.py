@@ -57,9 +57,9 @@ from diag.parse.base import BadLines, ParseContext, numbered_lines
 
 _HEADER = re.compile(
     r"^\s*(?:(?P<comm>\S.*?)\s+)?"             # comm: may hold spaces and digits; absent with -F
-    r"(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+"   # pid/tid, or a single number (the tid by default)
-    r"(?:\[(?P<cpu>\d+)\]\s+)?"                # [cpu] (-a, or -F cpu)
-    r"(?P<sec>\d+)\.(?P<frac>\d{1,9}):"        # time, µs or ns (--ns)
+    r"(?P<pid>-?\d{1,10})(?:/(?P<tid>-?\d{1,10}))?\s+"   # pid/tid, or a single number (the tid by default)
+    r"(?:\[(?P<cpu>\d{1,6})\]\s+)?"                # [cpu] (-a, or -F cpu)
+    r"(?P<sec>\d{1,12})\.(?P<frac>\d{1,9}):"        # time, µs or ns (--ns)
     r"(?:\s+(?P<rest>.*?))?\s*$")
 # What follows the time: [period] event: payload. An event name has no blank and ends with ": ".
 _REST = re.compile(r"^(?:(?P<period>\d+)\s+)?(?P<event>[^\s:][^\s]*?):(?:\s+|$)(?P<payload>.*)$")
@@ -86,10 +86,12 @@ _CPU_EVENTS = frozenset({"cpu-clock", "task-clock", "cycles", "cpu-cycles", "ref
 # --- syscall tracepoints ------------------------------------------------------------------------
 
 _SC_EVENT = re.compile(r"^syscalls:sys_(?P<dir>enter|exit)_(?P<name>\w+)$")
-_RAW_ENTER = re.compile(r"^NR (?P<nr>-?\d+) \((?P<args>[^)]*)\)")
-_RAW_EXIT = re.compile(r"^NR (?P<nr>-?\d+) = (?P<ret>-?\d+)(?=\s|$)")
-_SC_EXIT = re.compile(r"^(?P<ret>0x[0-9a-f]+|-?\d+)(?=\s|$)")
-_SC_FIELD = re.compile(r"^(?P<field>\w+): (?P<value>0x[0-9a-f]+|-?\d+)(?=[,\s]|$)")
+# Numbers are bounded to what 64 bits print: a longer one is damage (int() of thousands of
+# digits raises; a 20 MB hex value overflowed float arithmetic later).
+_RAW_ENTER = re.compile(r"^NR (?P<nr>-?\d{1,10}) \((?P<args>[^)]*)\)")
+_RAW_EXIT = re.compile(r"^NR (?P<nr>-?\d{1,10}) = (?P<ret>-?\d{1,20})(?=\s|$)")
+_SC_EXIT = re.compile(r"^(?P<ret>0x[0-9a-f]{1,16}|-?\d{1,20})(?=\s|$)")
+_SC_FIELD = re.compile(r"^(?P<field>\w+): (?P<value>0x[0-9a-f]{1,16}|-?\d{1,20})(?=[,\s]|$)")
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for raw_syscalls:sys_enter.
 _X86_64 = """
@@ -442,7 +444,7 @@ class _SyscallPairer:
                 if name in FD_FIRST_ARG:
                     first = m.group("args").split(",")[0].strip()
                     try:
-                        fd = _signed(int(first, 16), 32)
+                        fd = _signed(int(first, 16), 32) if len(first) <= 16 else None
                     except ValueError:
                         fd = None
             else:

@@ -388,3 +388,22 @@ def test_chrometrace_event_with_an_impossible_time_is_refused(tmp_path, ts):
     with pytest.raises(DiagError) as e:                  # was: OverflowError / ValueError, exit 70
         load_inputs([str(p)])
     assert "lacks a numeric 'ts'" in refused(e)
+
+
+# ---------------------------------------------------------------- found by the third long run
+
+@pytest.mark.parametrize("name, old, new", [
+    # a 5000-digit pid: int() raised ValueError
+    ("cpu_flat_fields.txt", " 18096/18096 ", " " + "7" * 5000 + "/18096 "),
+    # a seconds field of 4000 digits: a time past any float (OverflowError in the analysis)
+    ("fsync_tracepoints.txt", "  13", "  " + "9" * 4000 + "13"),
+])
+def test_perf_header_with_an_absurd_number_is_not_read(tmp_path, name, old, new):
+    lines = (ROOT / "tests" / "data" / "perf" / name).read_text().splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines[5:], 5) if old in line)   # after the lines format detection reads
+    lines[i] = lines[i].replace(old, new, 1)
+    p = tmp_path / name
+    p.write_text("".join(lines))
+    r = replay("--format", "perf-script", str(p))
+    assert r.returncode == 0, r.stderr                   # was exit 70
+    assert f"{p}:{i + 1}: skipped" in r.stderr
