@@ -6,14 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup system-deps demo test scenarios bench faults clean lint
+.PHONY: setup system-deps demo test fuzz scenarios bench faults clean lint
 
 setup: system-deps $(VENV)/.installed
 
 system-deps:
 	@bash .ci/install-system-deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(SYS_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,export]'
@@ -25,6 +25,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# 10,000 hostile inputs (mutated real traces and captures, archive bombs) through `diag replay`:
+# the table of outcomes; docs/fuzz-results.txt keeps the last full run. `make test` runs a slice.
+fuzz: setup
+	$(PY) tests/fuzz/campaign.py --table docs/fuzz-results.txt $(FUZZ_ARGS)
 
 scenarios: setup
 	DIAG_SCENARIO_ROUNDS=$${DIAG_SCENARIO_ROUNDS:-3} $(PY) -m pytest tests/scenarios -q $(PYTEST_ARGS)

@@ -163,6 +163,8 @@ def replay(
                                                               "findings once over OTLP/HTTP. Needs diag[export].")] = None,
     service_name: Annotated[Optional[str], typer.Option("--service-name", help="service.name of exported "
                                                                                "telemetry.")] = None,
+    no_redact: Annotated[bool, typer.Option("--no-redact", help="Show command-line secrets (--password=..., "
+                                            "tokens, URL passwords) as the capture holds them.")] = False,
 ) -> None:
     """Analyse captures and raw trace files offline, and print the report."""
     from diag.analyze.report import build_report
@@ -174,7 +176,7 @@ def replay(
     data = load_inputs(inputs, opts)
     for w in dict.fromkeys(data.warnings):
         err_console.print(f"warning: {w}", markup=False)
-    report = build_report(data, slow_ns=_parse_duration_ns(slow, "--slow"))
+    report = build_report(data, slow_ns=_parse_duration_ns(slow, "--slow"), redact=not no_redact)
     rc = finish_report(report, json_out, quiet, html_out, md_out, gate_list)
     if otlp_endpoint:
         _export_capture(inputs[0] if os.path.isdir(inputs[0]) else "", otlp_endpoint, service_name, report, json_out)
@@ -225,13 +227,16 @@ def _export_capture(capture: str, endpoint: Optional[str], service: Optional[str
         err_console.print(f"diag: warning: OTLP export to {endpoint} failed: {type(e).__name__}: {e}", markup=False)
     if ok:
         err_console.print(f"OTLP summary sent to {endpoint}", markup=False, highlight=False)
+NoRedactOpt = Annotated[bool, typer.Option("--no-redact", help="Keep command-line secrets (--password=..., tokens, "
+                                                               "URL passwords) in the manifest and the report.")]
 
 
-def _capture_options(duration, out, collectors, follow, payload, ebpf_slow):
+def _capture_options(duration, out, collectors, follow, payload, ebpf_slow, no_redact):
     from diag.live import CaptureOptions
 
     return CaptureOptions(duration_s=duration or None, out=out, collectors=collectors, follow=follow,
-                          strace_payload=payload, ebpf_slow_ns=_parse_duration_ns(ebpf_slow, "--ebpf-slow") or 0)
+                          strace_payload=payload, ebpf_slow_ns=_parse_duration_ns(ebpf_slow, "--ebpf-slow") or 0,
+                          redact=not no_redact)
 
 
 @app.command()
@@ -257,16 +262,18 @@ def attach(
     fail_on: FailOnOpt = None,
     otlp_endpoint: OtlpOpt = None,
     service_name: ServiceOpt = None,
+    no_redact: NoRedactOpt = False,
 ) -> None:
     """Attach to a running process, capture, detach, and print the report."""
     from diag import live
 
     gate_list = _gates(fail_on)
     _check_otlp(otlp_endpoint)
-    result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow),
+    result = live.attach(pid, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow,
+                                               no_redact),
                          port=port, name=name)
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    report = live.report_for(result.capture)
+    report = live.report_for(result.capture, redact=not no_redact)
     rc = finish_report(report, json_out, quiet, html_out, md_out, gate_list)
     _export_capture(result.capture, otlp_endpoint, service_name, report, json_out)
     raise typer.Exit(rc)
@@ -289,6 +296,7 @@ def run(
     fail_on: FailOnOpt = None,
     otlp_endpoint: OtlpOpt = None,
     service_name: ServiceOpt = None,
+    no_redact: NoRedactOpt = False,
 ) -> None:
     """Run a command under diagnosis; its exit code is passed through, unless a --fail-on gate fails (1).
 
@@ -299,9 +307,10 @@ def run(
 
     gate_list = _gates(fail_on)
     _check_otlp(otlp_endpoint)
-    result, rc = live.run(cmd, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow))
+    result, rc = live.run(cmd, _capture_options(duration, out, collectors, follow, strace_payload, ebpf_slow,
+                                                no_redact))
     err_console.print(f"capture written to {result.capture} ({result.status})", highlight=False)
-    report = live.report_for(result.capture)
+    report = live.report_for(result.capture, redact=not no_redact)
     failed = finish_report(report, json_out, quiet, html_out, md_out, gate_list)
     _export_capture(result.capture, otlp_endpoint, service_name, report, json_out)
     if failed:

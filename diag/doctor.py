@@ -126,6 +126,18 @@ def check_process(target: Target) -> Check:
     return Check("process", reason is None, reason or "psutil and /proc readable", "" if reason is None else reason)
 
 
+def check_report_assets() -> Check:
+    """Where the HTML report's templates were found: a wheel installed without its package data
+    would otherwise only fail at the end of a capture."""
+    from diag.errors import DiagError
+    from diag.resources import reports_dir
+
+    try:
+        return Check("html report", True, f"templates and assets in {reports_dir()}")
+    except DiagError as e:
+        return Check("html report", False, str(e), "reinstall diag")
+
+
 def run_checks(pid: int | None = None) -> list[Check]:
     if pid is not None:
         from diag.collect.targets import target_from_pid
@@ -136,5 +148,5 @@ def run_checks(pid: int | None = None) -> list[Check]:
     checks = [check_ebpf(target), check_strace(target)]
     checks += check_perf()
     checks += [check_pyspy(target if pid is not None else None),
-               check_pyruntime(target if pid is not None else None), check_process(target)]
+               check_pyruntime(target if pid is not None else None), check_process(target), check_report_assets()]
     return checks

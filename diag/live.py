@@ -21,7 +21,7 @@ from diag.collect import AFTER_EXEC, parse_selection, policy
 from diag.collect.base import Target
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
 from diag.collect.strace import LaunchedStrace
-from diag.collect.targets import resolve
+from diag.collect.targets import check_owner, resolve, user_name
 from diag.errors import EXIT_INTERRUPTED, EXIT_NO_COLLECTOR, EXIT_NO_TARGET, DiagError
 from diag.launch import HeldCommand, check_command, python_verdict, shell_status
 from diag.render.live_view import LiveView
@@ -34,6 +34,7 @@ class CaptureOptions:
     collectors: str = "auto"
     follow: bool = True
     strace_payload: int = 0
+    redact: bool = True                 # secrets of the command line (diag.redact) in manifest and report
     pyspy_rate: int = 100
     pyruntime_rate: int = 200
     ebpf_slow_ns: int = 1_000_000
@@ -69,8 +70,10 @@ def attach(pid: int | None, opts: CaptureOptions, port: int | None = None, name:
     """Attach to a pid, the process listening on `port` or the one `name` matches, and (unless
     opts.follow is off) every process under it."""
     target = resolve(pid, port, name, opts.follow)
+    check_owner(target)
     collectors = policy(parse_selection(opts.collectors), target, **_collector_opts(opts))
-    writer = CaptureWriter(opts.out or default_out(target.comm, target.pid), target.to_json(), "attach")
+    writer = CaptureWriter(opts.out or default_out(target.comm, target.pid), target.to_json(), "attach",
+                           redact=opts.redact)
     return _capture(target, writer, collectors, opts)
 
 
@@ -148,7 +151,9 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
     python_only = bool(collectors) and all(c.name in AFTER_EXEC for c in collectors)
     if python_only:
         _require_python(collectors, cmd[0], path, probe)
-    writer = CaptureWriter(opts.out or default_out(name, None), {"cmdline": cmd, "comm": name}, "run")
+    me = os.geteuid()
+    writer = CaptureWriter(opts.out or default_out(name, None), {"cmdline": cmd, "comm": name, "uid": me,
+                                                                  "user": user_name(me)}, "run", redact=opts.redact)
     argv, after = cmd, []
     strace = next((c for c in collectors if c.name == "strace"), None)
     if strace is not None and strace.check(probe) is None:
@@ -169,9 +174,8 @@ def run(cmd: list[str], opts: CaptureOptions) -> tuple[SessionResult, int | None
         try:
             if held.wait_held(stopped=stop.event.is_set):
                 target = Target(pid=held.pid, cmdline=cmd, comm=name, launched=True, follow_children=opts.follow,
-                                is_python=bool(re.search(r"(^|/)python[\d.]*$", cmd[0])))
-                writer.manifest["target"] = target.to_json()
-                writer.save()
+                                is_python=bool(re.search(r"(^|/)python[\d.]*$", cmd[0])), uid=me, user=user_name(me))
+                writer.set_target(target.to_json())
                 for c in after:
                     if isinstance(c, LaunchedStrace):
                         c.held = held
@@ -247,11 +251,11 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def report_for(capture: str, slow_ns: int | None = None) -> dict:
+def report_for(capture: str, slow_ns: int | None = None, redact: bool = True) -> dict:
     from diag.analyze.report import build_report
     from diag.load import load_capture
 
-    return build_report(load_capture(capture), slow_ns=slow_ns)
+    return build_report(load_capture(capture), slow_ns=slow_ns, redact=redact)
 
 
 __all__ = ["attach", "run", "CaptureOptions", "report_for", "python_verdict", "shell_status"]

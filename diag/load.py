@@ -15,7 +15,7 @@ from pathlib import Path
 
 from diag.align import align_raw, clock_domain, clock_kind, context_for
 from diag.capture.bundle import Capture, is_capture, open_capture
-from diag.errors import DiagError
+from diag.errors import DiagError, ParseError
 from diag.model import Clock, Dataset
 from diag.parse import detect, parse_file, parse_stream, parser_for
 from diag.parse.base import ParseContext
@@ -44,6 +44,19 @@ def _perf_script_from_data(perf_data: str, into: str) -> str | None:
     return into if r.returncode == 0 else None
 
 
+def _parse_perf_data(perf_data: str, fmt: str, entry: dict, start, end, target: dict, name: str) -> Dataset | None:
+    """The perf stream rebuilt from the perf.data a capture kept (its text form is missing), or
+    None when perf cannot; the temporary text is removed whatever happens."""
+    fd, tmp = tempfile.mkstemp(suffix=".perf.txt")
+    os.close(fd)
+    try:
+        if not _perf_script_from_data(perf_data, tmp):
+            return None
+        return parse_file(tmp, context_for(tmp, fmt, entry, start, end, target), fmt, label=name).data
+    finally:
+        os.unlink(tmp)
+
+
 def load_capture(path: str) -> Dataset:
     cap: Capture = open_capture(path)
     data = Dataset(manifest=cap.manifest)
@@ -55,26 +68,33 @@ def load_capture(path: str) -> Dataset:
             rel, fmt = entry.get("stream"), entry.get("format")
             if not rel or not fmt:
                 continue
-            if not cap.exists(rel):
+            why = cap.problem(rel)
+            if why is not None:
                 raw = entry.get("raw_stream")
                 local_raw = cap.local_file(raw) if raw else None
-                if fmt == "perf-script" and local_raw and os.path.exists(local_raw):
-                    tmp = tempfile.NamedTemporaryFile(suffix=".perf.txt", delete=False).name
-                    if _perf_script_from_data(local_raw, tmp):
-                        ctx = context_for(tmp, fmt, entry, start, end, target)
-                        data.extend(parse_file(tmp, ctx, fmt, label=name).data)
-                        os.unlink(tmp)
+                if fmt == "perf-script" and local_raw:
+                    parsed = _parse_perf_data(local_raw, fmt, entry, start, end, target, name)
+                    if parsed is not None:
+                        data.extend(parsed)
                         continue
-                if entry.get("status") in ("ok", "degraded"):
+                if why != "missing":
+                    data.warnings.append(f"{cap.member_path(rel)}: stream of collector {name} is {why}; skipped")
+                elif entry.get("status") in ("ok", "degraded"):
                     data.warnings.append(f"{cap.member_path(rel)}: stream of collector {name} is missing")
                 continue
             display = cap.member_path(rel)
             ctx = context_for(display, fmt, entry, start, end, target)
             ctx.read_companion = _companions(cap, rel)
-            if cap.read_head(rel, 1) == "":
+            head = cap.read_head(rel, 4096)
+            if head == "":
                 if entry.get("status") in ("ok", "degraded") and entry.get("events"):
                     data.warnings.append(f"{display}: stream is empty")
                 continue
+            if "\0" in head:
+                # a collector writes text; NULs are a damaged or planted file (a run of zeros
+                # would otherwise be read as one line as long as the file)
+                raise ParseError(display, None, f"stream holds binary data (NUL bytes), not {fmt} text: the "
+                                                "capture is damaged")
             with cap.open_text(rel) as f:
                 data.extend(parse_stream(f, parser_for(fmt), ctx, label=name).data)
     finally:

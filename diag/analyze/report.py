@@ -11,6 +11,7 @@ from diag.analyze.context import AnalysisContext
 from diag.analyze.rules import run_rules
 from diag.model import Dataset, Finding
 from diag.syscalls import WAIT_NAMES, family
+from diag.redact import redact_target, redact_text
 
 SCHEMA = "diag.report/1"
 
@@ -34,13 +35,28 @@ def _collectors(data: Dataset) -> dict:
     return out
 
 
-def _target(data: Dataset) -> dict:
+def _target(data: Dataset, redact: bool) -> dict:
     m = data.manifest or {}
     t = dict(m.get("target") or {})
     if not t:
         pids = sorted({e.pid for e in data.syscalls} | {s.pid for s in data.samples if s.pid})
         t = {"pid": pids[0] if len(pids) == 1 else None, "pids": pids[:50], "inputs": [s.path for s in data.streams]}
+    elif redact:
+        # a capture made with --no-redact, or by an older diag: redacted again when reported
+        t = redact_target(t)
     return t
+
+
+def access_section(data: Dataset, redact: bool) -> dict | None:
+    """Who captured, how the capture's files are protected, whether secrets were redacted."""
+    m = data.manifest
+    if m is None:
+        return None
+    a = dict(m.get("access") or {})
+    target = m.get("target") or {}
+    return {"attached_by": a.get("attached_by"), "file_modes": a.get("file_modes"),
+            "target_user": target.get("user"), "target_uid": target.get("uid"),
+            "redacted_in_capture": a.get("redacted"), "redacted_in_report": redact}
 
 
 def observer_section(ctx: AnalysisContext) -> dict:
@@ -175,7 +191,9 @@ def _timelines(ctx: AnalysisContext, spikes) -> list[dict]:
     return [timeline(ctx, s.worst.start_ns, s.worst.end_ns, s.worst.tid) for s in spikes[:3]]
 
 
-def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
+def build_report(data: Dataset, slow_ns: int | None = None, redact: bool = True) -> dict:
+    """The report. `redact`: secrets in the target's command line and in warnings that quote
+    input lines are replaced (diag.redact), whatever the capture holds."""
     ctx = AnalysisContext(data, slow_ns=slow_ns)
     window = stream_time_range(data)
     m = data.manifest or {}
@@ -194,7 +212,8 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
     return {
         "schema": SCHEMA,
         "tool": {"name": "diag", "version": __version__},
-        "target": _target(data),
+        "target": _target(data, redact),
+        "access": access_section(data, redact),
         "host": m.get("host"),
         "window": {"start_ns": start, "end_ns": end, "duration_s": round((end - start) / 1e9, 6)},
         "collectors": _collectors(data),
@@ -220,5 +239,5 @@ def build_report(data: Dataset, slow_ns: int | None = None) -> dict:
         "matrix": [dict(r.to_json(), findings=[f for f in r.findings if f in fired]) for r in rows],
         "findings": [_finding_json(i, f) for i, f in enumerate(findings, 1)],
         "limits": coverage.limits(data, ctx.req is not None),
-        "warnings": list(dict.fromkeys(data.warnings)),
+        "warnings": list(dict.fromkeys(redact_text(w) if redact else w for w in data.warnings)),
     }

@@ -13,6 +13,11 @@ A capture is written incrementally: the manifest is written first with status "r
 rewritten (write to a temp file, fsync, rename) whenever a collector changes state, so a capture
 cut by a crash or SIGKILL still has a valid manifest and streams readable up to their last
 complete record. The same layout packed in a tar (optionally gzip'ed) is a capture archive.
+
+A capture is private (0700 directories, 0600 files) and its target's command line redacted
+(diag.redact) unless asked otherwise. Reading trusts nothing: the manifest's fields are checked
+(diag.capture.manifest), archives are read through diag.capture.archive, and streams are read
+only when they are regular files inside the capture, within the size limits (diag.limits).
 """
 from __future__ import annotations
 
@@ -20,18 +25,24 @@ import io
 import json
 import os
 import platform
+import pwd
 import socket
+import stat
 import tarfile
-import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from diag import __version__
+from diag.capture.archive import READ_ERRORS, ArchiveReader
 from diag.capture.clock import ClockPair, read_pair
+from diag.capture.manifest import check_fields
 from diag.errors import DiagError, ParseError
 from diag.fsutil import write_text
+from diag.limits import MAX_MANIFEST_BYTES, human, max_stream_bytes, too_large
+from diag.redact import redact_target
 
 SCHEMA = "diag.capture/1"
+FILE_MODES = "directories 0700, files 0600 (owner only)"
 SUPPORTED_SCHEMAS = {SCHEMA}
 MANIFEST = "manifest.json"
 STREAMS_DIR = "streams"
@@ -48,7 +59,22 @@ def host_facts() -> dict:
             "os": u.system, "cpus": os.cpu_count(), "boot_id": boot_id}
 
 
-def new_manifest(target: dict, mode: str) -> dict:
+def attached_by() -> dict:
+    """Who is capturing: the effective user, and the user sudo was run by (SUDO_USER, read from
+    diag's own environment: the only variable a capture records, and it is not the target's)."""
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    out = {"uid": uid, "user": user}
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and uid == 0:
+        out["sudo_user"] = sudo_user
+    return out
+
+
+def new_manifest(target: dict, mode: str, redact: bool = True) -> dict:
     """A manifest for a capture that starts now. `target`: pid, cmdline, comm, python..."""
     start = read_pair()
     return {
@@ -57,7 +83,8 @@ def new_manifest(target: dict, mode: str) -> dict:
         "status": "running",
         "mode": mode,                      # attach | run | import
         "host": host_facts(),
-        "target": target,
+        "target": redact_target(target) if redact else target,
+        "access": {"attached_by": attached_by(), "redacted": redact, "file_modes": FILE_MODES},
         "clock": {"start": start.to_json(), "end": None},
         "collectors": {},
         "events": {"seen": 0, "lost": 0},
@@ -65,24 +92,55 @@ def new_manifest(target: dict, mode: str) -> dict:
 
 
 def _atomic_write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", fsync=True)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", fsync=True, mode=0o600)
 
 
 class CaptureWriter:
-    """Owns one capture directory while collectors write into it."""
+    """Owns one capture directory while collectors write into it.
 
-    def __init__(self, root: str | os.PathLike, target: dict, mode: str) -> None:
+    A capture holds command lines, paths and socket peers: its directories are 0700 and its files
+    0600 whatever the umask (FILE_MODES). The directory is made private before anything is
+    written in it, so what the collectors create there (with their own umask) is never readable
+    by others meanwhile; every save sets the modes of what they created.
+    """
+
+    def __init__(self, root: str | os.PathLike, target: dict, mode: str, redact: bool = True) -> None:
         self.root = Path(root)
+        self.redact = redact
         self.write_error: str | None = None      # the first failed manifest write (a full disk...)
         if self.root.exists() and any(self.root.iterdir()):
             raise DiagError(f"{self.root}: already exists and is not empty; choose another --out or remove it")
-        self.manifest = new_manifest(target, mode)
+        self.manifest = new_manifest(target, mode, redact)
         try:
-            (self.root / STREAMS_DIR).mkdir(parents=True, exist_ok=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            (self.root / STREAMS_DIR).mkdir(mode=0o700, exist_ok=True)
             _atomic_write_json(self.root / MANIFEST, self.manifest)
+            self._private()
         except OSError as e:
             raise DiagError(f"{self.root}: cannot write the capture there ({e.strerror or e}): choose a writable "
                             f"directory with --out") from None
+
+    def set_target(self, target: dict) -> None:
+        """The target, once known (`diag run`: after the launch), redacted as the capture is."""
+        self.manifest["target"] = redact_target(target) if self.redact else target
+        self.save()
+
+    def set_processes(self, processes: list[dict]) -> None:
+        """The target's process tree as seen so far, redacted as the capture is (written at the next save)."""
+        self.manifest["target"]["processes"] = [redact_target(m) for m in processes] if self.redact else processes
+
+    def _private(self) -> None:
+        for d, dirs, files in os.walk(self.root):
+            os.chmod(d, 0o700)
+            for name in files:
+                p = os.path.join(d, name)
+                try:
+                    if not os.path.islink(p):
+                        os.chmod(p, 0o600)
+                except FileNotFoundError:       # a collector's temp file, gone meanwhile
+                    pass
 
     def stream_path(self, filename: str) -> Path:
         """Where a collector writes its raw stream (`streams/FILENAME`)."""
@@ -106,6 +164,7 @@ class CaptureWriter:
         self.manifest["events"] = {"seen": seen, "lost": lost}
         try:
             _atomic_write_json(self.root / MANIFEST, self.manifest)
+            self._private()
         except OSError as e:
             self.write_error = self.write_error or f"{e.strerror or e}"
 
@@ -117,14 +176,19 @@ class CaptureWriter:
 
 
 class Capture:
-    """A capture opened for reading, from a directory or a tar archive."""
+    """A capture opened for reading, from a directory or an archive (never extracted).
 
-    def __init__(self, path: str, manifest: dict, tar: tarfile.TarFile | None, prefix: str) -> None:
+    Streams are named by the manifest; each is read only if it is a regular file inside the
+    capture, no larger than the stream limit (`diag.limits`). A stream that is missing, or that is
+    a FIFO, a device or a link leading outside the capture, is skipped: `problem()` says why.
+    """
+
+    def __init__(self, path: str, manifest: dict, archive: ArchiveReader | None, prefix: str) -> None:
         self.path = path
         self.manifest = manifest
-        self._tar = tar
+        self._archive = archive
         self._prefix = prefix
-        self.warnings: list[str] = []
+        self.warnings: list[str] = archive.warnings if archive is not None else []
         if manifest.get("status") not in ("complete", None):
             self.warnings.append(f"{path}: capture status is {manifest.get('status')!r} (interrupted); "
                                  "replaying what was written")
@@ -144,64 +208,86 @@ class Capture:
 
     def member_path(self, rel: str) -> str:
         """A display path for a stream inside the capture."""
-        return f"{self.path}/{rel}" if self._tar is None else f"{self.path}:{rel}"
+        return f"{self.path}/{rel}" if self._archive is None else f"{self.path}:{rel}"
+
+    def problem(self, rel: str) -> str | None:
+        """Why stream `rel` cannot be read ("missing", "a FIFO", ...), or None when it can."""
+        _check_rel(self.path, rel)
+        if self._archive is not None:
+            return None if self._prefix + rel in self._archive.members and \
+                self._archive.members[self._prefix + rel].isreg() else "missing"
+        p = Path(self.path) / rel
+        if not os.path.lexists(p):
+            return "missing"
+        try:
+            real = p.resolve(strict=True)
+            st = os.stat(real)
+        except (OSError, RuntimeError):
+            return "a broken or looping symbolic link"
+        if not real.is_relative_to(Path(self.path).resolve()):
+            return f"a symbolic link to {real}, outside the capture"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{_file_kind(st.st_mode)}, not a regular file"
+        limit = max_stream_bytes()
+        if st.st_size > limit:
+            raise too_large(self.member_path(rel), st.st_size, limit)
+        return None
 
     def exists(self, rel: str) -> bool:
-        _check_rel(self.path, rel)
-        if self._tar is None:
-            return (Path(self.path) / rel).is_file()
-        try:
-            self._tar.getmember(self._prefix + rel)
-            return True
-        except KeyError:
-            return False
+        return self.problem(rel) is None
 
     def local_file(self, rel: str) -> str | None:
         """A filesystem path for the stream when the capture is a directory (None in an archive)."""
-        return str(Path(self.path) / rel) if self._tar is None else None
+        if self._archive is not None or self.problem(rel) is not None:
+            return None
+        return str(Path(self.path) / rel)
 
     def open_text(self, rel: str) -> IO[str]:
         """Open one stream of the capture as text (tolerating invalid UTF-8)."""
-        _check_rel(self.path, rel)
-        if self._tar is None:
-            try:
-                return open(Path(self.path) / rel, encoding="utf-8", errors="replace", newline="")
-            except FileNotFoundError:
-                raise ParseError(self.member_path(rel), None, "stream listed in the manifest is missing")
-        try:
-            f = self._tar.extractfile(self._prefix + rel)
-        except KeyError:
-            f = None
-        if f is None:
-            raise ParseError(self.member_path(rel), None, "stream listed in the manifest is missing")
-        return io.TextIOWrapper(f, encoding="utf-8", errors="replace", newline="")
+        why = self.problem(rel)
+        if why is not None:
+            raise ParseError(self.member_path(rel), None, f"stream listed in the manifest is {why}")
+        if self._archive is None:
+            return open(Path(self.path) / rel, encoding="utf-8", errors="replace", newline="")
+        return io.TextIOWrapper(self._archive.open(self._prefix + rel), encoding="utf-8", errors="replace",
+                                newline="")
 
     def read_bytes(self, rel: str) -> bytes | None:
-        """A stream's whole content as bytes, or None when the capture does not have it."""
-        _check_rel(self.path, rel)
-        if self._tar is None:
+        """A stream's whole content as bytes, or None when the capture does not have it readable."""
+        if self.problem(rel) is not None:
+            return None
+        if self._archive is None:
             try:
                 return (Path(self.path) / rel).read_bytes()
             except OSError:
                 return None
-        try:
-            f = self._tar.extractfile(self._prefix + rel)
-        except KeyError:
-            return None
-        return f.read() if f is not None else None
+        with self._archive.open(self._prefix + rel) as f:
+            return f.read()
 
     def read_head(self, rel: str, n: int = 65536) -> str:
         with self.open_text(rel) as f:
             return f.read(n)
 
     def close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
+        if self._archive is not None:
+            self._archive.close()
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _check_rel(path: str, rel: str) -> None:
     p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts:
+    if p.is_absolute() or ".." in p.parts or "\0" in rel:
         raise ParseError(path, None, f"manifest names a stream outside the capture: {rel!r}")
 
 
@@ -234,61 +320,99 @@ def wait_ready(capture_dir: str | os.PathLike, alive, timeout_s: float = 90.0) -
     return is_ready(read_manifest(capture_dir))
 
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
 def is_capture(path: str) -> bool:
+    """A directory with a manifest.json (whatever it is: opening it says what is wrong), or a
+    file that is a tar archive or named like one."""
     p = Path(path)
     if p.is_dir():
-        return (p / MANIFEST).is_file()
+        return os.path.lexists(p / MANIFEST)
     if p.is_file():
+        if p.name.endswith(ARCHIVE_SUFFIXES):
+            return True
         try:
             return tarfile.is_tarfile(str(p))
-        except (EOFError, OSError, zlib.error):
-            return False        # a cut or corrupt gzip (a Go profile, say) is no archive: its parser says why
+        except READ_ERRORS:
+            return False
     return False
+
+
+def _parse_manifest(where: str, raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParseError(where, None, f"manifest.json is not UTF-8 text (byte {e.start}); not a diag capture")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParseError(where, e.lineno, f"manifest.json is not valid JSON ({e.msg})")
+    except (ValueError, RecursionError) as e:
+        raise ParseError(where, None, f"manifest.json is not valid JSON ({' '.join(str(e).split())[:80]})")
+    return _check_manifest(where, manifest)
 
 
 def _check_manifest(path: str, manifest: object) -> dict:
     if not isinstance(manifest, dict) or "schema" not in manifest:
         raise ParseError(path, None, "manifest.json has no schema field; not a diag capture")
     schema = manifest["schema"]
+    if not isinstance(schema, str):
+        raise ParseError(path, None, "manifest.json's schema field is not a string; not a diag capture")
     if schema not in SUPPORTED_SCHEMAS:
-        raise ParseError(path, None, f"capture schema {schema!r} is not supported by diag {__version__} "
+        raise ParseError(path, None, f"capture schema {schema[:60]!r} is not supported by diag {__version__} "
                                      f"(supported: {', '.join(sorted(SUPPORTED_SCHEMAS))}); upgrade diag")
-    return manifest
+    return check_fields(path, manifest)
+
+
+def _read_manifest_file(path: str) -> dict:
+    mpath = Path(path) / MANIFEST
+    shown = str(mpath)
+    if not os.path.lexists(mpath):
+        raise DiagError(f"{path}: directory has no manifest.json; not a diag capture")
+    try:
+        real = mpath.resolve(strict=True)
+        st = os.stat(real)
+    except (OSError, RuntimeError):
+        raise ParseError(shown, None, "manifest.json is a broken or looping symbolic link; not a diag capture")
+    if not real.is_relative_to(Path(path).resolve()):
+        raise ParseError(shown, None, f"manifest.json is a symbolic link to {real}, outside the capture; "
+                                      "refusing to read it")
+    if not stat.S_ISREG(st.st_mode):
+        raise ParseError(shown, None, f"manifest.json is {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ParseError(shown, None, f"manifest.json is {human(st.st_size)} (a manifest is a few KB, at most "
+                                      f"{human(MAX_MANIFEST_BYTES)}); not a diag capture")
+    try:
+        with open(real, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise DiagError(f"{shown}: cannot read ({e.strerror or e})")
+    return _parse_manifest(shown, raw)
 
 
 def open_capture(path: str) -> Capture:
     """Open a capture directory or archive, validating its manifest."""
-    p = Path(path)
-    if p.is_dir():
-        mpath = p / MANIFEST
-        try:
-            text = mpath.read_text()
-        except FileNotFoundError:
-            raise DiagError(f"{path}: directory has no manifest.json; not a diag capture")
-        try:
-            manifest = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ParseError(str(mpath), e.lineno, f"manifest.json is not valid JSON ({e.msg})")
-        return Capture(path, _check_manifest(str(mpath), manifest), None, "")
+    if Path(path).is_dir():
+        return Capture(path, _read_manifest_file(path), None, "")
+    archive = ArchiveReader(path)
     try:
-        tar = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise DiagError(f"{path}: cannot open as a capture archive ({e})")
-    names = [m.name for m in tar.getmembers() if m.isfile()]
-    manifests = sorted((n for n in names if PurePosixPath(n).name == MANIFEST), key=len)
-    if not manifests:
-        tar.close()
-        raise DiagError(f"{path}: archive has no manifest.json; not a diag capture")
-    mname = manifests[0]
-    prefix = mname[: -len(MANIFEST)]
-    f = tar.extractfile(mname)
-    assert f is not None
-    try:
-        manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        tar.close()
-        raise ParseError(f"{path}:{mname}", e.lineno, f"manifest.json is not valid JSON ({e.msg})")
-    return Capture(path, _check_manifest(f"{path}:{mname}", manifest), tar, prefix)
+        manifests = sorted((n for n in archive.regular() if PurePosixPath(n).name == MANIFEST), key=len)
+        if not manifests:
+            raise DiagError(f"{path}: archive has no manifest.json; not a diag capture")
+        mname = manifests[0]
+        where = f"{path}:{mname}"
+        size = archive.members[mname].size
+        if size > MAX_MANIFEST_BYTES:
+            raise ParseError(where, None, f"manifest.json is {human(size)} (a manifest is a few KB, at most "
+                                          f"{human(MAX_MANIFEST_BYTES)}); not a diag capture")
+        with archive.open(mname) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        manifest = _parse_manifest(where, raw)
+    except BaseException:
+        archive.close()
+        raise
+    return Capture(path, manifest, archive, mname[: -len(MANIFEST)])
 
 
 def pack(capture_dir: str, archive: str) -> str:
@@ -296,6 +420,8 @@ def pack(capture_dir: str, archive: str) -> str:
     src = Path(capture_dir)
     if not (src / MANIFEST).is_file():
         raise DiagError(f"{capture_dir}: not a capture directory (no manifest.json)")
-    with tarfile.open(archive, "w:gz") as tar:
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
         tar.add(str(src), arcname=src.name)
     return archive

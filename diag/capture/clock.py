@@ -26,7 +26,7 @@ class ClockPair:
 
     @classmethod
     def from_json(cls, d: dict) -> "ClockPair":
-        return cls(int(d["realtime_ns"]), int(d["monotonic_ns"]), int(d.get("gap_ns", 0)))
+        return cls(int(d["realtime_ns"]), int(d["monotonic_ns"]), int(d.get("gap_ns") or 0))
 
 
 def read_pair(tries: int = 16) -> ClockPair:

@@ -42,6 +42,8 @@ class Target:
     launched: bool = False          # started by `diag run` (we own its lifetime)
     follow_children: bool = False
     tree: object | None = None      # diag.collect.targets.ProcessTree: every member seen (the session keeps it)
+    uid: int | None = None          # its owner (real uid), when known
+    user: str | None = None
 
     def pids(self) -> set[int]:
         """The processes watched: the target and, following children, every member seen so far."""
@@ -65,6 +67,8 @@ class Target:
             state = gil_state(self.pid)
             if state:
                 out["gil_state"] = list(state)
+        if self.uid is not None:
+            out.update(uid=self.uid, user=self.user)
         return out
 
 

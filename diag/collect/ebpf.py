@@ -8,7 +8,8 @@ ebpf_stream.py), and rewrites logs/ebpf.progress.json every second. With `reques
 default) the probe also summarizes server-side requests in the kernel.
 
 The agent runs under the first interpreter that can import `bcc`: ours (the venv is built with
---system-site-packages for this), else /usr/bin/python3 with the repository on PYTHONPATH.
+--system-site-packages for this), else /usr/bin/python3 with the directory holding the `diag`
+package on PYTHONPATH (the repository in a checkout, site-packages in an installed wheel).
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from diag.capture.bundle import CaptureWriter
 from diag.capture.ebpf_stream import MAIN as STREAM
 from diag.collect.base import (DEGRADED, FAILED, OK, CollectorStats, SubprocessCollector, Target, Unavailable,
                                wait_for)
-from diag.resources import package_root
-
-REPO_ROOT = package_root()
+from diag.errors import DiagError
+from diag.resources import package_root, probe_dir
 SYSTEM_PYTHON = "/usr/bin/python3"
 TRACING_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -77,6 +77,10 @@ class EbpfCollector(SubprocessCollector):
     def check(self, target: Target) -> str | None:
         if os.geteuid() != 0:
             return "eBPF needs root (CAP_BPF+CAP_PERFMON): run diag with sudo"
+        try:
+            probe_dir()
+        except DiagError as e:
+            return str(e)
         if bcc_python() is None:
             return "BCC is not installed: install python3-bpfcc: sudo apt-get install bpfcc-tools python3-bpfcc"
         build = Path("/lib/modules") / os.uname().release / "build"
@@ -91,7 +95,7 @@ class EbpfCollector(SubprocessCollector):
     # --- start --------------------------------------------------------------------------------
     def argv(self, target: Target, out: Path, progress: Path) -> list[str]:
         py = bcc_python() or SYSTEM_PYTHON
-        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        pythonpath = os.pathsep.join(p for p in (str(package_root()), os.environ.get("PYTHONPATH", "")) if p)
         a = ["/usr/bin/env", f"PYTHONPATH={pythonpath}", py, "-m", "diag.agent",
              "--pid", str(target.pid), "--slow-ns", str(self.slow_ns), "--out", str(out),
              "--progress", str(progress), "--ringbuf-pages", str(self.ringbuf_pages)]

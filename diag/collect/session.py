@@ -139,7 +139,7 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
         target.tree = ProcessTree(target.pid)
     if target.tree is not None:
         target.tree.refresh()
-        writer.manifest["target"] = target.to_json()
+        writer.set_target(target.to_json())
     started: list[Collector] = []
     status = "complete"
     released = False
@@ -178,7 +178,7 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
                     break
                 elapsed = time.monotonic() - t0
                 if target.tree is not None and target.tree.refresh():
-                    writer.manifest["target"]["processes"] = target.tree.to_json()
+                    writer.set_processes(target.tree.to_json())
                     writer.save()
                 if on_tick:
                     on_tick({"elapsed_s": elapsed, "duration_s": duration_s,
@@ -194,7 +194,7 @@ def run_capture(target: Target, collectors: list[Collector], writer: CaptureWrit
     finally:
         if target.tree is not None:
             target.tree.refresh()
-            writer.manifest["target"]["processes"] = target.tree.to_json()
+            writer.set_processes(target.tree.to_json())
         stop_all(started, writer)
         for s, h in previous.items():
             signal.signal(s, h)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import pwd
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from diag.collect.base import Target
-from diag.errors import EXIT_BAD_INPUT, EXIT_NO_TARGET, DiagError
+from diag.errors import EXIT_BAD_INPUT, EXIT_NO_PRIVILEGE, EXIT_NO_TARGET, DiagError
 
 PYTHON_EXE = re.compile(r"(^|/)(python|pypy)[\d.]*[a-z]?$")
 
@@ -40,6 +41,7 @@ def target_from_pid(pid: int, follow: bool = True) -> Target:
     try:
         p = psutil.Process(pid)
         cmdline, comm = p.cmdline(), p.name()
+        uids = p.uids()
         if p.status() == psutil.STATUS_ZOMBIE:
             raise psutil.NoSuchProcess(pid)
     except psutil.NoSuchProcess:
@@ -47,7 +49,33 @@ def target_from_pid(pid: int, follow: bool = True) -> Target:
     except psutil.AccessDenied:
         raise DiagError(f"pid {pid}: permission denied reading /proc/{pid}: run diag as its user or with sudo",
                         EXIT_NO_TARGET)
-    return Target(pid=pid, cmdline=cmdline, comm=comm, is_python=is_python(pid), follow_children=follow)
+    return Target(pid=pid, cmdline=cmdline, comm=comm, is_python=is_python(pid), follow_children=follow,
+                  uid=uids.real, user=user_name(uids.real))
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_owner(target: Target) -> None:
+    """Only root attaches to another user's process. The tools may be able to (CAP_SYS_PTRACE, a
+    permissive ptrace_scope, /proc readable by all), but what a capture holds about the target
+    (command line, files, peers, stacks) is that user's: reading it is root's call. The
+    effective uid counts too: a setuid program runs with its owner's rights."""
+    me = os.geteuid()
+    if me == 0 or target.uid is None:
+        return
+    try:
+        euid = psutil.Process(target.pid).uids().effective
+    except psutil.Error:
+        euid = target.uid
+    if target.uid != me or euid != me:
+        owner = target.user if target.uid != me else user_name(euid)
+        raise DiagError(f"pid {target.pid} ({target.comm}) belongs to user {owner}, not to {user_name(me)}: "
+                        f"only root attaches to another user's process: run diag with sudo", EXIT_NO_PRIVILEGE)
 
 
 def root_pids(pids) -> list[int]:

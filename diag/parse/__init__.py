@@ -5,6 +5,7 @@ import os
 from typing import IO
 
 from diag.errors import DiagError, ParseError
+from diag.limits import max_stream_bytes, too_large
 from diag.model import (Clock, Dataset, ExportSetting, GcPause, GilSpan, ProbeCounters, ProcessSnapshot, Request,
                         RequestHistogram, RunqWait, RuntimeWindow, StackSample, StreamInfo, SyscallAggregate,
                         SyscallEvent, Wakeup)
@@ -170,6 +171,9 @@ def parse_file(path: str, ctx: ParseContext | None = None, fmt: str | None = Non
     """Detect (or force) the format of one raw file and parse it."""
     ctx = ctx or ParseContext(path=path)
     raw = _read_raw(path)
+    size, limit = os.stat(path).st_size, max_stream_bytes()
+    if size > limit:
+        raise too_large(path, size, limit, "trace file")
     if not raw.strip():
         raise ParseError(path, None, "empty file: nothing to replay")
     parser = parser_for(fmt) if fmt else (_binary_parser(path, raw) or detect(path, _text_head(path, raw)))

@@ -7,6 +7,7 @@ CLOCK_MONOTONIC (`offset_ns`), and which date to use for time-of-day stamps.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Iterator, Protocol
 
@@ -112,6 +113,11 @@ class BadLines:
         ctx.warn(f"{ctx.path}:{lineno}: skipped {self.count} unparseable line(s), first: {reason}")
 
 
+# A 64-bit value prints in at most 19 digits (20 unsigned): a longer number in a JSON record is
+# damage, and passed on it overflowed float arithmetic in the analysis.
+_HUGE_NUMBER = re.compile(r"\d{20}")
+
+
 def json_lines(stream: IO[str], bad: "BadLines"):
     """(line number, line, object) for every JSON-object line of a JSON Lines stream; blank lines
     skipped, other lines reported to `bad`. The caller counts the lines it accepts."""
@@ -120,9 +126,12 @@ def json_lines(stream: IO[str], bad: "BadLines"):
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue
+        if _HUGE_NUMBER.search(line):
+            bad.bad(lineno, line, "a number of 20 digits or more (no field of diag's streams has one)")
+            continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):      # JSONDecodeError, a 5000-digit number, deep nesting
             bad.bad(lineno, line, "not a JSON object")
             continue
         if not isinstance(obj, dict):

@@ -53,7 +53,7 @@ class EbpfParser:
             return False
         try:
             obj = json.loads(first)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             # the sniffed head may cut a long header line: the tag is enough then
             return '"format"' in first and len(first) >= len(head.lstrip()) - 1
         return isinstance(obj, dict) and obj.get("format") in _TAGS
@@ -108,7 +108,7 @@ class EbpfParser:
                 else:
                     bad.bad(lineno, line, f"unknown record type {kind!r}")
                     continue
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:   # OverflowError: int(Infinity)
                 bad.bad(lineno, line, f"missing or invalid field ({e})")
                 continue
             good += 1

@@ -58,9 +58,9 @@ from diag.parse.base import BadLines, ParseContext, numbered_lines
 
 _HEADER = re.compile(
     r"^\s*(?:(?P<comm>\S.*?)\s+)?"             # comm: may hold spaces and digits; absent with -F
-    r"(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+"   # pid/tid, or a single number (the tid by default)
-    r"(?:\[(?P<cpu>\d+)\]\s+)?"                # [cpu] (-a, or -F cpu)
-    r"(?P<sec>\d+)\.(?P<frac>\d{1,9}):"        # time, µs or ns (--ns)
+    r"(?P<pid>-?\d{1,10})(?:/(?P<tid>-?\d{1,10}))?\s+"   # pid/tid, or a single number (the tid by default)
+    r"(?:\[(?P<cpu>\d{1,6})\]\s+)?"                # [cpu] (-a, or -F cpu)
+    r"(?P<sec>\d{1,12})\.(?P<frac>\d{1,9}):"        # time, µs or ns (--ns)
     r"(?:\s+(?P<rest>.*?))?\s*$")
 # What follows the time: [period] event: payload. An event name has no blank and ends with ": ".
 _REST = re.compile(r"^(?:(?P<period>\d+)\s+)?(?P<event>[^\s:][^\s]*?):(?:\s+|$)(?P<payload>.*)$")
@@ -73,6 +73,12 @@ _INLINE_IP = re.compile(r"^(?P<addr>[0-9a-f]+)(?:\s+(?P<text>.*?))?\s*$")
 _SYM_DSO = re.compile(r"^(?P<sym>.*?)(?:\+0x[0-9a-f]+)?(?:\s+\((?P<dso>[^()]*)\))?$")
 # `-F +srcline` lines: `  pytime.c:609`, `  [kernel.kallsyms][ffffffff816dfdb6]`.
 _SRCLINE = re.compile(r"^ +\S+$")
+# perf pads its columns with a few dozen blanks at most. The lazy fields of the patterns above
+# backtrack through a run of blanks once per character before it: a line holding a long run took
+# quadratic time (64 KB of spaces: over a minute). Such a line is not perf output; it is refused
+# before any pattern sees it.
+_BLANK_RUN_LEN = 256
+_BLANK_RUN = re.compile(r"\s{%d}" % _BLANK_RUN_LEN)
 
 # Events whose samples mean "this thread was running on a CPU right then".
 _CPU_EVENTS = frozenset({"cpu-clock", "task-clock", "cycles", "cpu-cycles", "ref-cycles", "instructions",
@@ -81,10 +87,12 @@ _CPU_EVENTS = frozenset({"cpu-clock", "task-clock", "cycles", "cpu-cycles", "ref
 # --- syscall tracepoints ------------------------------------------------------------------------
 
 _SC_EVENT = re.compile(r"^syscalls:sys_(?P<dir>enter|exit)_(?P<name>\w+)$")
-_RAW_ENTER = re.compile(r"^NR (?P<nr>-?\d+) \((?P<args>[^)]*)\)")
-_RAW_EXIT = re.compile(r"^NR (?P<nr>-?\d+) = (?P<ret>-?\d+)(?=\s|$)")
-_SC_EXIT = re.compile(r"^(?P<ret>0x[0-9a-f]+|-?\d+)(?=\s|$)")
-_SC_FIELD = re.compile(r"^(?P<field>\w+): (?P<value>0x[0-9a-f]+|-?\d+)(?=[,\s]|$)")
+# Numbers are bounded to what 64 bits print: a longer one is damage (int() of thousands of
+# digits raises; a 20 MB hex value overflowed float arithmetic later).
+_RAW_ENTER = re.compile(r"^NR (?P<nr>-?\d{1,10}) \((?P<args>[^)]*)\)")
+_RAW_EXIT = re.compile(r"^NR (?P<nr>-?\d{1,10}) = (?P<ret>-?\d{1,20})(?=\s|$)")
+_SC_EXIT = re.compile(r"^(?P<ret>0x[0-9a-f]{1,16}|-?\d{1,20})(?=\s|$)")
+_SC_FIELD = re.compile(r"^(?P<field>\w+): (?P<value>0x[0-9a-f]{1,16}|-?\d{1,20})(?=[,\s]|$)")
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl), for raw_syscalls:sys_enter.
 _X86_64 = """
@@ -209,6 +217,8 @@ class PerfScriptParser:
         in_sample = False
         for line in lines[:400]:
             line = line.rstrip("\r")
+            if len(line) > _BLANK_RUN_LEN and _BLANK_RUN.search(line):
+                return False
             if not line.strip():
                 in_sample = False
                 continue
@@ -291,6 +301,9 @@ class PerfScriptParser:
             total += 1
             complete = line.endswith("\n")
             text = line.rstrip("\r\n")
+            if len(text) > _BLANK_RUN_LEN and _BLANK_RUN.search(text):
+                bad.bad(lineno, line, "a run of hundreds of blanks, not `perf script` output")
+                continue
             if text.startswith("\t"):
                 m = _FRAME.match(text)
                 if cur is None or not m or not complete:
@@ -421,7 +434,7 @@ class _SyscallPairer:
                 if name in FD_FIRST:
                     first = m.group("args").split(",")[0].strip()
                     try:
-                        fd = _signed(int(first, 16), 32)
+                        fd = _signed(int(first, 16), 32) if len(first) <= 16 else None
                     except ValueError:
                         fd = None
             else:

@@ -69,15 +69,19 @@ from diag.parse.base import BadLines, ParseContext, numbered_lines
 UNKNOWN_TID = -1
 """tid of folded stacks recorded without --threads (py-spy merged all threads' samples)."""
 
-_THREAD = re.compile(r"^thread \((?P<id>\d+|0[xX][0-9a-fA-F]+)\)(?:: (?P<name>.*))?$")
-_PROCESS = re.compile(r'^process (?P<pid>\d+):"(?P<cmd>.*)"$')
-_PROFILE_NAME = re.compile(r'^(?:Process (?P<pid>\d+) )?Thread (?P<id>\d+|0[xX][0-9a-fA-F]+) "(?P<name>.*)"$', re.S)
+# Numbers are bounded to what 64 bits print: a longer one is damage (int() of thousands of
+# digits raises).
+_THREAD = re.compile(r"^thread \((?P<id>\d{1,20}|0[xX][0-9a-fA-F]{1,16})\)(?:: (?P<name>.*))?$")
+_PROCESS = re.compile(r'^process (?P<pid>\d{1,10}):"(?P<cmd>.*)"$')
+_PROFILE_NAME = re.compile(r'^(?:Process (?P<pid>\d{1,10}) )?Thread (?P<id>\d{1,20}|0[xX][0-9a-fA-F]{1,16}) '
+                           r'"(?P<name>.*)"$', re.S)
 _SHARED_OBJECT = re.compile(r"(?:\.so(?:\.\d+)*|\.dylib|\.pyd|\.dll)$|^\[vdso\]$")
 # A folded line: frames joined by ';', a blank, the sample count.
-_FOLDED = re.compile(r"^(?P<stack>\S.*?) (?P<count>\d+)$")
+_TS_MAX = 2**63 // 1000           # µs stamps that still fit 64-bit ns (also false for NaN)
+_FOLDED = re.compile(r"^(?P<stack>\S.*?) (?P<count>\d{1,18})$")
 _EMPTY_STACK = re.compile(r"^ \d+$")
 # One py-spy folded frame: `name (file:line)`, `name (file)` or a bare name.
-_RAW_FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_RAW_FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d{1,10}))?\)$")
 _STRACE_LIKE = re.compile(r"\w\(.*\)\s+=\s+\S|^\d+\s+\d+\.\d+\s|<\.\.\. ")
 
 
@@ -161,6 +165,9 @@ def _load_json(stream: IO[str], ctx: ParseContext, what: str) -> Any:
                                                  f"does ({e.msg}); was py-spy killed while writing it?") from None
         raise ParseError(ctx.path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno}): not {what} "
                                              "output") from None
+    except (ValueError, RecursionError) as e:     # a 5000-digit number, arrays nested 10^5 deep
+        raise ParseError(ctx.path, None, f"invalid JSON ({' '.join(str(e).split())[:80]}): not {what} "
+                                         "output") from None
 
 
 def _shape_error(ctx: ParseContext, what: str, detail: str) -> ParseError:
@@ -309,7 +316,8 @@ class ChrometraceParser:
                 continue                # metadata (M), instant (i), counters (C): not stacks
             ts, tid, name = ev.get("ts"), ev.get("tid"), ev.get("name")
             if isinstance(ts, bool) or not isinstance(ts, (int, float)) or isinstance(tid, bool) \
-                    or not isinstance(tid, int) or not isinstance(name, str):
+                    or not isinstance(tid, int) or not isinstance(name, str) \
+                    or not -_TS_MAX < ts < _TS_MAX or not -2**63 <= tid < 2**63:     # NaN, Infinity, 1e400
                 raise _shape_error(ctx, what, f"event {i} lacks a numeric 'ts', an integer 'tid' or a 'name'")
             args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
             fn = args.get("filename") if isinstance(args.get("filename"), str) else None
@@ -318,7 +326,7 @@ class ChrometraceParser:
             key = (name, fn, line)
             if ph == "X":
                 dur = ev.get("dur")
-                if not isinstance(dur, (int, float)):
+                if not isinstance(dur, (int, float)) or not -_TS_MAX < dur < _TS_MAX:
                     raise _shape_error(ctx, what, f"event {i} is a complete (X) event without 'dur'")
                 has_x = True
                 cooked.append((ts, i, "B", tid, pid, key))

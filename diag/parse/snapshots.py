@@ -12,6 +12,20 @@ from diag.parse.base import BadLines, ParseContext, TaggedJsonLines, json_lines
 
 FORMAT_TAG = "diag.process/1"
 _FIELDS = set(ProcessSnapshot.__dataclass_fields__)
+# The numeric fields and their types: a line with a list or a string where a count belongs is a
+# bad line here, not a TypeError in the analysis later.
+_INTS = {"ts_ns", "pid", "ctx_voluntary", "ctx_involuntary", "num_fds", "num_threads", "rss_bytes", "listen_queue",
+         "listen_backlog", "listen_overflows", "listen_drops"}
+_FLOATS = {"cpu_user_s", "cpu_system_s"}
+
+
+def _number(name: str, v, kind):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} is not a number")
+    v = kind(v)                                  # int(inf) raises OverflowError
+    if not -2**63 <= v < 2**63:                  # also false for NaN
+        raise ValueError(f"{name} is out of range")
+    return v
 
 
 class SnapshotParser(TaggedJsonLines):
@@ -28,10 +42,16 @@ class SnapshotParser(TaggedJsonLines):
                 continue
             try:
                 fields = {k: v for k, v in obj.items() if k in _FIELDS}
-                fields["ts_ns"] = int(fields["ts_ns"]) + offset
-                fields["socket_states"] = tuple(tuple(x) for x in fields.get("socket_states") or ())
+                for k, v in fields.items():
+                    if k in _INTS and v is not None:
+                        fields[k] = _number(k, v, int)
+                    elif k in _FLOATS:
+                        fields[k] = _number(k, v, float)
+                fields["ts_ns"] = fields["ts_ns"] + offset
+                fields["socket_states"] = tuple((str(state), _number("socket_states", n, int))
+                                                for state, n in fields.get("socket_states") or ())
                 snap = ProcessSnapshot(**fields)
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
                 bad.bad(lineno, line, f"missing or invalid field ({e})")
                 continue
             good += 1

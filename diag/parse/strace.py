@@ -102,28 +102,32 @@ _SOCKET, _FILE, _PIPE, _OTHER, _UNKNOWN = FdKind.SOCKET, FdKind.FILE, FdKind.PIP
 # Stamps: HH:MM:SS[.frac] (-t/-tt, --absolute-timestamps=format:time), secs[.frac]
 # (-ttt, format:unix, any precision), "   0.000123" (-r). Then -t -r's "(+ 0.000123) ",
 # -n's "[ 0] " and -i's "[00007f..] ".
-_PFX = (r"(?:\[pid +(\d+)\] |(\d{1,7}) +)?"
-        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d+))(?:\.(\d{1,9}))? )?"
+_PFX = (r"(?:\[pid +(\d{1,10})\] |(\d{1,7}) +)?"
+        r"(?:(?:(\d\d:\d\d:\d\d)| *(\d{1,12}))(?:\.(\d{1,9}))? )?"
         r"(?:\(\+ *\d+\.\d+\) )?(?:\[[^\]\n]*\] )*")
-_RET = r"(-?\d+|0x[0-9a-fA-F]+|\?)"
-# After the value: an fd decoration (-y: "= 3</path>"), then errno / annotations:
+# Numbers have at most the digits a 64-bit value prints (a pid, fd or timestamp far fewer): a line
+# with a longer one is not strace output, and int() of thousands of digits raises (and is slow).
+_RET = r"(-?\d{1,20}|0x[0-9a-fA-F]{1,16}|\?)"
+# After the value: an fd decoration (-y: "= 3</path>", a path of at most PATH_MAX escaped: the
+# bound keeps the lazy search for its ">" from stacking one backtrack state per character of a
+# long line, 280 bytes each: a 20 MB line took 6 GB), then errno / annotations:
 # " EAGAIN (Resource ...)", " (Timeout)", " (flags O_RDONLY)", " (INJECTED)", " <unavailable>".
-_TAIL = r'((?:<(?:[^"\\\n]|\\.)*?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
-_DUR = r"(?: <(\d+)(?:\.(\d{1,9}))?>)?"
+_TAIL = r'((?:<(?:[^"\\\n]|\\.){0,16384}?>)?(?: (?:E[A-Z0-9_]+ )?\(.*?\)| <unavailable>)*)'
+_DUR = r"(?: <(\d{1,12})(?:\.(\d{1,9}))?>)?"
 # The fast path, one regex for the three common lines: a complete call, an unfinished one
 # ("read(3,  <unfinished ...>") and its resumption ("<... read resumed>"..., 1) = 1 <0.1>").
 # The greedy args make the LAST ") = " that leaves a valid tail the split point, so ") = "
 # inside a string argument does no harm.
 # The lookahead after "NAME(" captures a decimal first argument and whether a -y decoration
 # follows it, so that fd calls need no second match.
-_FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d+)(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
+_FAST = re.compile(_PFX + r"(?:(\w+)\((?:(?=(\d{1,10})(?:(<)|[,) ]))|)(.*)(?:\) +=\ " + _RET + _TAIL + _DUR +
                    r"| ?<unfinished \.\.\.>)"
                    r"|<\.\.\. (\w+) resumed>(.*)\) +=\ " + _RET + _TAIL + _DUR + r")\n")
 # The fastest path: the line most traces are made of (strace -f -ttt -T -o FILE, a complete call
 # returning a number, maybe an errno): 0.8 µs a match against 1.45 µs for _FAST on real redis lines.
-_PLAIN_PFX = r"(\d{1,7}) +(\d{9,})\.(\d{1,9}) "
-_PLAIN_END = r"\) += (-?\d+)(?: (E[A-Z0-9_]+) \([^()\n]*\))? <(\d+)\.(\d{1,9})>\n"
-_PLAIN_ARG0 = r"(?=(\d+)(?:(<)|[,) ])|)"       # a decimal first argument (the fd), as in _FAST
+_PLAIN_PFX = r"(\d{1,7}) +(\d{9,12})\.(\d{1,9}) "
+_PLAIN_END = r"\) += (-?\d{1,20})(?: (E[A-Z0-9_]+) \([^()\n]*\))? <(\d{1,12})\.(\d{1,9})>\n"
+_PLAIN_ARG0 = r"(?=(\d{1,10})(?:(<)|[,) ])|)"       # a decimal first argument (the fd), as in _FAST
 _PLAIN = re.compile(_PLAIN_PFX + r"(\w+)\(" + _PLAIN_ARG0 + r"(.*)" + _PLAIN_END)
 # ... and the two halves of a call another thread's line interrupted (most lines of a busy
 # threaded server's log): "NAME(args <unfinished ...>" and "<... NAME resumed>rest) = RET <DUR>"
@@ -138,19 +142,19 @@ _R_REST = re.compile(r"(.*)\) +=\ " + _RET + _TAIL + _DUR + r"\Z")
 _R_DETACHED = re.compile(r"(.*?) *<detached \.\.\.>\Z")
 _SIGNAL = re.compile(r"--- .* ---\Z")
 _EXIT = re.compile(r"\+\+\+ (?:exited with|killed by|superseded by) .*\+\+\+\Z")
-_MSG_PROC = re.compile(r"strace: Process (\d+) (attached|detached)(?: with (\d+) threads)?")
-_EMBEDDED_MSG = re.compile(r"(\s*\S.*?)(strace: Process (\d+) (?:attached|detached)[^\n]*)\n")
+_MSG_PROC = re.compile(r"strace: Process (\d{1,10}) (attached|detached)(?: with (\d{1,10}) threads)?")
+_EMBEDDED_MSG = re.compile(r"(\s*\S.*?)(strace: Process (\d{1,10}) (?:attached|detached)[^\n]*)\n")
 _STARTS_CALL = re.compile(r"(?:\w+|\?\?\?)\(|<\.\.\. \w+ resumed>")
 _ERRNO = re.compile(r" (E[A-Z0-9_]+) \(")
-_ARG0 = re.compile(r"(?:0x([0-9a-fA-F]+)|(-?\d+))(<)?")
-_PAIR = re.compile(r"\[(\d+)(?:<.*?>)?, (\d+)")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_ARG0 = re.compile(r"(?:0x([0-9a-fA-F]{1,16})|(-?\d{1,20}))(<)?")
+_PAIR = re.compile(r"\[(\d{1,10})(?:<.*?>)?, (\d{1,10})")
+_QUOTED = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"')     # "unrolled": no backtrack state per character
 _RESUMING = re.compile(r"<\.\.\. resuming interrupted (\w+) \.\.\.>")
 _HEX = re.compile(r"0x([0-9a-fA-F]+)")
 _TLS = re.compile(r"\btls=0x([0-9a-fA-F]+)")
 _NAME_PID = re.compile(r".\.(\d{1,7})\Z")
-_HEAD_PFX = re.compile(r"(?:\[pid +(\d+)\] |(\d{1,7}) +)")
-_HEAD_CLONE = re.compile(r"(?:clone3?|v?fork)(?:\(.*\)| resumed>.*\)) += (\d+)")
+_HEAD_PFX = re.compile(r"(?:\[pid +(\d{1,10})\] |(\d{1,7}) +)")
+_HEAD_CLONE = re.compile(r"(?:clone3?|v?fork)(?:\(.*\)| resumed>.*\)) += (\d{1,10})")
 HEAD_LINES = 5000    # lines read ahead to find the threads `strace -p -f` attached
 
 # --- syscall tables ----------------------------------------------------------------------
@@ -1107,7 +1111,10 @@ class _Run:
             self._complete(tid, tgid, sys.intern(name), self._stamp(tod, num, frac), args, ret, tail,
                            _dur(ds, df))
             return True
-        m = _B_DETACHED.match(body)
+        # the "<detached ...>" patterns backtrack through a run of blanks once per character
+        # before it (quadratic time, and memory: a 20 MB line took 6 GB): tried only when the
+        # marker is there
+        m = _B_DETACHED.match(body) if "<detached" in body else None
         if m is not None:
             self.seen_call = True
             tid = self._tid_of(p1, p2)
@@ -1142,7 +1149,7 @@ class _Run:
             p = None
         m = _R_REST.match(rest)
         if m is None:
-            if _R_DETACHED.match(rest) and p is not None:
+            if p is not None and "<detached" in rest and _R_DETACHED.match(rest):
                 self._cut(tid, p)
             return
         if p is None:

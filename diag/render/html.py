@@ -10,17 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 from pathlib import Path
 
+from diag.render.access import access_rows
+from diag.resources import reports_dir
 from diag.units import fmt_count, fmt_duration, fmt_pct
 
 EXTENSION = ".html"
 NAME = "html"
-
-# reports/ sits beside the package in a source checkout / editable install; DIAG_REPORTS_DIR
-# points elsewhere (e.g. a wheel's data dir).
-REPORTS_DIR = Path(os.environ.get("DIAG_REPORTS_DIR") or Path(__file__).resolve().parents[2] / "reports")
 
 MAX_SYSCALL_ROWS = 40
 # Request breakdown keys (docs/report-schema.md) that are not syscall families.
@@ -297,6 +294,7 @@ def environment(report: dict) -> list[tuple[str, str]]:
         v = c.get("version") or (c.get("settings") or {}).get("version")
         if v:
             rows.append((f"{name} version", str(v)))
+    rows += access_rows(report)
     w = report.get("window") or {}
     if w:
         rows.append(("window", f"{w.get('duration_s', 0):.3f} s (CLOCK_MONOTONIC {w.get('start_ns')} .. {w.get('end_ns')})"))
@@ -344,9 +342,10 @@ def view(report: dict) -> dict:
 
 # ---------------------------------------------------------------- rendering
 
-def _env(directory: Path = REPORTS_DIR):
+def _env(directory: Path | None = None):
     import jinja2
 
+    directory = directory or reports_dir()
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(directory / "templates")),
                              autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
@@ -356,7 +355,7 @@ def _env(directory: Path = REPORTS_DIR):
 
 
 def _asset(name: str) -> str:
-    return (REPORTS_DIR / "static" / name).read_text(encoding="utf-8")
+    return (reports_dir() / "static" / name).read_text(encoding="utf-8")
 
 
 def _csp_hash(script: str) -> str:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from diag.render.access import access_line
 from diag.units import fmt_duration
 
 BREAKDOWN_LABEL = {"user": "on CPU (user space)", "runq": "waiting for a CPU", "sync": "fsync",
@@ -165,6 +166,9 @@ def show(report: dict, console: Console | None = None, top: int = 12) -> None:
                      f"{tgt['cpu_s']:.2f} CPU-s ({tgt['cores']:.0%} of a core)")
     c.print(t)
     c.print(Text("Alignment: " + report["alignment"]["note"], style="dim"))
+    access = access_line(report)
+    if access:
+        c.print(Text("Capture: " + access, style="dim"))
     for wmsg in report["warnings"][:10]:
         c.print(Text("warning: ", style="yellow") + Text(wmsg))
     if len(report["warnings"]) > 10:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from diag.agent.segments import read_state
 from diag.collect.base import pdeathsig_preexec
-from diag.collect.ebpf import REPO_ROOT, SYSTEM_PYTHON, agent_error_line, bcc_python
+from diag.collect.ebpf import SYSTEM_PYTHON, agent_error_line, bcc_python
 from diag.errors import EXIT_NO_COLLECTOR, DiagError
+from diag.resources import package_root
 
 # Request records per second the probe exports before it keeps only the slow tail and exemplars:
 # a quarter of attach's budget, for an agent that runs for days (the histograms stay exact).
@@ -39,7 +40,7 @@ class RingAgent:
 
     def argv(self) -> list[str]:
         py = bcc_python() or SYSTEM_PYTHON
-        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        pythonpath = os.pathsep.join(p for p in (str(package_root()), os.environ.get("PYTHONPATH", "")) if p)
         a = ["/usr/bin/env", f"PYTHONPATH={pythonpath}", py, "-m", "diag.agent"]
         for p in self.pids:
             a += ["--pid", str(p)]

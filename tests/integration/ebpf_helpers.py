@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from diag.collect.ebpf import REPO_ROOT, bcc_python
+from diag.collect.ebpf import bcc_python
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
+from diag.resources import package_root
 
 PY = bcc_python() if os.geteuid() == 0 else None
 EBPF_MARKS = [
@@ -30,7 +31,7 @@ WORKDIR = "/var/tmp"
 
 def start_agent(pid: int, out: Path, *extra: str) -> subprocess.Popen:
     """Start the eBPF agent on `pid`; return once it wrote its header (attached)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, PYTHONPATH=str(package_root()))
     proc = subprocess.Popen([PY, "-m", "diag.agent", "--pid", str(pid), "--out", str(out), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

@@ -14,12 +14,14 @@ import pytest
 
 from diag.capture.bundle import CaptureWriter
 from diag.collect.base import Target, Unavailable
-from diag.collect.ebpf import REPO_ROOT, EbpfCollector
+from diag.collect.ebpf import EbpfCollector
 from diag.model import StackSample, SyscallAggregate, SyscallEvent
 from diag.syscalls import FdKind
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
+from diag.resources import package_root
 from ebpf_helpers import EBPF_MARKS, PY, WORKDIR, start_agent, stop_agent
+from other_user import run_as_nobody
 
 pytestmark = [*EBPF_MARKS]
 
@@ -180,7 +182,7 @@ def test_load_aggregates_exact_and_losses_counted(tmp_path):
 
 def test_dump_probe_shows_cflags():
     r = subprocess.run([PY, "-m", "diag.agent", "--pid", "123", "--slow-ns", "5", "--dump-probe"],
-                       env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, check=True)
+                       env=dict(os.environ, PYTHONPATH=str(package_root())), capture_output=True, text=True, check=True)
     assert "#define TARGET_TGID 123" in r.stdout and "#define SLOW_NS 5ULL" in r.stdout
     assert "int diag_sys_exit(" in r.stdout
 
@@ -196,13 +198,10 @@ def test_collector_check_reasons(monkeypatch):
 
 
 def test_collector_check_as_nobody():
-    code = ("import os; from diag.collect.ebpf import EbpfCollector; from diag.collect.base import Target; "
+    # nobody runs a staged copy of diag: the checkout may be unreadable to it (a 0700 directory)
+    code = ("from diag.collect.ebpf import EbpfCollector; from diag.collect.base import Target; "
             "print(EbpfCollector().check(Target(pid=1)))")
-    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c",
-                        code], cwd="/", env={"PYTHONPATH": str(REPO_ROOT), "PATH": os.environ["PATH"]},
-                       capture_output=True, text=True)
-    if r.returncode != 0 and "Permission denied" in r.stderr:
-        pytest.skip(f"nobody cannot read the repository: {r.stderr.strip()[-200:]}")
+    r = run_as_nobody(["-c", code])
     assert r.returncode == 0, r.stderr
     assert "eBPF needs root" in r.stdout
 

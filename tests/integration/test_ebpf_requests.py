@@ -20,9 +20,10 @@ import pytest
 
 from diag.capture.bundle import CaptureWriter
 from diag.collect.base import Target
-from diag.collect.ebpf import REPO_ROOT, EbpfCollector
+from diag.collect.ebpf import EbpfCollector
 from diag.examples.load import drive
 from diag.model import Request, SyscallEvent
+from diag.resources import package_root
 from ebpf_helpers import EBPF_MARKS, WORKDIR, start_agent, stop_agent
 
 pytestmark = [pytest.mark.slow, *EBPF_MARKS]
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.slow, *EBPF_MARKS]
 def start_server(argv: list[str]) -> tuple[subprocess.Popen, int]:
     """A server process that prints 'listening on 127.0.0.1:PORT' when ready."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+                            env=dict(os.environ, PYTHONPATH=str(package_root())))
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
