@@ -12,9 +12,9 @@ few dozen files, a trace line a few KB (strace with a large `-s` included).
 from __future__ import annotations
 
 import os
-import re
 
 from diag.errors import DiagError
+from diag.units import fmt_bytes, parse_size
 
 DEFAULT_MAX_STREAM_BYTES = 1 << 30
 ARCHIVE_FACTOR = 4                  # an archive may expand to this many times the stream limit
@@ -23,30 +23,19 @@ MAX_ARCHIVE_MEMBERS = 10_000
 MAX_LINE_CHARS = 16 << 20
 ENV = "DIAG_MAX_STREAM_SIZE"
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
-          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
-
-
-def parse_size(text: str, what: str) -> int:
-    """'512M', '8G', '1048576' -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text or "")
-    unit = m.group(2).upper() if m else None
-    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise DiagError(f"{what}={text!r}: expected a size such as 512M or 8G")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def human(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} bytes"
-
 
 def max_stream_bytes() -> int:
     """The largest stream (raw file, capture stream or archive member) a replay reads."""
     value = os.environ.get(ENV)
-    return parse_size(value, ENV) if value else DEFAULT_MAX_STREAM_BYTES
+    if not value:
+        return DEFAULT_MAX_STREAM_BYTES
+    try:
+        size = parse_size(value)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise DiagError(f"{ENV}={value!r}: expected a size such as 512M or 8G")
+    return size
 
 
 def max_archive_bytes() -> int:
@@ -56,10 +45,10 @@ def max_archive_bytes() -> int:
 
 def too_large(where: str, size: int | None, limit: int, what: str = "stream") -> DiagError:
     """The refusal of an input past a limit that the user may raise."""
-    got = f" ({human(size)})" if size is not None else ""
-    return DiagError(f"{where}: {what} larger than the {human(limit)} limit{got}; if it is genuine, raise the limit "
-                     f"with {ENV}=SIZE (e.g. {ENV}=16G; replaying needs memory in proportion)")
+    got = f" ({fmt_bytes(size)})" if size is not None else ""
+    return DiagError(f"{where}: {what} larger than the {fmt_bytes(limit)} limit{got}; if it is genuine, raise the "
+                     f"limit with {ENV}=SIZE (e.g. {ENV}=16G; replaying needs memory in proportion)")
 
 
-__all__ = ["parse_size", "max_stream_bytes", "max_archive_bytes", "too_large", "human", "MAX_MANIFEST_BYTES",
+__all__ = ["max_stream_bytes", "max_archive_bytes", "too_large", "MAX_MANIFEST_BYTES",
            "MAX_ARCHIVE_MEMBERS", "MAX_LINE_CHARS"]

@@ -5,6 +5,8 @@ here, so a report, a gate message and the terminal say the same thing the same w
 """
 from __future__ import annotations
 
+import re
+
 NS_PER_US, NS_PER_MS, NS_PER_S = 1_000, 1_000_000, 1_000_000_000
 
 # Suffixes a duration may carry, longest match first ("ms" before "s").
@@ -40,12 +42,26 @@ def fmt_count(x: int | None) -> str:
 
 
 def fmt_bytes(n: int | float | None) -> str:
+    """'1 GiB', '1.5 MiB', '512 KiB', '900 B' (binary units, three significant digits)."""
     if n is None:
         return "n/a"
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
+            return f"{n / size:.3g} {unit}"
     return f"{int(n)} B"
+
+
+# Suffixes a size may carry (binary units whatever the spelling: 2G, 2GB and 2GiB are 2 x 2**30).
+SIZE_UNITS = {"": 1, "B": 1, **{p + s: 1 << (10 * (i + 1)) for i, p in enumerate("KMGT") for s in ("", "B", "IB")}}
+
+
+def parse_size(text: str) -> int:
+    """'512M', '8G', '2GiB', '64k', '1048576' -> bytes. ValueError when it is not a size."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text or "")
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(m.group(1)) * SIZE_UNITS[unit])
 
 
 def split_duration(text: str, default_unit: int = NS_PER_MS) -> tuple[float, int]:

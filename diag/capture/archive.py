@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import IO
 
 from diag.errors import DiagError, ParseError
-from diag.limits import MAX_ARCHIVE_MEMBERS, human, max_archive_bytes, max_stream_bytes, too_large
+from diag.limits import MAX_ARCHIVE_MEMBERS, max_archive_bytes, max_stream_bytes, too_large
 
 # What a damaged archive raises while it is decompressed or walked.
 READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
@@ -208,4 +208,4 @@ def _reason(e: BaseException) -> str:
     return text[:160]
 
 
-__all__ = ["ArchiveReader", "READ_ERRORS", "human"]
+__all__ = ["ArchiveReader", "READ_ERRORS"]

@@ -38,7 +38,8 @@ from diag.capture.clock import ClockPair, read_pair
 from diag.capture.manifest import check_fields
 from diag.errors import DiagError, ParseError
 from diag.fsutil import write_text
-from diag.limits import MAX_MANIFEST_BYTES, human, max_stream_bytes, too_large
+from diag.limits import MAX_MANIFEST_BYTES, max_stream_bytes, too_large
+from diag.units import fmt_bytes
 from diag.redact import redact_target
 
 SCHEMA = "diag.capture/1"
@@ -381,8 +382,8 @@ def _read_manifest_file(path: str) -> dict:
     if not stat.S_ISREG(st.st_mode):
         raise ParseError(shown, None, f"manifest.json is {_file_kind(st.st_mode)}, not a regular file")
     if st.st_size > MAX_MANIFEST_BYTES:
-        raise ParseError(shown, None, f"manifest.json is {human(st.st_size)} (a manifest is a few KB, at most "
-                                      f"{human(MAX_MANIFEST_BYTES)}); not a diag capture")
+        raise ParseError(shown, None, f"manifest.json is {fmt_bytes(st.st_size)} (a manifest is a few KB, at most "
+                                      f"{fmt_bytes(MAX_MANIFEST_BYTES)}); not a diag capture")
     try:
         with open(real, "rb") as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
@@ -404,8 +405,8 @@ def open_capture(path: str) -> Capture:
         where = f"{path}:{mname}"
         size = archive.members[mname].size
         if size > MAX_MANIFEST_BYTES:
-            raise ParseError(where, None, f"manifest.json is {human(size)} (a manifest is a few KB, at most "
-                                          f"{human(MAX_MANIFEST_BYTES)}); not a diag capture")
+            raise ParseError(where, None, f"manifest.json is {fmt_bytes(size)} (a manifest is a few KB, at most "
+                                          f"{fmt_bytes(MAX_MANIFEST_BYTES)}); not a diag capture")
         with archive.open(mname) as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
         manifest = _parse_manifest(where, raw)

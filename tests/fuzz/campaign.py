@@ -440,9 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.worker is not None:
         return worker(a)
-    from diag.limits import parse_size
+    from diag.units import parse_size
 
-    a.bomb_unit = parse_size(a.stream_limit, "--stream-limit")
+    a.bomb_unit = parse_size(a.stream_limit)
     root = Path(tempfile.mkdtemp(prefix="diag-fuzz-"))
     save = Path(a.save) if a.save else root.parent / (root.name + "-failures")
     t0 = time.monotonic()
