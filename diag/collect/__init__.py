@@ -30,7 +30,7 @@ def make(name: str, **opts):
     if name == "perf":
         from diag.collect.perf import PerfCollector
 
-        return PerfCollector(frequency=opts.get("perf_frequency", 99))
+        return PerfCollector(frequency=opts.get("perf_frequency", 99), callgraph=opts.get("perf_callgraph", "fp"))
     if name == "py-spy":
         from diag.collect.pyspy import PyspyCollector
 

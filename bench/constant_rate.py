@@ -1,0 +1,165 @@
+"""The constant-rate latency part: p50 and p99 at a fixed request rate (half the untraced
+saturation rate), untraced vs diag's default mode, interleaved.
+
+Why not the saturation runs' p99: a closed-loop generator (wrk, redis-benchmark) waits for each
+answer before it sends again, so a slower server is also sent fewer requests, and its latency
+hides behind the requests that were never sent (coordinated omission). A server in production
+is sent requests at the rate its clients want, and at half its capacity it has room to absorb an
+observer's cost: what users see is the latency at that rate. bench/loadgen/crload.c (compiled
+here at run time with the system gcc into bench/work/, never committed) sends on a fixed
+schedule and measures each request from its scheduled send time.
+
+Rounds alternate the order (B D, D B, ...) so a drift of the shared machine over a round falls
+on both sides; each default-mode run is divided by the baseline run of its round.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench import cpu as C
+from bench import modes as M
+from bench import targets as T
+from bench.observer import med
+
+SOURCE = Path(__file__).resolve().parent / "loadgen" / "crload.c"
+CONNS = 8
+LAG_DOMINATED = 0.5        # a pair whose generator send lag p99 is over half its p99
+
+
+def build(work: Path) -> Path:
+    """Compile crload into `work` (again when the source is newer than the binary)."""
+    exe = work / "loadgen" / "crload"
+    if exe.exists() and exe.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return exe
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        raise RuntimeError("no C compiler: install gcc (apt-get install gcc) to build bench/loadgen/crload.c")
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(SOURCE)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"gcc failed on {SOURCE}: {' '.join(r.stderr.split())[:300]}")
+    return exe
+
+
+def crload_cmd(exe: Path, target, rate: float, duration: float, warmup: float) -> list[str]:
+    return [str(exe), "--proto", "http" if target.kind == "http" else "redis", "--port", str(target.port),
+            "--rate", f"{rate:.0f}", "--conns", str(CONNS), "--duration", f"{duration:g}", "--warmup", f"{warmup:g}"]
+
+
+def load_at(exe: Path, target, rate: float, duration: float, warmup: float) -> dict:
+    cmd = T.PIN.wrap(crload_cmd(exe, target, rate, duration, warmup), "load")
+    rc, text, _ = T.run_measured(cmd, duration + warmup + 30)
+    if rc != 0:
+        return {"ok": False, "note": f"crload exit {rc}: {text[-200:]}"}
+    try:
+        res = json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"ok": False, "note": f"crload output not understood: {text[-200:]}"}
+    res["ok"] = res.get("completed", 0) > 0 and not res.get("unsent")
+    if res.get("unsent"):
+        res["note"] = f"{res['unsent']} requests never sent: the target could not keep up with {rate:.0f}/s"
+    return res
+
+
+def saturation(target, tries: int = 3, seconds: float = 2.0) -> float:
+    """The untraced closed-loop rate, median of a few short runs (when the observer part did not
+    measure it)."""
+    rates = [target.load(seconds, None).rps for _ in range(tries)]
+    return statistics.median(r for r in rates if r) if any(rates) else 0.0
+
+
+def one_run(exe: Path, target, mode: M.Mode, rate: float, duration: float, warmup: float, work: Path) -> dict:
+    wd = work / "run"
+    shutil.rmtree(wd, ignore_errors=True)
+    wd.mkdir(parents=True)
+    rec: dict = {"mode": mode.name, "ok": False, "loadavg": C.loadavg()}
+    run = None
+    try:
+        run = mode.start(target, wd)
+        cpu0 = target.cpu_s()
+        rec.update(load_at(exe, target, rate, duration, warmup))
+        rec["target_cpu_s"] = target.cpu_s() - cpu0
+    except Exception as e:
+        rec["note"] = f"{type(e).__name__}: {e}"
+    finally:
+        if run is not None:
+            info = mode.stop(run)
+            rec["observer_cpu_s"] = sum((info.get("cpu_total") or {}).values())
+            rec["rc"] = info.get("rc")
+    shutil.rmtree(wd, ignore_errors=True)
+    return rec
+
+
+def run_part(targets: list[str], saturations: dict[str, float], rounds: int, duration: float, warmup: float,
+             work: Path, mode_name: str = "attach-auto", log=print) -> dict:
+    exe = build(work)
+    modes = M.modes_by_name()
+    base, mode = modes["baseline"], modes[mode_name]
+    out: dict = {"rounds": rounds, "duration_s": duration, "warmup_s": warmup, "conns": CONNS, "mode": mode_name,
+                 "command": " ".join(crload_cmd(Path("bench/work/loadgen/crload"),
+                                                type("T", (), {"kind": "http", "port": "PORT"})(), 0, duration,
+                                                warmup)).replace("--rate 0", "--rate R"),
+                 "targets": {}}
+    for t in T.make_targets(targets):
+        t.start()
+        try:
+            t.load(1.0, 50_000)                      # warm-up, discarded
+            sat = saturations.get(t.name) or saturation(t)
+            rate = 0.5 * sat
+            log(f"constant rate: target {t.name}: {rate:.0f} req/s (half of {sat:.0f}), {rounds} rounds x "
+                f"{duration:g} s, {mode_name} vs untraced")
+            runs = []
+            for r in range(rounds):
+                for i, m in enumerate([base, mode] if r % 2 == 0 else [mode, base]):
+                    if not t.alive():
+                        t.start()
+                    rec = one_run(exe, t, m, rate, duration, warmup, work)
+                    rec.update(round=r, pos=i)
+                    runs.append(rec)
+                    log(f"  r{r} {m.name:12s} p50 {rec.get('p50_us', 0) / 1000:7.3f} ms  p99 "
+                        f"{rec.get('p99_us', 0) / 1000:7.3f} ms  max {rec.get('max_us', 0) / 1000:7.1f} ms  "
+                        f"send lag p99 {rec.get('send_lag_p99_us', 0) / 1000:6.3f} ms"
+                        f"{'  ' + rec['note'] if rec.get('note') else ''}")
+                    time.sleep(0.1)
+        finally:
+            t.stop()
+        out["targets"][t.name] = {"label": t.label, "saturation_rps": sat, "rate": rate, "runs": runs}
+    return out
+
+
+def summarize(tres: dict) -> dict:
+    """Per target: baseline and mode p50/p99 (median, min-max), and the per-round ratios."""
+    rows: dict = {"p50": [], "p99": [], "b_p50": [], "b_p99": [], "m_p50": [], "m_p99": [], "b_lag99": [],
+                  "m_lag99": [], "failed": 0, "pairs": 0, "lag_dominated": 0, "notes": []}
+    by_round: dict[int, dict[str, dict]] = {}
+    for rec in tres["runs"]:
+        by_round.setdefault(rec["round"], {})[rec["mode"]] = rec
+    for pair in by_round.values():
+        b = pair.get("baseline")
+        m = next((v for k, v in pair.items() if k != "baseline"), None)
+        if not (b and m and b.get("ok") and m.get("ok")):
+            rows["failed"] += 1
+            rows["notes"] += [x["note"] for x in (b, m) if x and x.get("note")]
+            continue
+        rows["pairs"] += 1
+        # the generator's own lateness is inside every latency: when it is most of a p99, the
+        # pair measures the shared machine's scheduling of the generator, not the observer
+        if any(x.get("send_lag_p99_us", 0) > LAG_DOMINATED * x["p99_us"] for x in (b, m)):
+            rows["lag_dominated"] += 1
+        rows["p50"].append(m["p50_us"] / b["p50_us"] if b["p50_us"] else None)
+        rows["p99"].append(m["p99_us"] / b["p99_us"] if b["p99_us"] else None)
+        for k, x in (("b", b), ("m", m)):
+            rows[f"{k}_p50"].append(x["p50_us"] / 1000)
+            rows[f"{k}_p99"].append(x["p99_us"] / 1000)
+            rows[f"{k}_lag99"].append(x.get("send_lag_p99_us", 0) / 1000)
+    return {k: (med(v) if isinstance(v, list) and k != "notes" else v) for k, v in rows.items()}
+
+
+def decidable(s: dict) -> bool:
+    """At least half of the pairs were not dominated by the generator's own lateness."""
+    return s["pairs"] > 0 and s["lag_dominated"] * 2 <= s["pairs"]
