@@ -91,8 +91,10 @@ def _probe_cause(probe: dict | None) -> str:
             f"with the probe's work (default)")
 
 
-def _compare(goal, t, r, mode, ref, ref_name, allowance, cause) -> Verdict:
+def _compare(goal, t, r, mode, ref, ref_name, allowance, cause) -> Verdict | None:
     a, b = _tp(r, mode), _tp(r, ref)
+    if mode not in r and ref not in r:
+        return None                       # neither mode was in this run
     if a is None or b is None:
         return Verdict(goal, t, f"{mode} {_pct(a)}, {ref} {_pct(b)}", None, "not measured")
     gap = b[0] - a[0] - allowance
@@ -130,12 +132,12 @@ def verdicts(data: dict) -> list[Verdict]:
                                 "attach-ebpf", "attach-ebpf", POINTS,
                                 "each collector beside eBPF (attach-ebpf minus attach-ebpf,X): " + ", ".join(costs)
                                 if costs else ""))
-        if t in SATURATION_MIN:
+        if t in SATURATION_MIN and "attach-auto" in r:
             need = SATURATION_MIN[t]
             a = _tp(r, "attach-auto")
             goal = f"diag attach default >= {100 * need:.0f} % at saturation"
             if a is None:
-                out.append(Verdict(goal, t, "attach-auto not measured", None, "not measured"))
+                out.append(Verdict(goal, t, "no successful attach-auto run", None, "not measured"))
             else:
                 f, e = _tp(r, "ebpf-floor"), _tp(r, "ebpf-default")
                 parts = []
@@ -154,6 +156,7 @@ def verdicts(data: dict) -> list[Verdict]:
                     out.append(Verdict(goal, t, measured, False, f"missed by {100 * (need - a[0]):.0f} points" + cpu,
                                        "; ".join(parts)))
         out += _agent_cpu(t, r)
+    out = [v for v in out if v is not None]
     cr = data.get("constant_rate")
     if cr:
         for t, tres in cr["targets"].items():
@@ -199,6 +202,8 @@ def _agent_cpu(t: str, r: dict) -> list[Verdict]:
     sample, not per request, so theirs is read as measured."""
     out = []
     mode = "attach-auto" if (r.get("attach-auto") or {}).get("cpu_by") else "ebpf-default"
+    if mode not in r:
+        return out
     d = r.get(mode)
     if not d or not d["cpu_by"]:
         return out

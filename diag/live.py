@@ -24,7 +24,7 @@ from rich.text import Text
 from diag.units import fmt_duration
 from diag.capture.bundle import CaptureWriter
 from diag.capture.clock import monotonic_ns
-from diag.collect import AFTER_EXEC, parse_selection, policy
+from diag.collect import AFTER_EXEC, PYRUNTIME_RATE_HZ, PYSPY_RATE_HZ, parse_selection, policy
 from diag.collect.base import Target, Unavailable
 from diag.collect.targets import resolve
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
@@ -39,8 +39,8 @@ class CaptureOptions:
     collectors: str = "auto"
     follow: bool = True
     strace_payload: int = 0
-    pyspy_rate: int = 100
-    pyruntime_rate: int = 200
+    pyspy_rate: int = PYSPY_RATE_HZ
+    pyruntime_rate: int = PYRUNTIME_RATE_HZ
     ebpf_slow_ns: int = 1_000_000
     live_view: bool | None = None       # None: when stderr is a terminal
 

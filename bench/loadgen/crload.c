@@ -9,8 +9,9 @@
  * first idle connection at or after that time (one request in flight per connection, no
  * pipelining), and its latency runs from the scheduled time to the end of its response: time
  * spent waiting for a free connection counts, as it would for a real client. The generator's own
- * lateness (send time - scheduled time) is reported apart (`send_lag_*`) so a result where the
- * generator, not the server, fell behind can be told. Requests scheduled in the first --warmup
+ * lateness (send time - the first moment both the schedule and a free connection allowed the
+ * send) is reported apart (`send_lag_*`) so a result where the generator, not the server, fell
+ * behind can be told. Requests scheduled in the first --warmup
  * seconds are sent but not counted.
  *
  *   crload --proto http|redis --port P [--host 127.0.0.1] --rate R --conns N --duration S
@@ -47,6 +48,7 @@ struct conn {
     int busy;             /* a request in flight */
     int dead;
     int64_t sched_ns;     /* scheduled time of the request in flight */
+    int64_t idle_since;   /* when its last response ended (it could take a request from then) */
     int counted;          /* scheduled after the warm-up */
     size_t sent;          /* bytes of the request written so far */
     size_t rlen;          /* bytes in rbuf */
@@ -177,7 +179,11 @@ int main(int argc, char **argv)
         req_len = (size_t)snprintf(req, sizeof(req), "*2\r\n$3\r\nGET\r\n$16\r\nkey:__rand_int__\r\n");
 
     struct conn *c = calloc((size_t)nconn, sizeof(*c));
-    int *idle = calloc((size_t)nconn, sizeof(int)), nidle = 0;
+    /* idle connections in a FIFO ring: the one picked is the one free the longest, so
+     * max(scheduled, its idle_since) is when the request could first have gone out */
+    int *idle = calloc((size_t)nconn, sizeof(int)), nidle = 0, ihead = 0;
+#define IDLE_PUSH(i) (idle[(ihead + nidle++) % nconn] = (i))
+#define IDLE_POP() (nidle--, idle[ihead++ % nconn])
     int ep = epoll_create1(0);
     struct epoll_event ev;
     for (int i = 0; i < nconn; i++) {
@@ -189,7 +195,7 @@ int main(int argc, char **argv)
         ev.events = EPOLLIN;
         ev.data.u64 = (uint64_t)i;
         epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
-        idle[nidle++] = i;
+        IDLE_PUSH(i);
     }
 
     const int64_t total = (int64_t)(rate * (warmup + duration));
@@ -210,8 +216,10 @@ int main(int argc, char **argv)
         int64_t now = now_ns();
         /* dispatch every request due, while a connection is free */
         while (nidle && next < total && SCHED(next) <= now) {
-            int i = idle[--nidle];
+            int i = IDLE_POP();
             struct conn *k = &c[i];
+            if (k->dead)               /* closed by the server while idle: out of the pool */
+                continue;
             k->busy = 1;
             k->sched_ns = SCHED(next);
             k->counted = next >= first_counted;
@@ -222,8 +230,8 @@ int main(int argc, char **argv)
             ssize_t w = send(k->fd, req, req_len, MSG_NOSIGNAL);
             if (w > 0)
                 k->sent = (size_t)w;
-            if (k->counted)
-                lag[nlag++] = now - k->sched_ns;
+            if (k->counted)        /* the generator's own lateness; waiting for a free connection is not */
+                lag[nlag++] = now - (k->sched_ns > k->idle_since ? k->sched_ns : k->idle_since);
             if (k->sent < req_len) {       /* rare: finish the write when the socket drains */
                 ev.events = EPOLLIN | EPOLLOUT;
                 ev.data.u64 = (uint64_t)i;
@@ -300,8 +308,9 @@ int main(int argc, char **argv)
             }
             k->busy = 0;
             k->rlen = 0;
+            k->idle_since = done;
             inflight--;
-            idle[nidle++] = i;
+            IDLE_PUSH(i);
         }
     }
     int64_t t_end = now_ns();
