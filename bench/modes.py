@@ -417,25 +417,27 @@ def extra_modes() -> list[Mode]:
 def study_modes() -> list[Mode]:
     """The collector-defaults study: each collector at several settings beside the eBPF agent,
     and the eBPF agent alone (its reference), all through the collector host."""
-    def host(name, label, coll, **opts):
-        return HostMode(f"study-{name}", label, coll, opts)
+    from diag import collect as D
 
-    return [
-        host("ebpf", "eBPF collector alone (the study's reference)", "ebpf"),
-        host("pyspy-100", "eBPF + py-spy 100 Hz (default)", "ebpf,py-spy", pyspy_rate=100),
-        host("pyspy-50", "eBPF + py-spy 50 Hz", "ebpf,py-spy", pyspy_rate=50),
-        host("pyspy-20", "eBPF + py-spy 20 Hz", "ebpf,py-spy", pyspy_rate=20),
-        host("perf-99", "eBPF + perf 99 Hz, call graph fp (default)", "ebpf,perf", perf_frequency=99),
-        host("perf-49", "eBPF + perf 49 Hz, call graph fp", "ebpf,perf", perf_frequency=49),
-        host("perf-99-nocg", "eBPF + perf 99 Hz, no call graph", "ebpf,perf", perf_frequency=99,
-             perf_callgraph="none"),
-        host("process-0.5", "eBPF + process sampler every 0.5 s (default)", "ebpf,process", process_interval=0.5),
-        host("process-1", "eBPF + process sampler every 1 s", "ebpf,process", process_interval=1.0),
-        host("process-2", "eBPF + process sampler every 2 s", "ebpf,process", process_interval=2.0),
-        host("pyruntime-200", "eBPF + pyruntime 200 Hz (default)", "ebpf,pyruntime", pyruntime_rate=200),
-        host("pyruntime-100", "eBPF + pyruntime 100 Hz", "ebpf,pyruntime", pyruntime_rate=100),
-        host("pyruntime-50", "eBPF + pyruntime 50 Hz", "ebpf,pyruntime", pyruntime_rate=50),
-    ]
+    def host(name, label, coll, default, **opts):
+        return HostMode(f"study-{name}", label + (" (default)" if default else ""), coll, opts)
+
+    modes = [host("ebpf", "eBPF collector alone (the study's reference)", "ebpf", False)]
+    for hz in (100, 50, 20):
+        modes.append(host(f"pyspy-{hz}", f"eBPF + py-spy {hz} Hz", "ebpf,py-spy", hz == D.PYSPY_RATE_HZ,
+                          pyspy_rate=hz))
+    for hz in (99, 49):
+        modes.append(host(f"perf-{hz}", f"eBPF + perf {hz} Hz, call graph fp", "ebpf,perf",
+                          hz == D.PERF_FREQUENCY_HZ, perf_frequency=hz))
+    modes.append(host("perf-99-nocg", "eBPF + perf 99 Hz, no call graph", "ebpf,perf", False, perf_frequency=99,
+                      perf_callgraph="none"))
+    for s in (0.5, 1, 2):
+        modes.append(host(f"process-{s:g}", f"eBPF + process sampler every {s:g} s", "ebpf,process",
+                          s == D.PROCESS_INTERVAL_S, process_interval=s))
+    for hz in (200, 100, 50):
+        modes.append(host(f"pyruntime-{hz}", f"eBPF + pyruntime {hz} Hz", "ebpf,pyruntime",
+                          hz == D.PYRUNTIME_RATE_HZ, pyruntime_rate=hz))
+    return modes
 
 
 def modes_by_name() -> dict[str, Mode]:

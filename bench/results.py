@@ -265,37 +265,45 @@ def _cr_notes(s: dict) -> str:
 
 def _study(L: list[str], data: dict, st: dict) -> None:
     from bench import defaults_study as S
+    from diag import collect as D
 
     res = data["study"]
     L.append("## Collector defaults: what each setting costs and what a lower one loses\n")
-    L.append(f"Target: {S.TARGET} at saturation; {res['rounds']} round(s) of {res['duration_s']:g} s, interleaved with "
+    L.append(f"Targets: {S.TARGET} (every setting) and {S.PER_THREAD[0]} (the samplers whose cost grows with the "
+             f"target's threads) at saturation; {res['rounds']} round(s) of {res['duration_s']:g} s, interleaved with "
              f"baselines like the observer part. Each setting runs through `bench/collector_host.py` (diag's "
-             f"collectors and session, no analysis) beside the eBPF collector, and its cost is read against "
-             f"`study-ebpf` (the eBPF collector alone in the same host): `cost` = the reference's ratio minus this "
-             f"one's, in points, read from throughput and from CPU per request (baseline CPU/req / this CPU/req: "
-             f"the throughput the CPU predicts when it is the bottleneck; the steadier of the two). `own CPU` = the collector's process "
-             f"during the load (py-spy, perf), or the host's minus the reference's (the process sampler and "
-             f"pyruntime are threads). `loses` = expected samples per slow request (f x d, the scenario suite's "
-             f"slow requests last {S.SLOW_MS[0]}-{S.SLOW_MS[1]} ms), or snapshots per {S.CAPTURE_S:g} s capture.\n")
-    ref = st.get("reference") or {}
-    if ref.get("tput"):
-        L.append(f"Reference `study-ebpf`: throughput {fmt_r(ref['tput'])}, CPU/req {ref['cpu_req'][0]:.1f} µs.\n")
-    L.append("| setting | throughput vs baseline | cost, points (throughput / CPU) | CPU/req µs (vs reference) | "
-             "own CPU, cores | loses |")
-    L.append("|---|---|---|---|---|---|")
-    for r in st["rows"]:
-        pts = ("n/a" if r["cost_points"] is None else f"{100 * r['cost_points']:+.0f}") + " / " + \
-              ("n/a" if r["cost_cpu_points"] is None else f"{100 * r['cost_cpu_points']:+.0f}")
-        dcpu = "n/a" if r["cost_cpu_us"] is None else f"{r['cost_cpu_us']:+.1f}"
-        own = "n/a" if r["own_cores"] is None else f"{r['own_cores']:.3f}"
-        L.append(f"| {r['label']} | {fmt_r(r['tput'])} | {pts} | {r['cpu_req'][0]:.1f} ({dcpu}) | {own} | "
-                 f"{r['loses']} |")
+             f"collectors and session, no analysis) beside the eBPF collector, and is read against `study-ebpf` "
+             f"(the eBPF collector alone in the same host). `cost` = the reference's ratio minus this one's, in "
+             f"points, from throughput and from CPU per request (baseline CPU/req / this CPU/req: the throughput the "
+             f"CPU predicts when it is the bottleneck). `own CPU` = the collector's process during the load (py-spy, "
+             f"perf), or the host's minus the reference's (the process sampler and pyruntime are threads): on a "
+             f"shared machine the steadiest column. perf's sampling runs in the kernel, charged to whatever it "
+             f"interrupts, so its cost can only show in CPU/req. `evidence` = expected samples per slow request (f x d; "
+             f"the scenario suite's slow requests last {S.SLOW_MS[0]}-{S.SLOW_MS[1]} ms), or snapshots per "
+             f"{S.CAPTURE_S:g} s capture.\n")
+    for tname, t in st["targets"].items():
+        L.append(f"### {t['label']}\n")
+        ref = t.get("reference") or {}
+        if ref.get("tput"):
+            L.append(f"Reference `study-ebpf`: throughput {fmt_r(ref['tput'])}, CPU/req {ref['cpu_req'][0]:.1f} µs.\n")
+        L.append("| setting | throughput vs baseline | cost, points (throughput / CPU) | CPU/req µs (vs reference) | "
+                 "own CPU, cores | evidence |")
+        L.append("|---|---|---|---|---|---|")
+        for r in t["rows"]:
+            pts = ("n/a" if r["cost_points"] is None else f"{100 * r['cost_points']:+.0f}") + " / " + \
+                  ("n/a" if r["cost_cpu_points"] is None else f"{100 * r['cost_cpu_points']:+.0f}")
+            dcpu = "n/a" if r["cost_cpu_us"] is None else f"{r['cost_cpu_us']:+.1f}"
+            own = "n/a" if r["own_cores"] is None else f"{r['own_cores']:.3f}"
+            L.append(f"| {r['label']} | {fmt_r(r['tput'])} | {pts} | {r['cpu_req'][0]:.1f} ({dcpu}) | {own} | "
+                     f"{r['evidence']} |")
+        L.append("")
+    L.append("Against the 3 % budget (the densest setting measured whose own CPU fits):\n")
+    for line in st.get("budget", []):
+        L.append(f"- {line}")
     L.append("")
-    L.append("Proposal from these numbers (rule: keep a default whose cost, read from CPU per request, is within "
-             "the noise, 2 points, and whose own CPU is within 3 % of a core; else the densest setting that is):\n")
-    for k, v in st.get("proposal", {}).items():
-        L.append(f"- {v}")
-    L.append("")
+    L.append(f"Defaults in `diag/collect/__init__.py` (the choice, argued in its docstring): py-spy "
+             f"{D.PYSPY_RATE_HZ} Hz, perf {D.PERF_FREQUENCY_HZ} Hz with frame-pointer call graphs, process sampler "
+             f"every {D.PROCESS_INTERVAL_S:g} s, pyruntime {D.PYRUNTIME_RATE_HZ} Hz.\n")
 
 
 def _probe(L: list[str], pc: dict | None) -> None:

@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if "study" in parts:
         _part("study", lambda: S.run(WORK, rounds, duration, a.seed, log=log), data, "study")
         if "error" not in data["study"]:
-            for v in S.analyze(data["study"])["proposal"].values():
-                log(f"defaults: {v}")
+            for line in S.analyze(data["study"])["budget"]:
+                log(f"defaults: {line}")
     if "replay" in parts:
         log("analysis speed: diag replay of strace logs")
         sizes = [100_000, 1_000_000] + ([] if a.quick else [5_000_000])
