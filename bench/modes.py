@@ -106,7 +106,7 @@ class Mode:
         log_path = workdir / f"{self.name}.log"
         log = open(log_path, "wb")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=str(REPO), env=self.env())
+                                start_new_session=True, cwd=str(REPO), env=self.env(), preexec_fn=_default_sigint)
         log.close()
         run = Running(proc, self.stop_signal, out=out, log=log_path)
         run.monitor = CpuMonitor([proc.pid]).start()
@@ -155,6 +155,13 @@ class Mode:
             return ""
         s = " ".join(str(c) for c in cmd).replace(sys.executable, "python").replace(str(REPO) + "/", "")
         return s.replace(agent_python(), "python").replace(_strace_traced(), "<TRACED of diag/collect/strace.py>")
+
+
+def _default_sigint() -> None:
+    """In the tool's process, before its exec: SIGINT back to its default. A bench started in the
+    background of a non-interactive shell inherits SIGINT ignored, and a Python tool (syscount)
+    then never gets its KeyboardInterrupt: the Ctrl-C that stops it would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _log_has(run: Running, text: bytes) -> bool:
@@ -383,6 +390,32 @@ class HostMode(DiagAttach):
         return a
 
 
+class SchedIdle(Mode):
+    """Another mode with its tools at SCHED_IDLE (`chrt -i 0`, inherited by every process diag
+    starts): they run only on a CPU nothing else wants. An experiment, not a default: it tells
+    whether an observer's latency cost is its CPU bursts preempting the target."""
+
+    def __init__(self, inner: Mode) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}-sched-idle"
+        self.label = f"{inner.label}, at SCHED_IDLE (chrt -i 0)"
+        self.python_only, self.stop_signal, self.stop_timeout_s = inner.python_only, inner.stop_signal, \
+            inner.stop_timeout_s
+
+    def out_path(self, workdir):
+        return self.inner.out_path(workdir)
+
+    def command(self, target, out):
+        inner = self.inner.command(target, out)
+        return None if inner is None else ["chrt", "-i", "0", *inner]
+
+    def ready(self, run, target):
+        return self.inner.ready(run, target)
+
+    def stop(self, run):
+        return self.inner.stop(run)
+
+
 # ---------------------------------------------------------------------------------------------
 
 def all_modes() -> list[Mode]:
@@ -411,6 +444,7 @@ def extra_modes() -> list[Mode]:
         EbpfAgent("ebpf-all-calls", "eBPF agent --slow-ns 0 (a record per call)", ["--slow-ns", "0"]),
         StraceFiltered(), StraceAll(), Pyspy(100, True), Pyspy(100, False), PerfRecord(),
         DiagAttach("perf"), DiagAttach("py-spy"), DiagAttach("process"), DiagAttach("pyruntime"),
+        SchedIdle(DiagAttach("auto")),
     ]
 
 
