@@ -230,24 +230,27 @@ def _collector_cpu(L: list[str], data: dict, obs: dict) -> None:
 def _constant_rate(L: list[str], cr: dict) -> None:
     L.append("## Latency at a constant rate (half of the untraced saturation)\n")
     L.append(f"`bench/loadgen/crload.c`, compiled by the bench with the system gcc: {cr['conns']} keep-alive "
-             f"connections, request i scheduled at t0 + i/rate whatever happened before, sent on the first idle "
+             f"connections ({cr.get('conns_event_loop', cr['conns'])} on the event-loop servers), request i scheduled at t0 + i/rate whatever happened before, sent on the first idle "
              f"connection (one in flight per connection), latency from the *scheduled* time to the end of the "
              f"response (no coordinated omission); the first {cr['warmup_s']:g} s are not counted. Command: "
-             f"`{cr['command']}`. Each target at half its untraced saturation rate (the observer part's baseline "
-             f"median, or a short closed-loop measurement), {cr['rounds']} rounds of `{cr['mode']}` vs untraced, "
+             f"`{cr['command']}`. Each target at half its untraced saturation rate (the lower of the observer "
+             f"part's baseline median and a short closed-loop measurement just before), stepped down by "
+             f"{CR.CALIBRATE_FACTOR:g}x while a 2 s untraced calibration run was over capacity (an open loop wakes "
+             f"the server once per request where a closed loop hands it bursts, so on this VM half the closed-loop "
+             f"rate can be more than the server serves spaced out), {cr['rounds']} rounds of `{cr['mode']}` vs untraced, "
              f"{cr['duration_s']:g} s each, order alternating per round (B D, D B, ...); ratios per round, median "
              f"(min-max). `send lag` = how late the generator itself sent (its own scheduling on the shared "
              f"machine), which is inside every latency, traced or not.\n")
-    L.append("| target | rate | p50 untraced, ms | p50 default, ms | p50 ratio | p99 untraced, ms | p99 default, ms | "
+    L.append("| target | rate (half saturation) | p50 untraced, ms | p50 default, ms | p50 ratio | p99 untraced, ms | p99 default, ms | "
              "p99 ratio | send lag p99 (untraced / default), ms | notes |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for t, tres in cr["targets"].items():
         s = CR.summarize(tres, cr["mode"])
         if s["p50"] is None:
-            L.append(f"| {t} | {tres['rate']:.0f}/s | n/a | n/a | n/a | n/a | n/a | n/a | n/a | "
+            L.append(f"| {t} | {tres['rate']:.0f}/s ({0.5 * tres['saturation_rps']:.0f}/s) | n/a | n/a | n/a | n/a | n/a | n/a | n/a | "
                      f"{'; '.join(s['notes'])[:200]} |")
             continue
-        L.append(f"| {t} | {tres['rate']:.0f}/s | {s['b_p50'][0]:.3f} | {s['m_p50'][0]:.3f} | "
+        L.append(f"| {t} | {tres['rate']:.0f}/s ({0.5 * tres['saturation_rps']:.0f}/s) | {s['b_p50'][0]:.3f} | {s['m_p50'][0]:.3f} | "
                  f"{fmt_r(s['p50'], pct=False)} | {s['b_p99'][0]:.3f} | {s['m_p99'][0]:.3f} | "
                  f"{fmt_r(s['p99'], pct=False)} | {s['b_lag99'][0]:.3f} / {s['m_lag99'][0]:.3f} | "
                  f"{_cr_notes(s)} |")
@@ -265,6 +268,9 @@ def _constant_rate(L: list[str], cr: dict) -> None:
                  "(the untraced value in brackets), and the default at SCHED_IDLE (its tools run only on a CPU "
                  "nothing else wants: if that closes the gap, the cost is the observers' CPU bursts preempting the "
                  "target, not the probes).\n")
+        idle = M.modes_by_name().get("attach-auto-sched-idle")
+        if idle:
+            L.append(f"`attach-auto-sched-idle`: `{idle.shown()}`; the other modes as in the observer part.\n")
         L.append("| target | mode | p50 ms (untraced) | p50 ratio | p99 ms (untraced) | p99 ratio | send lag p99 ms | "
                  "notes |")
         L.append("|---|---|---|---|---|---|---|---|")
@@ -278,6 +284,9 @@ def _cr_notes(s: dict) -> str:
         notes.append(f"{s['failed']} incomplete pair(s)")
     if s["lag_dominated"]:
         notes.append(f"{s['lag_dominated']} of {s['pairs']} pair(s) dominated by the generator's own send lag")
+    if s.get("over_capacity"):
+        notes.append(f"{s['over_capacity']} of {s['pairs']} pair(s) over the target's capacity untraced (p50 wait "
+                     f"for a free connection > {CR.OVER_CAPACITY_US:g} µs)")
     return "; ".join(notes)
 
 

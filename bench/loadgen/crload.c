@@ -202,6 +202,7 @@ int main(int argc, char **argv)
     const int64_t first_counted = (int64_t)(rate * warmup);
     int64_t *lat = malloc(sizeof(int64_t) * (size_t)(total - first_counted + 1));
     int64_t *lag = malloc(sizeof(int64_t) * (size_t)(total - first_counted + 1));
+    int64_t *cwait = malloc(sizeof(int64_t) * (size_t)(total - first_counted + 1));
     size_t nlat = 0, nlag = 0;
     int64_t errors = 0, completed_all = 0, next = 0, inflight = 0;
     const int64_t t0 = now_ns() + 10000000LL;        /* 10 ms to settle */
@@ -230,8 +231,12 @@ int main(int argc, char **argv)
             ssize_t w = send(k->fd, req, req_len, MSG_NOSIGNAL);
             if (w > 0)
                 k->sent = (size_t)w;
-            if (k->counted)        /* the generator's own lateness; waiting for a free connection is not */
-                lag[nlag++] = now - (k->sched_ns > k->idle_since ? k->sched_ns : k->idle_since);
+            if (k->counted) {      /* the generator's own lateness, and the wait for a free connection
+                                    * (all of them busy: the server is behind, or over capacity) */
+                int64_t free_at = k->sched_ns > k->idle_since ? k->sched_ns : k->idle_since;
+                cwait[nlag] = free_at - k->sched_ns;
+                lag[nlag++] = now - free_at;
+            }
             if (k->sent < req_len) {       /* rare: finish the write when the socket drains */
                 ev.events = EPOLLIN | EPOLLOUT;
                 ev.data.u64 = (uint64_t)i;
@@ -320,6 +325,7 @@ int main(int argc, char **argv)
                  (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
     qsort(lat, nlat, sizeof(int64_t), cmp_i64);
     qsort(lag, nlag, sizeof(int64_t), cmp_i64);
+    qsort(cwait, nlag, sizeof(int64_t), cmp_i64);
     double sum = 0;
     for (size_t i = 0; i < nlat; i++)
         sum += (double)lat[i];
@@ -328,12 +334,14 @@ int main(int argc, char **argv)
            "\"scheduled\":%lld,\"completed\":%zu,\"errors\":%lld,\"unsent\":%lld,\"unanswered\":%lld,"
            "\"achieved_rps\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
            "\"p999_us\":%.1f,\"max_us\":%.1f,\"send_lag_p50_us\":%.1f,\"send_lag_p99_us\":%.1f,"
-           "\"send_lag_max_us\":%.1f,\"cpu_s\":%.3f,\"wall_s\":%.3f}\n",
+           "\"send_lag_max_us\":%.1f,\"conn_wait_p50_us\":%.1f,\"conn_wait_p99_us\":%.1f,\"cpu_s\":%.3f,"
+           "\"wall_s\":%.3f}\n",
            proto == HTTP ? "http" : "redis", rate, nconn, duration, warmup, (long long)scheduled, nlat,
            (long long)errors, (long long)(total - next), (long long)inflight,
            (double)completed_all / ((double)(t_end - t0) / 1e9), nlat ? sum / (double)nlat / 1000.0 : 0.0,
            pct(lat, nlat, 0.50), pct(lat, nlat, 0.90), pct(lat, nlat, 0.99), pct(lat, nlat, 0.999),
            nlat ? (double)lat[nlat - 1] / 1000.0 : 0.0, pct(lag, nlag, 0.50), pct(lag, nlag, 0.99),
-           nlag ? (double)lag[nlag - 1] / 1000.0 : 0.0, cpu, (double)(t_end - t0) / 1e9);
+           nlag ? (double)lag[nlag - 1] / 1000.0 : 0.0, pct(cwait, nlag, 0.50), pct(cwait, nlag, 0.99), cpu,
+           (double)(t_end - t0) / 1e9);
     return 0;
 }

@@ -13,10 +13,11 @@ The CPython runtime sampler (`pyruntime`: GIL holder and GC state read from the 
 target (no ptrace stop, no injected code); on other targets it reports "not applicable".
 
 Rates (the constants below; bench/RESULTS.md "Collector defaults" has the numbers). py-spy's own
-CPU grows with the rate and with the target's threads: at 100 Hz it used 3-4 % of a core on the
-one-thread asyncio server and 9-10 % on the 9-thread server, at 50 Hz 2.2 % and 5.6 %; 50 Hz keeps
-the one-thread server, the kind that reaches 100k requests/s, within the 3 % budget, at the price
-of half the Python stacks (0.25-1 per 5-20 ms slow request instead of 0.5-2). The others stay:
+CPU grows with the rate and with the target's threads: over four bench runs, at 100 Hz it used
+3.0-4.4 % of a core on the one-thread asyncio server and 6.9-10 % on the 9-thread server, at 50 Hz
+2.2-2.5 % and 4.5-5.6 %; 50 Hz keeps the one-thread server, the kind that reaches 100k requests/s,
+within issue 12's 3 % budget, at the price of half the Python stacks (0.25-1 per 5-20 ms slow
+request instead of 0.5-2); the 9-thread server would need 20 Hz (0.1-0.4). The others stay:
 pyruntime at 200 Hz used 1.8-2.4 % (1-4 GIL readings per slow request), the process sampler at
 0.5 s about 1 %, and perf's own process nothing measurable (its sampling runs in the kernel; 49 Hz
 or no call graph saved nothing the bench could tell from noise, and no call graph loses every
