@@ -6,6 +6,7 @@ issue 12 on the console and in the file.
     python -m bench.run --quick         # ~10 min: 1 round, 2 s loads, no 5M replay, 10 s capture
                                         # (writes bench/work/RESULTS-quick.md, profiles in bench/work)
     python -m bench.run --report-only bench/work/results.json   # rewrite RESULTS.md, no measuring
+    python -m bench.run --only observer --targets redis --modes attach-auto,ebpf-floor
 
 Time of a full run (3 rounds; estimated from per-run timings of --quick runs on the reference
 machine): observer ~16 min (69 runs a round, 3 s loads plus ~1.5 s to start and stop each tool),
@@ -13,7 +14,6 @@ constant rate ~5 min (a fresh saturation check and a calibration run per target,
 plus ~2 min for each target where the default misses (its breakdown round),
 study ~8 min, probe 1 min, replay and capture ~4 min. Bounded: every load has a fixed duration or
 request count and a timeout, every tool a stop timeout after which it is killed.
-    python -m bench.run --only observer --targets redis --modes attach-auto,ebpf-floor
 
 Parts: observer (bench/observer.py: modes of bench/modes.py at saturation, interleaved with
 baselines), latency (bench/constant_rate.py: p50/p99 at half the saturation rate), study
