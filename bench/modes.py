@@ -2,12 +2,19 @@
 
 Each mode starts its tool(s) against the target pid, waits until the tool is really attached
 (strace: the target's TracerPid; py-spy: its "Sampling process" line; eBPF agent: its header line;
-diag attach: the manifest's collectors_started_monotonic_ns), lets the load run, then stops the
-tool the way a user would (SIGTERM / SIGINT) and waits for it to finish. The standalone tools run
-with the same flags diag's collectors use, so "strace filtered" is exactly the collector's strace.
+syscount: its "Tracing" line; diag attach and the collector host: the manifest's
+collectors_started_monotonic_ns), lets the load run, then stops the tool the way a user would
+(SIGINT / SIGTERM) and waits for it to finish. Standalone tools run with the same flags diag's
+collectors use.
 
-A CpuMonitor polls the tool's process tree every 50 ms and attributes CPU seconds to collectors
-by command line, both over the load window and over the tool's whole life.
+A CpuMonitor (bench/cpu.py) polls the tool's process tree every 50 ms and attributes CPU seconds
+to tools by command line, over the load window and over the tool's whole life.
+
+The modes in `all` answer the questions of issue 12: the floor (every eBPF program returns at
+once), the BCC peer (`syscount-bpfcc -L`), the agent's request export (sampled vs all), diag
+attach by default and with the eBPF collector alone, and one diag attach per extra collector
+beside eBPF (each collector's own cost). `extra_modes()` are kept for one-off questions
+(`--modes NAME`), and `study_modes()` are the collector-defaults study (bench/defaults_study.py).
 """
 from __future__ import annotations
 
@@ -18,18 +25,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
+from bench.cpu import CpuMonitor
 from diag.collect.strace import tracer_of
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PYSPY = str(VENV_BIN / "py-spy") if (VENV_BIN / "py-spy").exists() else (shutil.which("py-spy") or "py-spy")
+SYSCOUNT = shutil.which("syscount-bpfcc") or "/usr/sbin/syscount-bpfcc"
 DIAG = [sys.executable, "-m", "diag"]
 
 
@@ -39,104 +45,12 @@ def _strace_traced() -> str:
     return TRACED
 
 
-# ---------------------------------------------------------------------------------------------
-# CPU accounting of tool processes
+def agent_python() -> str:
+    """The interpreter the eBPF collector runs its agent with (the first one that imports bcc)."""
+    from diag.collect.ebpf import SYSTEM_PYTHON, bcc_python
 
-def classify(cmdline: list[str]) -> str:
-    """Which collector a process belongs to, from its command line."""
-    if not cmdline:
-        return "other"
-    base = os.path.basename(cmdline[0])
-    joined = " ".join(cmdline)
-    if "diag.collect.ebpf_agent" in joined:
-        return "ebpf agent"
-    if base == "strace":
-        return "strace"
-    if base == "perf":
-        sub = cmdline[1] if len(cmdline) > 1 else ""
-        return f"perf {sub}".strip()
-    if base == "py-spy":
-        sub = cmdline[1] if len(cmdline) > 1 else ""
-        return f"py-spy {sub}".strip()
-    if base.startswith("python") and "import bcc" in joined:
-        return "diag (orchestrator, process sampler, analysis)"     # the collector's bcc probe
-    if "-m diag" in joined or base == "diag":
-        return "diag (orchestrator, process sampler, analysis)"
-    if base == "env":
-        return "ebpf agent" if "ebpf_agent" in joined else "other"
-    return base
+    return bcc_python() or SYSTEM_PYTHON
 
-
-class CpuMonitor:
-    """Poll a process tree's CPU times; `mark(name)` snapshots them (e.g. load start / end)."""
-
-    def __init__(self, root_pid: int, interval_s: float = 0.05) -> None:
-        self.root = root_pid
-        self.interval = interval_s
-        self.last: dict[int, tuple[str, float]] = {}     # pid -> (label, cpu s), the latest seen
-        self.marks: dict[str, dict[int, tuple[str, float]]] = {}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self._procs: dict[int, psutil.Process] = {}
-
-    def start(self) -> "CpuMonitor":
-        self.poll()
-        self.thread.start()
-        return self
-
-    def poll(self) -> None:
-        try:
-            root = self._procs.get(self.root) or psutil.Process(self.root)
-            self._procs[self.root] = root
-            procs = [root] + root.children(recursive=True)
-        except psutil.Error:
-            return
-        for p in procs:
-            p = self._procs.setdefault(p.pid, p)
-            try:
-                with p.oneshot():
-                    t = p.cpu_times()
-                    label = classify(p.cmdline())
-            except psutil.Error:
-                continue
-            with self._lock:
-                prev = self.last.get(p.pid)
-                if prev and prev[0] != "other" and label in ("other", "env"):
-                    label = prev[0]          # a zombie's empty cmdline must not relabel it
-                cpu = max(t.user + t.system, prev[1] if prev else 0.0)
-                self.last[p.pid] = (label, cpu)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def mark(self, name: str) -> None:
-        self.poll()
-        with self._lock:
-            self.marks[name] = dict(self.last)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-
-    @staticmethod
-    def _by_label(snap: dict[int, tuple[str, float]], base: dict[int, tuple[str, float]] | None = None) -> dict:
-        out: dict[str, float] = {}
-        for pid, (label, cpu) in snap.items():
-            b = base.get(pid, (label, 0.0))[1] if base is not None else 0.0
-            out[label] = out.get(label, 0.0) + max(0.0, cpu - b)
-        return out
-
-    def window(self, a: str, b: str) -> dict[str, float]:
-        return self._by_label(self.marks.get(b, {}), self.marks.get(a, {}))
-
-    def total(self) -> dict[str, float]:
-        return self._by_label(self.last)
-
-
-# ---------------------------------------------------------------------------------------------
-# Modes
 
 def _wait(pred, timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
@@ -155,6 +69,7 @@ class Running:
     stop_signal: int = signal.SIGTERM
     monitor: CpuMonitor | None = None
     out: Path | None = None
+    log: Path | None = None
     extra: dict = field(default_factory=dict)
     start_wall_s: float = 0.0
 
@@ -164,6 +79,7 @@ class Mode:
     label = "baseline (nothing attached)"
     python_only = False
     stop_timeout_s = 30.0
+    stop_signal = signal.SIGTERM
 
     def applies(self, target) -> bool:
         return target.python or not self.python_only
@@ -171,33 +87,37 @@ class Mode:
     def command(self, target, out: Path) -> list[str] | None:
         return None
 
+    def out_path(self, workdir: Path) -> Path:
+        return workdir / f"{self.name}.out"
+
     def ready(self, run: Running, target) -> bool:
         return True
 
+    def env(self) -> dict:
+        return {**os.environ, "PYTHONPATH": str(REPO)}
+
     def start(self, target, workdir: Path) -> Running:
-        out = workdir / f"{self.name}.out"
+        out = self.out_path(workdir)
+        out.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command(target, out)
         if argv is None:
             return Running(None)
         t0 = time.monotonic()
-        log = open(workdir / f"{self.name}.log", "wb")
+        log_path = workdir / f"{self.name}.log"
+        log = open(log_path, "wb")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=str(REPO),
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                start_new_session=True, cwd=str(REPO), env=self.env(), preexec_fn=_default_sigint)
         log.close()
-        run = Running(proc, self.stop_signal_value(), out=out)
-        run.monitor = CpuMonitor(proc.pid).start()
+        run = Running(proc, self.stop_signal, out=out, log=log_path)
+        run.monitor = CpuMonitor([proc.pid]).start()
         if not _wait(lambda: proc.poll() is not None or self.ready(run, target), 60.0):
             self.stop(run)
             raise RuntimeError(f"{self.name}: tool not ready after 60 s")
         if proc.poll() is not None:
-            tail = (workdir / f"{self.name}.log").read_bytes()[-400:].decode(errors="replace")
-            raise RuntimeError(f"{self.name}: tool exited at start (rc {proc.returncode}): {tail}")
+            tail = log_path.read_bytes()[-400:].decode(errors="replace")
+            raise RuntimeError(f"{self.name}: tool exited at start (rc {proc.returncode}): {' '.join(tail.split())}")
         run.start_wall_s = time.monotonic() - t0
         return run
-
-    def stop_signal_value(self) -> int:
-        return signal.SIGTERM
 
     def stop(self, run: Running) -> dict:
         """Stop the tool, wait for it, and return what we learned (CPU, events lost...)."""
@@ -228,19 +148,33 @@ class Mode:
         info["start_wall_s"] = run.start_wall_s
         return info
 
-
-class StraceAll(Mode):
-    name = "strace-all"
-    label = "strace -f -p (all syscalls)"
-
-    def command(self, target, out):
-        return ["strace", "-f", "-qq", "-ttt", "-T", "-o", str(out), "-p", str(target.pid)]
-
-    def ready(self, run, target):
-        return tracer_of(target.pid) == run.proc.pid
+    def shown(self) -> str:
+        """The command as RESULTS.md shows it."""
+        cmd = self.command(type("T", (), {"pid": "PID", "python": True})(), Path("OUT"))
+        if cmd is None:
+            return ""
+        s = " ".join(str(c) for c in cmd).replace(sys.executable, "python").replace(str(REPO) + "/", "")
+        return s.replace(agent_python(), "python").replace(_strace_traced(), "<TRACED of diag/collect/strace.py>")
 
 
-class StraceFiltered(StraceAll):
+def _default_sigint() -> None:
+    """In the tool's process, before its exec: SIGINT back to its default. A bench started in the
+    background of a non-interactive shell inherits SIGINT ignored, and a Python tool (syscount)
+    then never gets its KeyboardInterrupt: the Ctrl-C that stops it would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _log_has(run: Running, text: bytes) -> bool:
+    try:
+        return text in run.log.read_bytes()
+    except (OSError, TypeError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# standalone tools
+
+class StraceFiltered(Mode):
     name = "strace-filtered"
     label = "strace -f -p, diag's filter (collector flags)"
 
@@ -248,34 +182,41 @@ class StraceFiltered(StraceAll):
         return ["strace", "-f", "-qq", "--absolute-timestamps=format:unix,precision:ns", "--syscall-times=ns",
                 "-s", "0", "-y", "-e", f"trace={_strace_traced()}", "-o", str(out), "-p", str(target.pid)]
 
+    def ready(self, run, target):
+        return tracer_of(target.pid) == run.proc.pid
 
-class PyspyBlocking(Mode):
-    name = "pyspy-blocking"
-    label = "py-spy record 100 Hz (blocking)"
-    python_only = True
-    nonblocking = False
+
+class StraceAll(StraceFiltered):
+    name = "strace-all"
+    label = "strace -f -p (all syscalls)"
 
     def command(self, target, out):
-        a = [PYSPY, "record", "--pid", str(target.pid), "--rate", "100", "--format", "chrometrace", "--threads",
-             "--idle", "--output", str(out)]
-        if self.nonblocking:
-            a.append("--nonblocking")
-        return a
+        return ["strace", "-f", "-qq", "-ttt", "-T", "-o", str(out), "-p", str(target.pid)]
 
-    def stop_signal_value(self):
-        return signal.SIGINT
+
+class Pyspy(Mode):
+    """py-spy record with the collector's flags; `rate` and blocking vary."""
+
+    python_only = True
+    stop_signal = signal.SIGINT
+
+    def __init__(self, rate: int = 100, nonblocking: bool = True) -> None:
+        self.rate, self.nonblocking = rate, nonblocking
+        self.name = f"pyspy-{'nonblocking' if nonblocking else 'blocking'}" + ("" if rate == 100 else f"-{rate}")
+        self.label = f"py-spy record {rate} Hz" + (" --nonblocking" if nonblocking else " (blocking)")
+
+    def command(self, target, out):
+        a = [PYSPY, "record", "--pid", str(target.pid), "--rate", str(self.rate), "--format", "chrometrace",
+             "--threads", "--idle", "--output", str(out)]
+        return a + (["--nonblocking"] if self.nonblocking else [])
 
     def ready(self, run, target):
-        try:
-            return b"Sampling process" in (run.out.parent / f"{self.name}.log").read_bytes()
-        except OSError:
-            return False
-
+        return _log_has(run, b"Sampling process")
 
     def stop(self, run):
         info = super().stop(run)
         try:
-            text = (run.out.parent / f"{self.name}.log").read_bytes().decode(errors="replace")
+            text = run.log.read_bytes().decode(errors="replace")
         except OSError:
             return info
         m = re.search(r"Samples: (\d+) Errors: (\d+)", text)
@@ -284,39 +225,53 @@ class PyspyBlocking(Mode):
         return info
 
 
-class PyspyNonblocking(PyspyBlocking):
-    name = "pyspy-nonblocking"
-    label = "py-spy record 100 Hz --nonblocking"
-    nonblocking = True
-
-
 class PerfRecord(Mode):
     name = "perf"
     label = "perf record -a -g -F 99"
+    stop_signal = signal.SIGINT
 
     def command(self, target, out):
         return ["perf", "record", "-a", "-g", "-k", "CLOCK_MONOTONIC", "-F", "99", "-e", "cpu-clock", "-o", str(out),
                 "--quiet"]
 
-    def stop_signal_value(self):
-        return signal.SIGINT
+    def ready(self, run, target):
+        # perf record -a has no "ready" line: it records once it has opened its output and its
+        # events; give it the same 0.3 s the collector does.
+        if "t0" not in run.extra:
+            run.extra["t0"] = time.monotonic()
+        return time.monotonic() - run.extra["t0"] > 0.3 and run.out.exists()
+
+
+class Syscount(Mode):
+    """The BCC peer: `syscount-bpfcc -L -p PID` (Debian's bpfcc-tools), the same raw_syscalls
+    tracepoints, a per-syscall count and latency sum in a hash map, printed at Ctrl-C."""
+
+    name = "syscount"
+    label = "syscount-bpfcc -L -p PID (BCC's tool, the peer)"
+    stop_signal = signal.SIGINT
+
+    def command(self, target, out):
+        return [SYSCOUNT, "-L", "-p", str(target.pid)]
+
+    def env(self):
+        return {**super().env(), "PYTHONUNBUFFERED": "1"}     # its "Tracing" line is the ready mark
 
     def ready(self, run, target):
-        # perf record -a has no "ready" line: it is recording once it has opened its output and
-        # its events; give it the same 0.3 s the collector does.
-        if not hasattr(run, "_t0"):
-            run._t0 = time.monotonic()
-        return time.monotonic() - run._t0 > 0.3 and run.out.exists()
+        return _log_has(run, b"Tracing syscalls")
 
 
 class EbpfAgent(Mode):
-    name = "ebpf-default"
-    label = "eBPF agent: in-kernel aggregates + events > 1 ms"
-    slow_ns = 1_000_000
+    """diag's eBPF agent alone, as the collector runs it (same interpreter, same flags)."""
+
+    def __init__(self, name: str, label: str, args: list[str] | None = None) -> None:
+        self.name, self.label, self.args = name, label, list(args or [])
+
+    def out_path(self, workdir):
+        return workdir / self.name / "ebpf.jsonl"        # the binary record files go beside it
 
     def command(self, target, out):
-        return ["/usr/bin/python3", "-m", "diag.collect.ebpf_agent", "--pid", str(target.pid), "--slow-ns",
-                str(self.slow_ns), "--out", str(out)]
+        return [agent_python(), "-m", "diag.agent", "--pid", str(target.pid), "--slow-ns", "1000000",
+                "--out", str(out), *self.args]
 
     def ready(self, run, target):
         try:
@@ -331,64 +286,60 @@ class EbpfAgent(Mode):
         return info
 
 
-class EbpfNoRequests(EbpfAgent):
-    name = "ebpf-noreq"
-    label = "eBPF agent --no-requests (aggregates + events > 1 ms, no per-request records)"
-
-    def command(self, target, out):
-        return super().command(target, out) + ["--no-requests"]
-
-
-class EbpfSyscallTracepoints(EbpfAgent):
-    """Extra (not in `all`): one syscalls:sys_enter_X/sys_exit_X pair per traced syscall instead of
-    raw_syscalls (which run the probe on every syscall of every process of the machine)."""
-    name = "ebpf-tp-syscall"
-    label = "eBPF agent --tracepoints syscall --no-requests (per-syscall tracepoints)"
-
-    def command(self, target, out):
-        return super().command(target, out) + ["--tracepoints", "syscall", "--no-requests"]
-
-
-def agent_supports(flag: str) -> bool:
-    try:
-        r = subprocess.run(["/usr/bin/python3", "-m", "diag.collect.ebpf_agent", "--help"], capture_output=True,
-                           text=True, timeout=30, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return flag in r.stdout
-
-
-class EbpfAll(EbpfAgent):
-    name = "ebpf-all"
-    label = "eBPF agent --slow-ns 0 (every call to user space)"
-    slow_ns = 0
-
-
 def ebpf_tail(path: Path | None) -> dict:
+    """What the agent's last lines say: records exported and lost, calls timed, its CPU once
+    attached (`cpu_s_attached`, compile excluded) and for how long."""
     out: dict = {}
     if path is None or not path.exists():
         return out
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 16384))
+        f.seek(max(0, f.tell() - 65536))
         for line in f.read().splitlines():
             try:
                 obj = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(obj, dict) and obj.get("type") == "lost":
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("type") == "lost":
                 out["ebpf_lost"] = obj.get("count", 0)
-            if isinstance(obj, dict) and obj.get("type") == "end":
+                out["ebpf_lost_requests"] = obj.get("lost_requests")
+            if obj.get("type") == "end":
                 out["ebpf_events"] = obj.get("events", 0)
                 out["ebpf_calls"] = obj.get("calls", 0)
                 out["ebpf_requests"] = obj.get("requests")
+                out["ebpf_requests_done"] = obj.get("requests_done")
+                out["ebpf_cpu_s_attached"] = obj.get("cpu_s_attached")
+                out["ebpf_attached_s"] = (obj.get("duration_ns") or 0) / 1e9
         f.seek(0)
         try:
             head = json.loads(f.readline())
-            out["ebpf_requests_on"] = head.get("requests")
+            out["ebpf_compile_cpu_s"] = head.get("compile_cpu_s")
         except ValueError:
             pass
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# diag attach, and the collector host of the study
+
+def _manifest_collectors(capture: Path) -> dict:
+    """Per collector: status, counts and the observer cost the capture itself reports."""
+    try:
+        m = json.loads((capture / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("status", "events", "lost", "calls", "requests", "lost_requests", "reason", "observer", "settings")
+    return {k: {kk: v.get(kk) for kk in keys} for k, v in m.get("collectors", {}).items()}
+
+
+def _manifest_ready(capture: Path) -> bool:
+    try:
+        m = json.loads((capture / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(m.get("clock", {}).get("collectors_started_monotonic_ns"))
 
 
 class DiagAttach(Mode):
@@ -396,77 +347,132 @@ class DiagAttach(Mode):
     analyses it exactly as a user's run would; the run ends when diag exits."""
 
     stop_timeout_s = 180.0
+    stop_signal = signal.SIGINT
 
     def __init__(self, collectors: str) -> None:
         self.collectors = collectors
         self.name = f"attach-{collectors}"
         self.label = f"diag attach --collectors {collectors}" + (" (default)" if collectors == "auto" else "")
-        self.python_only = collectors == "py-spy"
+        # a mode whose point is a Python collector says nothing more than attach-ebpf elsewhere
+        self.python_only = collectors != "auto" and bool(set(collectors.split(",")) & {"py-spy", "pyruntime"})
 
     def command(self, target, out):
         return DIAG + ["attach", str(target.pid), "--duration", "600", "--collectors", self.collectors, "--out",
                        str(out), "--json", str(out) + ".json", "--quiet"]
 
-    def stop_signal_value(self):
-        return signal.SIGINT
-
     def ready(self, run, target):
-        try:
-            m = json.loads((run.out / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return bool(m.get("clock", {}).get("collectors_started_monotonic_ns"))
+        return _manifest_ready(run.out)
 
     def stop(self, run):
         info = super().stop(run)
+        info["collectors"] = _manifest_collectors(run.out)
         try:
-            m = json.loads((run.out / "manifest.json").read_text())
-            info["collectors"] = {k: {kk: v.get(kk) for kk in ("status", "events", "lost", "calls", "requests", "lost_requests", "reason")}
-                                  for k, v in m.get("collectors", {}).items()}
             info["capture_bytes"] = sum(p.stat().st_size for p in run.out.rglob("*") if p.is_file())
-        except (OSError, ValueError):
-            info["collectors"] = {}
+        except OSError:
+            pass
+        info.update(ebpf_tail(run.out / "streams" / "ebpf.jsonl"))
         return info
 
 
-_NOREQ: bool | None = None
+class HostMode(DiagAttach):
+    """diag's collectors with chosen settings (`bench/collector_host.py`): the capture of diag
+    attach without its analysis, for settings the CLI does not expose (rates, perf call graph)."""
 
-
-def all_modes() -> list[Mode]:
-    global _NOREQ
-    if _NOREQ is None:
-        _NOREQ = agent_supports("--no-requests")
-    return [Mode(), StraceAll(), StraceFiltered(), PyspyBlocking(), PyspyNonblocking(), PerfRecord(), EbpfAgent(),
-            *([EbpfNoRequests()] if _NOREQ else []), EbpfAll(), DiagAttach("auto"), DiagAttach("ebpf"), DiagAttach("strace"), DiagAttach("perf"),
-            DiagAttach("py-spy"), DiagAttach("process")]
-
-
-class EbpfNoStack(EbpfAgent):
-    """Extra experiment: the shipped probe with the kernel stack walk at switch-out removed
-    (a patched copy of probes/syscall_latency.c written next to the run's output)."""
-    name = "ebpf-nostack"
-    label = "eBPF agent --no-requests, probe without get_stackid at sched_switch (experiment)"
-    patch = ("            int sid = stacks.get_stackid(args, 0);", "            int sid = -1;")
+    def __init__(self, name: str, label: str, collectors: str, opts: dict | None = None) -> None:
+        super().__init__(collectors)
+        self.name, self.label, self.opts = name, label, dict(opts or {})
 
     def command(self, target, out):
-        src = (REPO / "probes" / "syscall_latency.c").read_text()
-        if self.patch[0] not in src:
-            raise RuntimeError(f"{self.name}: the probe changed; patch does not apply")
-        probe = out.parent / f"{self.name}.c"
-        if isinstance(target.pid, int):
-            probe.write_text(src.replace(*self.patch))
-            shutil.copy(REPO / "probes" / "diag_events.h", out.parent / "diag_events.h")
-        return super().command(target, out) + ["--no-requests", "--probe", str(probe)]
+        a = [sys.executable, "-m", "bench.collector_host", "--pid", str(target.pid), "--collectors", self.collectors,
+             "--out", str(out)]
+        for k, v in sorted(self.opts.items()):
+            a += [f"--{k.replace('_', '-')}", str(v)]
+        return a
 
 
-class EbpfNoSwitch(EbpfNoStack):
-    name = "ebpf-noswitch"
-    label = "eBPF agent --no-requests, probe with an empty sched_switch program (experiment)"
-    patch = ("TRACEPOINT_PROBE(sched, sched_switch)\n{", "TRACEPOINT_PROBE(sched, sched_switch)\n{\n    return 0;")
+class SchedIdle(Mode):
+    """Another mode with its tools at SCHED_IDLE (`chrt -i 0`, inherited by every process diag
+    starts): they run only on a CPU nothing else wants. An experiment, not a default: it tells
+    whether an observer's latency cost is its CPU bursts preempting the target."""
+
+    def __init__(self, inner: Mode) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}-sched-idle"
+        self.label = f"{inner.label}, at SCHED_IDLE (chrt -i 0)"
+        self.python_only, self.stop_signal, self.stop_timeout_s = inner.python_only, inner.stop_signal, \
+            inner.stop_timeout_s
+
+    def out_path(self, workdir):
+        return self.inner.out_path(workdir)
+
+    def command(self, target, out):
+        inner = self.inner.command(target, out)
+        return None if inner is None else ["chrt", "-i", "0", *inner]
+
+    def ready(self, run, target):
+        return self.inner.ready(run, target)
+
+    def stop(self, run):
+        return self.inner.stop(run)
 
 
-EXTRA_MODES = (EbpfSyscallTracepoints, EbpfNoStack, EbpfNoSwitch)
+# ---------------------------------------------------------------------------------------------
+
+def all_modes() -> list[Mode]:
+    """The modes of a full run, in table order."""
+    return [
+        Mode(),
+        EbpfAgent("ebpf-floor", "eBPF agent --floor (every program returns at once: the kernel's floor)",
+                  ["--floor"]),
+        Syscount(),
+        EbpfAgent("ebpf-default", "eBPF agent (default: sampled request export)"),
+        EbpfAgent("ebpf-reqall", "eBPF agent --requests all (a record per request)", ["--requests", "all"]),
+        DiagAttach("ebpf"),
+        DiagAttach("ebpf,process"),
+        DiagAttach("ebpf,perf"),
+        DiagAttach("ebpf,py-spy"),
+        DiagAttach("ebpf,pyruntime"),
+        DiagAttach("auto"),
+        DiagAttach("strace"),
+    ]
+
+
+def extra_modes() -> list[Mode]:
+    """Not in `all`; run them by name (`--modes ebpf-noreq,perf`)."""
+    return [
+        EbpfAgent("ebpf-noreq", "eBPF agent --no-requests (no request summarizer)", ["--no-requests"]),
+        EbpfAgent("ebpf-all-calls", "eBPF agent --slow-ns 0 (a record per call)", ["--slow-ns", "0"]),
+        StraceFiltered(), StraceAll(), Pyspy(100, True), Pyspy(100, False), PerfRecord(),
+        DiagAttach("perf"), DiagAttach("py-spy"), DiagAttach("process"), DiagAttach("pyruntime"),
+        SchedIdle(DiagAttach("auto")),
+    ]
+
+
+def study_modes() -> list[Mode]:
+    """The collector-defaults study: each collector at several settings beside the eBPF agent,
+    and the eBPF agent alone (its reference), all through the collector host."""
+    from diag import collect as D
+
+    def host(name, label, coll, default, **opts):
+        return HostMode(f"study-{name}", label + (" (default)" if default else ""), coll, opts)
+
+    modes = [host("ebpf", "eBPF collector alone (the study's reference)", "ebpf", False)]
+    for hz in (100, 50, 20):
+        modes.append(host(f"pyspy-{hz}", f"eBPF + py-spy {hz} Hz", "ebpf,py-spy", hz == D.PYSPY_RATE_HZ,
+                          pyspy_rate=hz))
+    for hz in (99, 49):
+        modes.append(host(f"perf-{hz}", f"eBPF + perf {hz} Hz, call graph fp", "ebpf,perf",
+                          hz == D.PERF_FREQUENCY_HZ, perf_frequency=hz))
+    modes.append(host("perf-99-nocg", "eBPF + perf 99 Hz, no call graph", "ebpf,perf", False, perf_frequency=99,
+                      perf_callgraph="none"))
+    for s in (0.5, 1, 2):
+        modes.append(host(f"process-{s:g}", f"eBPF + process sampler every {s:g} s", "ebpf,process",
+                          s == D.PROCESS_INTERVAL_S, process_interval=s))
+    for hz in (200, 100, 50):
+        modes.append(host(f"pyruntime-{hz}", f"eBPF + pyruntime {hz} Hz", "ebpf,pyruntime",
+                          hz == D.PYRUNTIME_RATE_HZ, pyruntime_rate=hz))
+    return modes
 
 
 def modes_by_name() -> dict[str, Mode]:
-    return {m.name: m for m in all_modes() + [c() for c in EXTRA_MODES]}
+    return {m.name: m for m in all_modes() + extra_modes() + study_modes()}

@@ -39,7 +39,7 @@ def count_lines(path: Path) -> int:
 
 def trace_busy_server(out: Path, min_lines: int, max_s: float = 90.0, log=print) -> dict:
     """strace -f -ttt -T the threaded journal server while wrk saturates it, until `min_lines`."""
-    t = make_targets(["py-threaded"], str(out.parent))[0]
+    t = make_targets(["py-threaded"])[0]
     t.start()
     wrk = strace = None
     try:
@@ -302,7 +302,7 @@ def capture_replay(workdir: Path, seconds: float, repeats: int, log=print, profi
     workdir.mkdir(parents=True, exist_ok=True)
     cap = workdir / f"capture-{int(seconds)}s.diag"
     shutil.rmtree(cap, ignore_errors=True)
-    t = make_targets(["py-fsync"], str(workdir))[0]
+    t = make_targets(["py-fsync"])[0]
     t.argv = [a for a in t.argv]
     i = t.argv.index("--compact-every")
     t.argv[i + 1] = "25"           # the demo's fault: a bigger fsync every 25th request

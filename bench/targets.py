@@ -1,8 +1,15 @@
-"""Benchmark targets (servers on 127.0.0.1) and their load generators (wrk, redis-benchmark).
+"""Benchmark targets (servers on 127.0.0.1) and their closed-loop load generators (wrk,
+redis-benchmark), each pinned to its own core.
 
 Every load is bounded: wrk runs for a fixed number of seconds; redis-benchmark for a fixed request
 count sized from the expected rate (so a heavily traced redis does not run for minutes), with a
-hard timeout on both.
+hard timeout on both. The load generator's CPU is read from wait4() (its rusage): the in-kernel
+programs of an eBPF observer run on the generator's syscalls too.
+
+Pinning (`taskset`): on 2 cores the target runs on CPU 0 and the load generator on CPU 1, the
+observer floats. Unpinned, the scheduler moves the three around and the same run differs by tens
+of percent; pinned, the target's core is the bottleneck, so throughput tracks the target's own
+CPU per request, which is what an observer changes.
 """
 from __future__ import annotations
 
@@ -29,6 +36,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs (a taskset list) the target and the load generator run on; None: anywhere."""
+
+    target: str | None = None
+    load: str | None = None
+
+    @staticmethod
+    def default() -> "Pinning":
+        n = os.cpu_count() or 1
+        if n < 2 or not shutil.which("taskset"):
+            return Pinning()
+        half = n // 2
+        return Pinning(target=",".join(map(str, range(half))) if half > 1 else "0",
+                       load=",".join(map(str, range(half, n))) if n - half > 1 else str(half))
+
+    def wrap(self, argv: list[str], which: str) -> list[str]:
+        cpus = self.target if which == "target" else self.load
+        return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+    def describe(self) -> str:
+        if not (self.target or self.load):
+            return "not pinned: target, load generator and observer share every core"
+        return (f"target on CPU {self.target}, load generator on CPU {self.load} (taskset); the observer's "
+                f"processes are not pinned")
+
+
+PIN = Pinning()          # set by bench.run before the targets start
+
+
+def run_measured(cmd: list[str], timeout: float) -> tuple[int | None, str, float]:
+    """Run a command to its end: (exit code or None on timeout, stdout, its CPU seconds from
+    wait4, children included)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                p.kill()
+                p.wait()
+                return None, "", 0.0
+            time.sleep(0.02)
+        out.seek(0)
+        return p.returncode, out.read().decode(errors="replace"), ru.ru_utime + ru.ru_stime
+
+
 @dataclass
 class LoadResult:
     ok: bool
@@ -39,6 +98,7 @@ class LoadResult:
     errors: int = 0
     note: str = ""
     cmd: list[str] = field(default_factory=list)
+    load_cpu_s: float = 0.0          # the load generator's CPU (user + system) over the run
 
 
 @dataclass
@@ -60,7 +120,7 @@ class Target:
     def start(self) -> None:
         if self.kind == "redis":
             self.port = free_port()
-            argv = self.argv + ["--port", str(self.port)]
+            argv = PIN.wrap(self.argv + ["--port", str(self.port)], "target")
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
             deadline = time.monotonic() + 10
@@ -73,7 +133,7 @@ class Target:
             else:
                 raise RuntimeError(f"{self.name}: redis-server did not listen on {self.port}")
         else:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen(PIN.wrap(self.argv, "target"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, text=True, start_new_session=True)
             line = self.proc.stdout.readline() if self.proc.stdout else ""
             if not line.startswith("listening on"):
@@ -128,7 +188,7 @@ class Target:
         return wrk_load(self.port, duration_s)
 
 
-def make_targets(names: list[str], workdir: str) -> list[Target]:
+def make_targets(names: list[str]) -> list[Target]:
     py = sys.executable
     journal_dir = "/var/tmp"          # on disk (ext4/virtio here), never tmpfs: fsync must reach the device
     out = []
@@ -187,13 +247,12 @@ def parse_wrk(text: str) -> LoadResult:
 
 
 def wrk_load(port: int, duration_s: float) -> LoadResult:
-    cmd = wrk_cmd(port, duration_s)
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 30)
-    except subprocess.TimeoutExpired:
+    cmd = PIN.wrap(wrk_cmd(port, duration_s), "load")
+    rc, text, cpu = run_measured(cmd, duration_s + 30)
+    if rc is None:
         return LoadResult(False, note="wrk timed out", cmd=cmd)
-    res = parse_wrk(r.stdout)
-    res.cmd = cmd
+    res = parse_wrk(text)
+    res.cmd, res.load_cpu_s = cmd, cpu
     return res
 
 
@@ -220,16 +279,16 @@ def redis_load(port: int, duration_s: float, expected_rps: float | None) -> Load
     """GETs from 8 clients; the request count is the expected rate times the duration (bounded
     to [2k, 2M]), so every run lasts about `duration_s` whatever the tracer does to the rate."""
     n = int(max(2000, min(2_000_000, (expected_rps or 80_000) * duration_s)))
-    cmd = redis_cmd(port, n)
+    cmd = PIN.wrap(redis_cmd(port, n), "load")
     t0 = time.monotonic()
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, duration_s * 8))
-    except subprocess.TimeoutExpired:
+    rc, text, cpu = run_measured(cmd, max(30.0, duration_s * 8))
+    if rc is None:
         return LoadResult(False, note=f"redis-benchmark -n {n} timed out", cmd=cmd)
     el = time.monotonic() - t0
-    parsed = parse_redis_csv(r.stdout)
+    parsed = parse_redis_csv(text)
     if parsed is None:
-        return LoadResult(False, note="redis-benchmark output not understood: " + " ".join(r.stdout.split())[:200],
+        return LoadResult(False, note="redis-benchmark output not understood: " + " ".join(text.split())[:200],
                           cmd=cmd)
     rps, p99 = parsed
-    return LoadResult(True, rps=rps, p99_ms=p99, requests=n, elapsed_s=n / rps if rps else el, cmd=cmd)
+    return LoadResult(True, rps=rps, p99_ms=p99, requests=n, elapsed_s=n / rps if rps else el, cmd=cmd,
+                      load_cpu_s=cpu)

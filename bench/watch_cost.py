@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import threading
@@ -78,8 +79,7 @@ class WatchMode(M.Mode):
         return M.DIAG + ["watch", str(target.pid), "--out", str(out), "--trigger", "p99>10s", "--json-events",
                          *self.extra]
 
-    def stop_signal_value(self):
-        return 2          # SIGINT
+    stop_signal = signal.SIGINT       # a clean end: the watcher detaches and keeps its ring
 
     def ready(self, run, target):
         try:
@@ -148,7 +148,7 @@ def idle_cost(target, seconds: float, workdir: Path) -> dict:
 
 def run_part(targets: list[str], rounds: int, duration: float, seed: int = 7, log=print,
              modes: list | None = None) -> dict:
-    from bench.run import measure, ratios
+    from bench.observer import measure, ratios
 
     WORK.mkdir(parents=True, exist_ok=True)
     base = M.Mode()

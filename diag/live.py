@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from diag.capture.bundle import CaptureWriter
-from diag.collect import AFTER_EXEC, parse_selection, policy
+from diag.collect import AFTER_EXEC, PYRUNTIME_RATE_HZ, PYSPY_RATE_HZ, parse_selection, policy
 from diag.collect.base import Target
 from diag.collect.session import STOP_SIGNALS, SessionResult, StopFlag, run_capture
 from diag.collect.strace import LaunchedStrace
@@ -35,8 +35,8 @@ class CaptureOptions:
     follow: bool = True
     strace_payload: int = 0
     redact: bool = True                 # secrets of the command line (diag.redact) in manifest and report
-    pyspy_rate: int = 100
-    pyruntime_rate: int = 200
+    pyspy_rate: int = PYSPY_RATE_HZ
+    pyruntime_rate: int = PYRUNTIME_RATE_HZ
     ebpf_slow_ns: int = 1_000_000
     live_view: bool | None = None       # None: when stderr is a terminal
 

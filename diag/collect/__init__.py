@@ -11,12 +11,27 @@ throughput); perf samples system-wide at 99 Hz (within noise); the process sampl
 The CPython runtime sampler (`pyruntime`: GIL holder and GC state read from the target's memory,
 200 Hz) runs on CPython targets: it costs 1-2 % of one of diag's cores and nothing in the
 target (no ptrace stop, no injected code); on other targets it reports "not applicable".
+
+Rates (the constants below; bench/RESULTS.md "Collector defaults" has the numbers). py-spy's own
+CPU grows with the rate and with the target's threads: over four bench runs, at 100 Hz it used
+3.0-4.4 % of a core on the one-thread asyncio server and 6.9-10 % on the 9-thread server, at 50 Hz
+2.2-2.5 % and 4.5-5.6 %; 50 Hz keeps the one-thread server, the kind that reaches 100k requests/s,
+within issue 12's 3 % budget, at the price of half the Python stacks (0.25-1 per 5-20 ms slow
+request instead of 0.5-2); the 9-thread server would need 20 Hz (0.1-0.4). The others stay:
+pyruntime at 200 Hz used 1.8-2.4 % (1-4 GIL readings per slow request), the process sampler at
+0.5 s about 1 %, and perf's own process nothing measurable (its sampling runs in the kernel; 49 Hz
+or no call graph saved nothing the bench could tell from noise, and no call graph loses every
+frame above the leaf).
 """
 from __future__ import annotations
 
 from diag.errors import DiagError
 
 NAMES = ("ebpf", "strace", "perf", "py-spy", "pyruntime", "process")
+PYSPY_RATE_HZ = 50
+PERF_FREQUENCY_HZ = 99
+PROCESS_INTERVAL_S = 0.5
+PYRUNTIME_RATE_HZ = 200
 # Collectors that need the target's Python interpreter running: under `diag run` they start
 # after the command's exec (before it, the pid is diag's holder, itself a Python interpreter).
 AFTER_EXEC = ("py-spy", "pyruntime")
@@ -30,19 +45,19 @@ def make(name: str, **opts):
     if name == "perf":
         from diag.collect.perf import PerfCollector
 
-        return PerfCollector(frequency=opts.get("perf_frequency", 99))
+        return PerfCollector(frequency=opts.get("perf_frequency", PERF_FREQUENCY_HZ), callgraph=opts.get("perf_callgraph", "fp"))
     if name == "py-spy":
         from diag.collect.pyspy import PyspyCollector
 
-        return PyspyCollector(rate=opts.get("pyspy_rate", 100), native=opts.get("pyspy_native", False))
+        return PyspyCollector(rate=opts.get("pyspy_rate", PYSPY_RATE_HZ), native=opts.get("pyspy_native", False))
     if name == "pyruntime":
         from diag.collect.pyruntime import PyRuntimeTree
 
-        return PyRuntimeTree(rate_hz=opts.get("pyruntime_rate", 200))
+        return PyRuntimeTree(rate_hz=opts.get("pyruntime_rate", PYRUNTIME_RATE_HZ))
     if name == "process":
         from diag.collect.process import ProcessSampler
 
-        return ProcessSampler(interval_s=opts.get("process_interval", 0.5))
+        return ProcessSampler(interval_s=opts.get("process_interval", PROCESS_INTERVAL_S))
     if name == "ebpf":
         from diag.collect.ebpf import EbpfCollector
 

@@ -63,10 +63,11 @@ class PerfCollector(SubprocessCollector):
     stop_signal = signal.SIGINT      # perf record writes its header and exits on SIGINT
     stop_timeout_s = 20.0
 
-    def __init__(self, frequency: int = 99, counters: bool = True) -> None:
+    def __init__(self, frequency: int = 99, counters: bool = True, callgraph: str = "fp") -> None:
         super().__init__()
         self.frequency = frequency
         self.counters = counters
+        self.callgraph = callgraph          # "fp" (-g: frame pointers) or "none" (leaf frames only)
         self.stat_proc: subprocess.Popen | None = None
         self.target: Target | None = None
         self.samples = 0
@@ -77,8 +78,8 @@ class PerfCollector(SubprocessCollector):
     def start(self, target: Target, writer: CaptureWriter) -> None:
         self.target = target
         data = str(writer.stream_path("perf.data"))
-        argv = [tool_path("perf") or "perf", "record", "-a", "-g", "-k", "CLOCK_MONOTONIC", "-F", str(self.frequency),
-                "-e", "cpu-clock", "-o", data, "--quiet"]
+        argv = [tool_path("perf") or "perf", "record", "-a", *(["-g"] if self.callgraph == "fp" else []),
+                "-k", "CLOCK_MONOTONIC", "-F", str(self.frequency), "-e", "cpu-clock", "-o", data, "--quiet"]
         self.spawn(argv, writer)
         if wait_for(lambda: not self.alive(), 0.3):
             raise Unavailable(f"perf record failed: {self.stderr_tail() or 'exited at once'}")
@@ -86,7 +87,7 @@ class PerfCollector(SubprocessCollector):
                              format="perf-script", started_monotonic_ns=self.started_ns,
                              settings={"mode": "system-wide, filtered to the target at stop",
                                        "frequency_hz": self.frequency, "event": "cpu-clock",
-                                       "clock": "CLOCK_MONOTONIC", "callgraph": "fp"})
+                                       "clock": "CLOCK_MONOTONIC", "callgraph": self.callgraph})
         if self.counters and not target.launched:
             self.stat_out = writer.root / "logs" / "perf-stat.csv"
             self.stat_proc = subprocess.Popen(

@@ -21,6 +21,7 @@ import time
 import psutil
 
 from diag.capture.bundle import CaptureWriter
+from diag.collect import PYSPY_RATE_HZ
 from diag.collect.base import (DEGRADED, OK, CollectorStats, SubprocessCollector, Target, Unavailable, tool_path)
 from diag.collect.targets import is_python
 
@@ -29,7 +30,7 @@ class PyspyCollector(SubprocessCollector):
     stop_signal = signal.SIGINT
     stop_timeout_s = 20.0
 
-    def __init__(self, rate: int = 100, native: bool = False, idle: bool = True) -> None:
+    def __init__(self, rate: int = PYSPY_RATE_HZ, native: bool = False, idle: bool = True) -> None:
         super().__init__()
         self.rate = rate
         self.native = native
