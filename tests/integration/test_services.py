@@ -17,6 +17,7 @@ import textwrap
 import time
 from contextlib import contextmanager
 
+import psutil
 import pytest
 from servers import HttpLoad, ROOT, collectors_started_ns, diag_popen, load_json, require_root, wait_until
 
@@ -269,8 +270,13 @@ def test_a_process_in_its_own_pid_namespace(tmp_path):
         # WHEN diag attaches by port, from the host
         report, manifest = attach_under_load(tmp_path, port, "--port", str(port), rate=80, concurrency=4)
     finally:
-        # SIGKILL: unshare passes SIGTERM to its child, which as pid 1 of its namespace ignores it;
-        # --kill-child then kills the child with unshare
+        # SIGKILL to the server itself: as pid 1 of its namespace it ignores every other signal,
+        # and neither unshare's SIGKILL nor --kill-child's death signal reaches it
+        try:
+            for child in psutil.Process(srv.pid).children(recursive=True):
+                child.kill()
+        except psutil.Error:
+            pass
         srv.kill()
         srv.wait(10)
         if os.path.exists(journal):
