@@ -97,7 +97,7 @@ class WatchMode(M.Mode):
         return run
 
     def stop(self, run):
-        stats1, t1 = _stats(run.out), time.monotonic()
+        stats1 = _stats(run.out)
         info = super().stop(run)
         rss = run.extra.get("rss")
         if rss:

@@ -6,10 +6,12 @@ request families are the probe header's own (diag.agent.header).
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 from diag.agent.header import Header
+from diag.syscall_numbers import X86_64
 from diag.syscalls import FAMILIES
 
 # The read/write calls the probe times (the vectored and mmsg variants are rare on servers and
@@ -89,7 +91,7 @@ def sysinfo_of(h: Header, name: str, requests: bool) -> SysInfo:
 
 def syscall_numbers() -> dict[str, int]:
     """name -> number for this architecture: the kernel uapi header's, completed by BCC's table
-    (each may lack calls newer than itself)."""
+    and, on x86_64, diag's own (each may lack calls newer than itself)."""
     table: dict[str, int] = {}
     for hdr in ("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h",
                 "/usr/include/asm-generic/unistd.h"):
@@ -105,4 +107,7 @@ def syscall_numbers() -> dict[str, int]:
             table.setdefault(v.decode(), k)
     except Exception:
         pass
+    if os.uname().machine == "x86_64":          # no uapi header installed, no BCC table: the built-in one
+        for nr, name in X86_64.items():
+            table.setdefault(name, nr)
     return table

@@ -23,6 +23,7 @@ from diag.capture import ebpf_stream as fmt
 from diag.model import (Clock, ExportSetting, Frame, ProbeCounters, Request, RequestHistogram, RunqWait, StackSample,
                         SyscallAggregate, SyscallEvent, Wakeup)
 from diag.parse.base import BadLines, ParseContext, json_lines, opt_int
+from diag.syscall_numbers import errno_name
 from diag.syscalls import BYTE_COUNT, PROBE_FAMILY_KEYS, FdKind
 
 _TAGS = (fmt.FORMAT_TAG, *fmt.OLD_FORMAT_TAGS)
@@ -168,12 +169,10 @@ class EbpfParser:
         i_start, i_dur, i_off, i_ret = col["start_ns"], col["dur_ns"], col["off_cpu_ns"], col["ret"]
         i_tid, i_tgid, i_nr, i_fd, i_sid, i_kind = (col["tid"], col["tgid"], col["nr"], col["fd"], col["kstack_id"],
                                                     col["fd_kind"])
-        import errno as _errno
-
         for r in rows:
             name = names.get(r[i_nr], f"syscall_{r[i_nr]}")
             ret = r[i_ret]
-            err = _errno.errorcode.get(-ret, str(-ret)) if -4096 < ret < 0 else None
+            err = errno_name(-ret) if -4096 < ret < 0 else None
             fd = r[i_fd]
             start = r[i_start] + offset
             k = r[i_kind]

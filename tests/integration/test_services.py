@@ -6,15 +6,12 @@ it: to the master, by --port or --name.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from contextlib import contextmanager
 
 import psutil

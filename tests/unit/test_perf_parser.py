@@ -15,7 +15,8 @@ from diag.errors import EXIT_BAD_INPUT, ParseError
 from diag.model import Frame, StackSample, SyscallEvent
 from diag.parse import detect, parse_file
 from diag.parse.base import ParseContext
-from diag.parse.perf import X86_64_SYSCALLS, PerfScriptParser
+from diag.parse.perf import PerfScriptParser
+from diag.syscall_numbers import X86_64
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "perf")
 PYSPY_DATA = os.path.join(os.path.dirname(__file__), "..", "data", "pyspy")
@@ -186,7 +187,7 @@ def test_syscalls_tracepoints_pair_into_events():
 
 
 def test_raw_syscalls_use_the_x86_64_table():
-    assert X86_64_SYSCALLS[74] == "fsync" and X86_64_SYSCALLS[232] == "epoll_wait"
+    assert X86_64[74] == "fsync" and X86_64[232] == "epoll_wait"
     text = ("python3  4483 [000]   222.453786180: raw_syscalls:sys_enter: NR 74 (3, 0, 0, 7f1faf434b98, 0, 0)\n"
             "python3  4483 [001]   222.454342065:  raw_syscalls:sys_exit: NR 74 = 0\n"
             "python3  4483 [001]   222.454350528: raw_syscalls:sys_enter: NR 0 (3, 7f1faf29c7a0, 64, 0, 0, 0)\n"
