@@ -1,26 +1,8 @@
-"""Helpers shared by every test directory. Keep it small: per-area fixtures live with their tests."""
+"""Fixtures shared by every test directory. Keep it small: per-area fixtures live with their tests,
+and helpers every kind of test needs (skips, waits, process state) in toolbox.py."""
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-
 import pytest
-
-
-def _require_tool(name: str) -> str:
-    """The path of command `name` (on PATH or next to this Python), or skip the test saying so."""
-    here = os.path.join(os.path.dirname(sys.executable), name)
-    path = shutil.which(name) or (here if os.access(here, os.X_OK) else None)
-    if not path:
-        pytest.skip(f"{name} is not installed (`make setup` installs it as root)")
-    return path
-
-
-@pytest.fixture
-def require_tool():
-    """`require_tool("strace")` -> its path, or the test is skipped with the reason."""
-    return _require_tool
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from diag.collect.ebpf import bcc_python
 from diag.parse.base import ParseContext
 from diag.parse.ebpf import EbpfParser
 from diag.resources import package_root
+from toolbox import wait_until
 
 PY = bcc_python() if os.geteuid() == 0 else None
 EBPF_MARKS = [
@@ -34,15 +34,11 @@ def start_agent(pid: int, out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(package_root()))
     proc = subprocess.Popen([PY, "-m", "diag.agent", "--pid", str(pid), "--out", str(out), *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_text().endswith("\n"):
-            return proc
-        if proc.poll() is not None:
-            pytest.fail(f"agent exited: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("agent did not attach in 60 s")
+    wait_until(lambda: proc.poll() is not None or (out.exists() and out.read_text().endswith("\n")),
+               "the agent writing its header (attached)", timeout_s=60)
+    if proc.poll() is not None:
+        pytest.fail(f"agent exited: {proc.stderr.read().decode()}")
+    return proc
 
 
 def stop_agent(agent: subprocess.Popen, out: Path):

@@ -1,9 +1,7 @@
-"""Real servers on 127.0.0.1 for the integration tests, and small helpers around them."""
+"""Real servers on 127.0.0.1 for the integration tests (the bundled examples, redis) and a paced
+HTTP load that outlasts whatever it brackets."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,21 +11,8 @@ import time
 from contextlib import contextmanager
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (ptrace of another process, perf -a, eBPF)")
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name) or (os.path.join(os.path.dirname(sys.executable), name)
-                                  if os.path.exists(os.path.join(os.path.dirname(sys.executable), name)) else None)
-    if not path:
-        pytest.skip(f"{name} is not installed (make setup installs it as root)")
-    return path
+from diag_run import ROOT
+from toolbox import free_port, require_tool, wait_until
 
 
 @contextmanager
@@ -45,12 +30,6 @@ def example_server(module: str, *args: str, cwd: str | None = None):
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _redis_answers(port: int) -> bool:
@@ -73,7 +52,7 @@ def redis_server(ready_timeout_s: float = 60.0):
     p = None
     try:
         for attempt in range(3):        # the free port may be taken between probe and bind: retry
-            port = _free_port()
+            port = free_port()
             log.seek(0)
             log.truncate()
             p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
@@ -114,123 +93,6 @@ def http_ok(port: int) -> bool:
         return ok
     except OSError:
         return False
-
-
-def tracer_pid(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("TracerPid:"):
-                return int(line.split()[1])
-    return 0
-
-
-def all_tracers(pid: int) -> dict[int, int]:
-    """TracerPid of every thread of `pid`."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("TracerPid:"):
-                        out[int(tid)] = int(line.split()[1])
-        except OSError:
-            pass
-    return out
-
-
-def diag(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diag", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, **kw)
-
-
-def load_json(path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-# ---- handshakes: wait for a state, never for a time -------------------------------------------------
-
-def wait_until(predicate, what, timeout_s: float = 120.0, interval_s: float = 0.02):
-    """Poll `predicate` until it returns a true value (returned); fail saying `what` (a string, or
-    a callable giving one) did not happen. The deadline only bounds a hung test: it is generous,
-    never the thing tested."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what() if callable(what) else what}: not within {timeout_s:.0f} s")
-        time.sleep(interval_s)
-
-
-def diag_popen(*args: str, **kw) -> subprocess.Popen:
-    """`python -m diag ARGS` in the background (stdout/stderr captured as text unless given)."""
-    kw.setdefault("stdout", subprocess.PIPE)
-    kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-m", "diag", *args], cwd=ROOT, text=True, **kw)
-
-
-def stop_diag(p: subprocess.Popen, timeout_s: float = 120.0) -> tuple[str, str]:
-    """End a background diag with SIGINT (a clean end) and return its (stdout, stderr)."""
-    import signal
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-    try:
-        return p.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"diag did not end {timeout_s:.0f} s after SIGINT: {err[-2000:]}")
-
-
-def collectors_started_ns(capture) -> int | None:
-    """CLOCK_MONOTONIC ns at which every collector of a running capture had started (the
-    manifest's ready mark), or None while they are still starting."""
-    try:
-        return load_json(os.path.join(capture, "manifest.json"))["clock"].get("collectors_started_monotonic_ns")
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def strace_lines(path, pid: int | None = None) -> list[str]:
-    """The lines strace wrote to `path` so far (only those of thread `pid` when given: with -f,
-    each line starts with the tid)."""
-    try:
-        with open(path, errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    if pid is not None:
-        lines = [x for x in lines if x.split(" ", 1)[0] == str(pid)]
-    return lines
-
-
-def strace_completed(path, pid: int | None = None) -> int:
-    """How many calls strace logged with their result and duration (`... = R <D>`) so far."""
-    return sum(1 for x in strace_lines(path, pid) if " = " in x and x.rstrip().endswith(">"))
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def procs_mentioning(text: str) -> list[int]:
-    """Pids of processes (other than this one) whose command line mentions `text`."""
-    import psutil
-    out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.info["pid"] != os.getpid() and any(text in a for a in proc.info["cmdline"] or ()):
-                out.append(proc.info["pid"])
-        except psutil.Error:
-            pass
-    return out
 
 
 class HttpLoad:

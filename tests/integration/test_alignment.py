@@ -12,7 +12,8 @@ import json
 import sys
 
 import pytest
-from servers import diag, require_root, require_tool
+from diag_run import diag
+from toolbox import require_root, require_tool
 
 from diag.load import load_inputs
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import alive, procs_mentioning
+from toolbox import alive, procs_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -15,9 +15,9 @@ import time
 
 import pytest
 from other_user import run_as_nobody
-from servers import (HttpLoad, all_tracers, alive, collectors_started_ns, diag, diag_popen, example_server, http_ok,
-                     load_json, procs_mentioning, redis_server, require_root, require_tool, stop_diag,
-                     strace_completed, strace_lines, tracer_pid, wait_until)
+from diag_run import collectors_started_ns, diag, diag_popen, load_json, stop_diag, strace_completed, strace_lines
+from servers import example_server, http_ok, HttpLoad, redis_server
+from toolbox import alive, all_tracers, procs_mentioning, require_root, require_tool, tracer_pid, wait_until
 
 from diag.load import load_inputs
 

@@ -17,7 +17,8 @@ import sys
 import pytest
 from pyruntime_helpers import (GC_TARGET, SPINNER, TWO_SPINNERS, Interp, Sampling, read_json_line, supported_params,
                                target, unsupported_params)
-from servers import ROOT, wait_until
+from diag_run import ROOT
+from toolbox import wait_until
 
 from diag.collect.base import Target
 from diag.collect.pyruntime import PyRuntimeCollector

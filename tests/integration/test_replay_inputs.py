@@ -14,7 +14,9 @@ import subprocess
 import sys
 
 import pytest
-from servers import HttpLoad, diag, load_json, require_root, require_tool
+from diag_run import diag, load_json
+from servers import HttpLoad
+from toolbox import require_root, require_tool
 from trace_inputs import fetch, go_build, go_server, mutations, trace_by_hand
 
 pytestmark = pytest.mark.slow

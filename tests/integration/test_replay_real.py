@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from servers import diag, load_json, require_tool
+from diag_run import diag, load_json
+from toolbox import require_tool
 
 FSYNC_LOOP = r'''
 import mmap, os, sys

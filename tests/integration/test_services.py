@@ -16,7 +16,9 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
-from servers import HttpLoad, ROOT, collectors_started_ns, diag_popen, load_json, require_root, wait_until
+from diag_run import ROOT, collectors_started_ns, diag_popen, load_json
+from servers import HttpLoad
+from toolbox import require_root, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -17,13 +17,14 @@ from diag.syscalls import FdKind
 from diag.parse import detect, parse_file
 from diag.parse.base import ParseContext
 from diag.parse.strace import StraceParser
+from toolbox import require_tool
 
 PY = sys.executable
 _usable: dict[str, str] = {}
 
 
 @pytest.fixture
-def strace(require_tool, tmp_path) -> str:
+def strace(tmp_path) -> str:
     """strace's path; skips when it is missing or ptrace is not allowed here."""
     path = require_tool("strace")
     if path not in _usable:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from ebpf_helpers import EBPF_MARKS, WORKDIR
-from servers import HttpLoad, _free_port, alive, all_tracers, example_server, procs_mentioning, wait_until
+from servers import example_server, HttpLoad
+from toolbox import alive, all_tracers, free_port, procs_mentioning, wait_until
 from watch_helpers import WatchProc
 
 from diag.agent.segments import read_state
@@ -197,7 +198,7 @@ def prog_ids_held_by(pid: int) -> set[int]:
 
 def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp_path):
     out = tmp_path / "watch"
-    port = _free_port()
+    port = free_port()
     first = start_forking(port)
     second = None
     w = WatchProc("--port", str(port), "--out", str(out), "--segment-seconds", "1")

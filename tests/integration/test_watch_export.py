@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from ebpf_helpers import EBPF_MARKS, WORKDIR
-from servers import ROOT, HttpLoad, _free_port, diag, example_server, wait_until
+from diag_run import ROOT, diag
+from servers import example_server, HttpLoad
+from toolbox import free_port, wait_until
 from watch_helpers import WatchProc
 
 pytestmark = [*EBPF_MARKS, pytest.mark.slow]
@@ -31,7 +33,7 @@ def test_prometheus_scrapes_the_latency_histogram(tmp_path):
     if not prom:
         pytest.skip("prometheus is not installed (`make setup` installs Debian's prometheus package as root)")
     pytest.importorskip("prometheus_client", reason="diag[export] is not installed (make setup installs it)")
-    mport, pport = _free_port(), _free_port()
+    mport, pport = free_port(), free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: diag\n    static_configs: [{{targets: ['127.0.0.1:{mport}']}}]\n")
@@ -75,7 +77,7 @@ class Collector:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.port = _free_port()
+        self.port = free_port()
         self.sink = tmp / "otel.jsonl"
         self.log = tmp / "receiver.log"
         reasons = []
@@ -111,7 +113,7 @@ service:
             argv = [self.binary, f"--config={tmp / 'otelcol.yaml'}"]
         else:
             argv = [self.binary, "start", "--otlp-http-endpoint", f"127.0.0.1:{self.port}",
-                    "--otlp-grpc-endpoint", f"127.0.0.1:{_free_port()}", "--exporter", "blackhole",
+                    "--otlp-grpc-endpoint", f"127.0.0.1:{free_port()}", "--exporter", "blackhole",
                     "--debug-log", "metrics", "--debug-log", "logs", "--debug-log-verbosity", "detailed"]
         self.out = open(self.log, "wb")
         self.p = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT)

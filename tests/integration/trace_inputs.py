@@ -16,7 +16,9 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from servers import ROOT, HttpLoad, require_tool, wait_until
+from diag_run import ROOT
+from servers import HttpLoad
+from toolbox import require_tool, wait_until
 
 TARGETS = os.path.join(ROOT, "tests", "scenarios", "targets.py")
 GOSERVER = os.path.join(ROOT, "tests", "integration", "goserver", "main.go")

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import threading
 
-from servers import diag_popen, wait_until
+from diag_run import diag_popen
+from toolbox import wait_until
 
 
 class WatchProc:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 from conftest import SCORES
+from toolbox import free_port, require_tool, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -111,26 +112,25 @@ def python_of(sc: Scenario) -> str:
     return exe
 
 
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 @contextmanager
 def start_target(sc: Scenario, tmp):
     with ExitStack() as st:
         if sc.kind == "redis":
-            exe = shutil.which("redis-server")
-            if not exe:
-                pytest.skip("redis-server is not installed (make setup installs it as root)")
-            import socket
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            exe = require_tool("redis-server")
+            port = free_port()
             p = st.enter_context(_proc([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                         "--dir", str(tmp), *(sc.redis_args or ("--appendonly", "no"))]))
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_until(lambda: p.poll() is not None or _accepts(port), f"redis-server listening on {port}", 30)
             yield p, port
             return
         if sc.kind == "asyncio":
@@ -152,9 +152,7 @@ def start_target(sc: Scenario, tmp):
 
 def start_load(sc: Scenario, port: int, seconds: float, stop: threading.Event) -> threading.Thread:
     if sc.kind == "redis":
-        bench = shutil.which("redis-benchmark")
-        if not bench:
-            pytest.skip("redis-benchmark is not installed")
+        bench = require_tool("redis-benchmark")
         # SETs (what an AOF fsyncs), in short bounded batches until the time is up: a single long
         # run may finish before the capture window on a fast disk, or outlive it on a slow one
         argv = [bench, "-p", str(port), "-n", "5000", "-c", "8", "-q", "-t", "set"]
