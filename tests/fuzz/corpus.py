@@ -1,9 +1,10 @@
 """The fuzz campaign's seeds and the hostile inputs made from them.
 
-Seeds are real: every trace file under tests/data (strace, perf script, py-spy in each format) and
-the streams of a real capture (tests/data/capture/journal.diag: eBPF, process sampler, perf,
-py-spy, strace); capture seeds are that capture and one assembled by CaptureWriter from the raw
-files. A case is a recipe (drawn by hypothesis) that `materialize` turns into files under a
+Seeds are real: every trace file under tests/data (strace, perf script, perf trace, py-spy in each
+format, Go pprof) and the streams of two real captures (tests/data/capture/journal.diag: eBPF with
+its binary record files, process sampler, perf, py-spy, CPython runtime, strace; journal-v1.diag,
+by an earlier diag: an all-JSON eBPF stream); capture seeds are those captures and one assembled
+by CaptureWriter from the raw files. A case is a recipe (drawn by hypothesis) that `materialize` turns into files under a
 scratch directory: a damaged raw file, a capture directory with a damaged manifest or streams
 (missing, replaced by links to outside files, devices, FIFOs), or a capture archive with unsafe
 members (`..` and absolute names, links, devices, an expansion to gigabytes).
@@ -27,6 +28,7 @@ from mutate import dumps, json_values, mutate_bytes, mutate_json, mutate_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 REAL_CAPTURE = DATA / "capture" / "journal.diag"
+REAL_CAPTURE_V1 = DATA / "capture" / "journal-v1.diag"     # its eBPF stream all JSON lines (diag.ebpf/1)
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,21 @@ def raw_seeds() -> list[Seed]:
 
 
 def build_capture_seeds(into: Path) -> list[Path]:
-    """The real capture, and one written by CaptureWriter around raw files of tests/data."""
+    """The real captures (today's, and one by an earlier diag), and one written by CaptureWriter
+    around raw files of tests/data."""
     from diag.capture.bundle import CaptureWriter
 
     real = into / "journal.diag"
     shutil.copytree(REAL_CAPTURE, real)
+    shutil.copytree(REAL_CAPTURE_V1, into / "journal-v1.diag")
     w = CaptureWriter(into / "assembled.diag", {"pid": 25447, "cmdline": ["python3", "server.py", "--token=abc"],
                                                 "comm": "python3", "threads": [25447, 25448]}, "attach")
     streams = {"strace": ("strace/threads_yy.log", "strace.txt", "strace"),
                "perf": ("perf/fsync_tracepoints_callchain.txt", "perf.txt", "perf-script"),
                "py-spy": ("pyspy/chrometrace_threads.json", "py-spy.json", "pyspy-chrometrace"),
                "process": ("capture/journal.diag/streams/process.jsonl", "process.jsonl", "process-jsonl"),
-               "ebpf": ("capture/journal.diag/streams/ebpf.jsonl", "ebpf.jsonl", "ebpf-jsonl")}
+               # the all-JSON eBPF stream of an earlier diag (the real capture's has binary record files)
+               "ebpf": ("capture/journal-v1.diag/streams/ebpf.jsonl", "ebpf.jsonl", "ebpf-jsonl")}
     for name, (src, dst, fmt) in streams.items():
         shutil.copy(DATA / src, w.stream_path(dst))
         w.set_collector(name, status="ok", stream=dst, format=fmt, events=10, started_monotonic_ns=1000,
@@ -80,7 +85,7 @@ def build_capture_seeds(into: Path) -> list[Path]:
     for entry in m["collectors"].values():
         entry["started_monotonic_ns"] = fixed["clock"]["start"]["monotonic_ns"]
     path.write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
-    return [real, into / "assembled.diag"]
+    return [real, into / "journal-v1.diag", into / "assembled.diag"]
 
 
 # ---------------------------------------------------------------- cases

@@ -20,6 +20,8 @@ from diag.load import load_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / "tests" / "data" / "capture" / "journal.diag"
+# the same server captured by an earlier diag, whose eBPF stream was all JSON lines (still replayed)
+REAL_V1 = ROOT / "tests" / "data" / "capture" / "journal-v1.diag"
 PERF = ROOT / "tests" / "data" / "perf" / "cpu_flat_fields.txt"
 
 
@@ -256,7 +258,7 @@ def test_process_record_with_a_list_for_a_count_is_a_bad_line(tmp_path):
 
 @pytest.mark.parametrize("value", ["Infinity", "1e400", "NaN", "9" * 5000, "[" * 50_000])
 def test_ebpf_record_with_an_impossible_number_is_a_bad_line(tmp_path, value):
-    lines = (REAL / "streams" / "ebpf.jsonl").read_text().splitlines(keepends=True)
+    lines = (REAL_V1 / "streams" / "ebpf.jsonl").read_text().splitlines(keepends=True)
     i = next(i for i, line in enumerate(lines) if '"type":"syscall"' in line.replace(" ", ""))
     lines[i] = lines[i].replace('"start_ns":', f'"start_ns":{value},"was":', 1)   # OverflowError, ValueError
     p = tmp_path / "ebpf.jsonl"
@@ -345,7 +347,7 @@ def test_pyspy_raw_count_of_thousands_of_digits_is_a_bad_line(tmp_path):
 
 def test_ebpf_record_with_a_40_digit_number_is_a_bad_line(tmp_path):
     # int() takes it; the analysis later overflowed a float division (exit 70)
-    lines = (REAL / "streams" / "ebpf.jsonl").read_text().splitlines(keepends=True)
+    lines = (REAL_V1 / "streams" / "ebpf.jsonl").read_text().splitlines(keepends=True)
     i = next(i for i, line in enumerate(lines) if '"type":"request"' in line.replace(" ", ""))
     lines[i] = lines[i].replace('"end_ns":', '"end_ns":1' + "0" * 40 + ',"was":', 1)
     p = tmp_path / "ebpf.jsonl"
