@@ -36,9 +36,12 @@ def elapsed_since(t_ns: int) -> float:
 def test_each_fault_episode_gives_one_dump_with_the_seconds_before_it(tmp_path):
     out = tmp_path / "watch"
     journal = f"{WORKDIR}/diag-watch-episodic-{os.getpid()}.bin"
+    # two triggers: a p99 line, and the finding itself (a fast disk keeps the episode's p99 under
+    # 20 ms: 512 KB fsyncs take 0.3-0.5 ms on this machine's disk)
     with example_server("episodic_server", "--journal", journal) as (srv, port), \
             HttpLoad(port, rate=150, concurrency=4) as load, \
-            WatchProc(str(srv.pid), "--out", str(out), "--trigger", "p99>20ms", "--window", "5", "--hold", "2",
+            WatchProc(str(srv.pid), "--out", str(out), "--trigger", "p99>20ms", "--trigger", "finding:disk-sync",
+                      "--window", "5", "--hold", "2",
                       "--cooldown", "20", "--before", "30", "--after", "3", "--keep", "1") as w:
         w.wait("watching")
         # GIVEN 20 s of a healthy server in the ring
