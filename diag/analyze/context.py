@@ -102,6 +102,13 @@ class AnalysisContext:
         return sum(e - s for p, s, e in self.data.runtime().gc_pieces(r.start_ns, r.end_ns, r.pid)
                    if p.tid == r.tid)
 
+    @cached_property
+    def read_loop_share(self) -> float:
+        """See diag.analyze.rules.common.read_loop_share (computed once per analysis)."""
+        from diag.analyze.rules.common import read_loop_share
+
+        return read_loop_share(self)
+
     def samples_in(self, tid: int, t0: int, t1: int, source: str | None = None) -> list[StackSample]:
         """Timed stack samples of thread `tid` with t0 <= ts <= t1 (optionally of one source)."""
         ts = self._ts_by_tid.get(tid)

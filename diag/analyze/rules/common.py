@@ -1,6 +1,7 @@
 """What the request-time rules share: share of slow-request time, evidence lines, severity."""
 from __future__ import annotations
 
+from diag.analyze.blame import BACKGROUND, GC, LOCK
 from diag.analyze.context import AnalysisContext
 from diag.units import fmt_duration, ladder
 from diag.analyze.crossing import SlowRequest, hot_python_frames
@@ -131,17 +132,53 @@ def tiny_reads(r) -> bool:
     return r.reads >= MIN_READS and r.bytes_in / r.reads < SMALL_BYTES
 
 
-def read_loop_ns(sr: SlowRequest) -> int:
+# How many tiny-read requests, at most, lend their samples to the read loop's share.
+READ_LOOP_MAX_REQUESTS = 5000
+
+
+def is_python(ctx: AnalysisContext) -> bool:
+    """Whether the target runs CPython (the manifest says so, or py-spy sampled it)."""
+    target = (ctx.data.manifest or {}).get("target") or {}
+    return bool(target.get("python")) or any(s.source == "py-spy" for s in ctx.data.samples)
+
+
+def read_loop_share(ctx: AnalysisContext) -> float:
+    """The share of py-spy samples inside the read path, over every request read in tiny reads.
+
+    Pooled, not per request: at the default 50 Hz a 10 ms request holds half a sample, so one
+    slow request's own samples say nothing; the requests read that way all run the same loop."""
+    ra = ctx.req
+    if ra is None:
+        return 0.0
+    inside = total = 0
+    for r in [r for r in ra.requests if tiny_reads(r)][:READ_LOOP_MAX_REQUESTS]:
+        for smp in ctx.samples_in(r.tid, r.start_ns, r.end_ns, "py-spy"):
+            total += smp.weight
+            if any(f.function.rsplit(".", 1)[-1] in READ_PATH for f in smp.frames[-3:]):
+                inside += smp.weight
+    return inside / total if total else 0.0
+
+
+def read_loop_ns(ctx: AnalysisContext, sr: SlowRequest) -> int:
     """On-CPU time of a request read in tiny reads spent in the loop that makes them: its user
-    time times the share of its thread's py-spy samples inside a socket read. What small-reads
-    explains (and cpu-bound leaves to it)."""
+    time times the read path's share of the samples (read_loop_share). What small-reads explains
+    (and cpu-bound leaves to it)."""
     if not tiny_reads(sr.request):
         return 0
-    py = [s for s in sr.samples if s.source == "py-spy"]
-    if not py:
+    return int(sr.breakdown.get("user", 0) * ctx.read_loop_share)
+
+
+def gil_handoffs_ns(ctx: AnalysisContext, sr: SlowRequest) -> int:
+    """A Python request read in tiny reads: its waits for the GIL. CPython releases the GIL around
+    every recv, so each tiny read hands it to another thread and waits to take it back: with
+    several threads reading so, the waits come with the reads. Its futex time less what the
+    critical path blamed elsewhere: a user-space lock, a background thread holding the GIL, the
+    garbage collector (short GIL waits are under the probe's wakeup threshold: they are only in
+    the breakdown)."""
+    if not tiny_reads(sr.request) or not is_python(ctx):
         return 0
-    inside = sum(s.weight for s in py if any(f.function.rsplit(".", 1)[-1] in READ_PATH for f in s.frames[-3:]))
-    return int(sr.breakdown.get("user", 0) * inside / sum(s.weight for s in py))
+    others = sum(b.ns for b in sr.blame if b.via == LOCK or b.role == BACKGROUND or b.root == GC)
+    return max(0, sr.breakdown.get("futex", 0) - others)
 
 
 def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:

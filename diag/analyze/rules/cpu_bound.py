@@ -14,7 +14,7 @@ from diag.analyze.blame import CPU, GIL, RUNQ, SERVING
 from diag.analyze.context import AnalysisContext
 from diag.units import fmt_duration, ladder
 from diag.analyze.crossing import hot_frames_any
-from diag.analyze.rules.common import frames_line, holder_frames_line, read_loop_ns, slow_window
+from diag.analyze.rules.common import frames_line, holder_frames_line, read_loop_ns, slow_window, tiny_reads
 from diag.model import Evidence, Finding
 
 ID = "cpu-bound"
@@ -27,11 +27,12 @@ def check(ctx: AnalysisContext) -> Finding | None:
         return None
     slow = [s for s in ra.slow if s.request.tid not in ctx.polling_tids]
     # the request's own time in the garbage collector is gc-pause's, in a byte-by-byte read loop
-    # small-reads'
-    user = sum(max(0, s.breakdown.get("user", 0) - ctx.own_gc_ns(s) - read_loop_ns(s)) for s in slow)
+    # (and its GIL hand-offs) small-reads'
+    user = sum(max(0, s.breakdown.get("user", 0) - ctx.own_gc_ns(s) - read_loop_ns(ctx, s)) for s in slow)
     runq = sum(s.breakdown.get("runq", 0) for s in slow)
     # GIL waits behind other request threads running their code: the same code, queued
-    gil = [b for s in slow for b in s.blame if b.via == GIL and b.role == SERVING and b.root in (CPU, RUNQ)]
+    gil = [b for s in slow if not tiny_reads(s.request) for b in s.blame
+           if b.via == GIL and b.role == SERVING and b.root in (CPU, RUNQ)]
     gil_ns = sum(b.ns for b in gil)
     # CPU as a resource: running, or runnable and waiting for a CPU (measured by eBPF where it
     # ran; without it, waiting is inside "user"). Severity follows the running part.

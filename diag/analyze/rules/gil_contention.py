@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from diag.analyze.blame import BACKGROUND, CPU, GIL, RUNQ
 from diag.analyze.context import AnalysisContext
-from diag.analyze.rules.common import (STRACE_NOTE, frames_line, holder_frames_line, severity, slow_window,
-                                       strace_inflated)
+from diag.analyze.rules.common import (STRACE_NOTE, frames_line, holder_frames_line, is_python, severity,
+                                       slow_window, strace_inflated)
 from diag.analyze.rules.lock_contention import long_behind, long_waits
 from diag.model import Evidence, Finding
 from diag.units import fmt_duration
@@ -27,14 +27,9 @@ RECOMMENDATION = ("A thread that serves no request holds the GIL: move its work 
                   "(smaller batches, time.sleep(0) between them), or run it less often.")
 
 
-def _is_python(ctx: AnalysisContext) -> bool:
-    target = (ctx.data.manifest or {}).get("target") or {}
-    return bool(target.get("python")) or any(s.source == "py-spy" for s in ctx.data.samples)
-
-
 def check(ctx: AnalysisContext) -> Finding | None:
     ra = ctx.req
-    if ra is None or not ra.slow or not _is_python(ctx):
+    if ra is None or not ra.slow or not is_python(ctx):
         return None
     if ra.followed:
         return _from_chains(ctx)

@@ -55,6 +55,20 @@ def test_many_tiny_reads():
     assert f is not None and f.id == "small-reads" and f.share > 0.5
 
 
+def test_in_python_the_gil_hand_offs_of_tiny_reads_are_small_reads_time():
+    # GIVEN threads reading byte by byte in CPython: their slow requests mostly wait to take the
+    # GIL back after each read (short futex waits), the reads themselves cheap
+    reqs = [request(i, 1, tid=10 + i % 4, reads=1500, bytes_in=1500, socket=0.4, futex=0.3) for i in range(100)]
+    reqs += [request(100 + i, 11, tid=10 + i % 4, reads=1500, bytes_in=1500, socket=0.5, futex=8, user=1.5)
+             for i in range(10)]
+    # THEN small-reads explains the waits too, and says so; in another runtime only the reads count
+    f = small_reads.check(ctx(reqs, python=True))
+    assert f is not None and f.share > 0.7 and f.severity in ("warning", "critical")
+    assert any("take the GIL back" in e.text for e in f.evidence)
+    native = small_reads.check(ctx(reqs, python=False))
+    assert native is None or native.share < 0.1
+
+
 def test_buffered_reads_are_not_small_reads():
     reqs = steady() + [request(100 + i, 6, reads=2, bytes_in=4000, socket=5) for i in range(10)]
     assert small_reads.check(ctx(reqs)) is None
