@@ -9,7 +9,8 @@ Per connection (pid, fd) of a server socket, in time order:
 - write-family calls returning bytes after a read are the response; the request ends at the end
   of the last write before the next request's read, EOF (read returning 0) or close.
 Sockets the target connected itself (`connect`) are upstream connections: they open no
-requests, and time on them inside a request is "upstream" time.
+requests, and time on them inside a request is "upstream" time, from the connect to the close:
+an fd number freed by an upstream's close and returned by accept is a client's connection again.
 
 The eBPF probe applies the same rules in the kernel and emits one record per request; the
 rebuild here serves strace and per-event eBPF captures.
@@ -50,12 +51,28 @@ class _Conn:
     writes: int = 0
 
 
+class UpstreamFds(set):
+    """The (pid, fd) the target connected, and when each was an upstream socket (`spans`: from
+    its connect's start to its close's end, None while still open). A set as before; family_of
+    asks `at(key, t)` of it, since fd numbers are reused."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.spans: dict[tuple[int, int], list[list]] = {}
+
+    def at(self, key: tuple[int, int], t: int) -> bool:
+        spans = self.spans.get(key)
+        if spans is None:
+            return key in self
+        return any(a <= t and (b is None or t <= b) for a, b in spans)
+
+
 @dataclass
 class RequestSet:
     """Requests and what the rebuild learned about the connections."""
 
     requests: list[Request] = field(default_factory=list)
-    upstream_fds: set[tuple[int, int]] = field(default_factory=set)     # (pid, fd) the target connected
+    upstream_fds: UpstreamFds = field(default_factory=UpstreamFds)     # (pid, fd) the target connected
     connections: int = 0
     inflight: int = 0
 
@@ -84,6 +101,8 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
         end = start + (dur or 0)
         if name == "connect":
             if fd is not None:
+                if (pid, fd) not in upstream_now:
+                    out.upstream_fds.spans.setdefault((pid, fd), []).append([start, None])
                 upstream_now.add((pid, fd))
                 out.upstream_fds.add((pid, fd))
                 conns.pop((pid, fd), None)
@@ -104,7 +123,9 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
             c = conns.pop(key, None)
             if c is not None and c.state == WRITING:
                 emit(key, c)
-            upstream_now.discard(key)
+            if key in upstream_now:
+                upstream_now.discard(key)
+                out.upstream_fds.spans[key][-1][1] = end
             continue
         if kind is not SOCKET or key in upstream_now:
             continue
@@ -152,9 +173,11 @@ def rebuild(events: list[SyscallEvent], source: str = "strace") -> RequestSet:
 
 
 def family_of(ev: SyscallEvent, upstream_fds: set[tuple[int, int]]) -> str:
-    """The family a call counts in within a request's time breakdown."""
+    """The family a call counts in within a request's time breakdown. With the UpstreamFds of a
+    rebuild, a call on an fd counts as upstream only while that fd was a connected socket."""
     fam = family(ev.name)
-    if fam in ("read", "write", "connect") and ev.fd is not None and (ev.pid, ev.fd) in upstream_fds:
+    if fam in ("read", "write", "connect") and ev.fd is not None and (ev.pid, ev.fd) in upstream_fds and \
+            (not isinstance(upstream_fds, UpstreamFds) or upstream_fds.at((ev.pid, ev.fd), ev.start_ns)):
         return "upstream"
     if fam in ("read", "write"):
         if ev.fd_kind is FdKind.FILE:

@@ -25,9 +25,11 @@ def request(i: int, latency_ms: float, tid: int = 10, fd: int = 5, gap_ms: float
 
 
 def call(name: str, start_ms: float, dur_ms: float, tid: int = 10, fd: int | None = 3,
-         kind: FdKind = FdKind.FILE, ret: int = 0) -> SyscallEvent:
+         kind: FdKind = FdKind.FILE, ret: int = 0, source: str = "ebpf") -> SyscallEvent:
+    """One call; `source="strace"` for a complete stream that requests are rebuilt from (eBPF
+    per-call events are a subset of the calls, never rebuilt into requests)."""
     return SyscallEvent(pid=PID, tid=tid, name=name, start_ns=int(start_ms * MS), dur_ns=int(dur_ms * MS), ret=ret,
-                        fd=fd, fd_kind=kind, source="ebpf")
+                        fd=fd, fd_kind=kind, source=source)
 
 
 def wake(tid: int, start_ms: float, end_ms: float, waker: int, call_name: str = "futex", arg: int = 0xA0,
@@ -73,3 +75,9 @@ def ctx(requests=(), syscalls=(), wakeups=(), samples=(), snapshots=(), python: 
 def steady(n: int = 100, latency_ms: float = 1.0, **families_ms) -> list[Request]:
     """n ordinary requests (the rest of a capture around a few slow ones)."""
     return [request(i, latency_ms, tid=10 + i % 4, fd=5 + i % 4, **families_ms) for i in range(n)]
+
+
+def sock(name: str, start_ms: float, dur_ms: float, ret: int = 0, fd: int = 5, tid: int = 10) -> SyscallEvent:
+    """A call on a socket in a complete (strace) stream: reads and writes return their byte count,
+    accept the new connection's fd (`fd` is then the listener), connect and close 0."""
+    return call(name, start_ms, dur_ms, tid=tid, fd=fd, kind=FdKind.SOCKET, ret=ret, source="strace")
