@@ -135,6 +135,10 @@ class CaptureArgs:
         """The session's options (diag.live.CaptureOptions)."""
         from diag.live import CaptureOptions
 
+        if self.duration < 0 or self.duration != self.duration:
+            raise DiagError(f"--duration {self.duration:g}: expected seconds >= 0 (0: until Ctrl-C)")
+        if self.strace_payload < 0:
+            raise DiagError(f"--strace-payload {self.strace_payload}: expected a number of bytes >= 0")
         return CaptureOptions(duration_s=self.duration or None, out=self.out, collectors=self.collectors,
                               follow=self.follow, strace_payload=self.strace_payload,
                               ebpf_slow_ns=parse_duration_ns(self.ebpf_slow, "--ebpf-slow") or 0, redact=redact)

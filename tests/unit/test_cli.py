@@ -71,6 +71,8 @@ def test_version_is_printed_and_exits_zero():
     (("replay", "--fail-on", BAD_GATE, MISSING), f"--fail-on '{BAD_GATE}': not a gate"),
     (("compare", MISSING, MISSING, "--fail-on", BAD_GATE), f"--fail-on '{BAD_GATE}': not a gate"),
     (("attach", "{pid}", "--ebpf-slow", "nonsense"), "--ebpf-slow 'nonsense': expected a duration"),
+    (("attach", "{pid}", "--duration", "-5"), "--duration -5: expected seconds >= 0"),
+    (("run", "--duration", "-1", "--", "/bin/true"), "--duration -1: expected seconds >= 0"),
     (("run", "--ebpf-slow", "nonsense", "--", MISSING), "--ebpf-slow 'nonsense': expected a duration"),
     (("run", "--collectors", "ebpf,nonsense", "--", "/bin/true"), "unknown collector 'nonsense'"),
     (("attach", "--port", "70000"), "--port 70000: not a TCP port"),
