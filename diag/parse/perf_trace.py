@@ -38,12 +38,14 @@ from diag.parse.strace import decoration_kind
 from diag.syscalls import (BYTE_COUNT, CLONES, DUPS, FD_FIRST, NEW_OTHER, NEW_SOCKET, OPENS, SOCKET_ONLY,
                            FdKind)
 
+# Numbers are bounded to what 64 bits print (as in diag/parse/perf.py): a longer one is damage,
+# and int() of thousands of digits raises.
 _LINE = re.compile(
-    r"^\s*(?:(?P<ts>\d+\.\d+)|\?) \(\s*(?:(?P<dur>\d+\.\d+) ms)?\s*\): "
-    r"(?P<comm>\S.*?)/(?P<tid>\d+) +"
+    r"^\s*(?:(?P<ts>\d{1,15}\.\d{1,9})|\?) \(\s*(?:(?P<dur>\d{1,15}\.\d{1,9}) ms)?\s*\): "
+    r"(?P<comm>\S.*?)/(?P<tid>\d{1,10}) +"
     r"(?:\.\.\. \[continued\]: (?P<cname>\w+)\(\)\)|(?P<name>\w+)\((?P<args>.*?)\))"
-    r"\s*(?:= ?(?P<ret>-?\d+|0x[0-9a-f]+|\?)?(?: (?P<errno>E[A-Z0-9_]+))?.*|(?P<unf>\.\.\.))\s*$")
-_FD_ARG = re.compile(r"(?:fd|epfd|ufd|fd_in|oldfd): (?P<fd>-?\d+)(?:<(?P<deco>[^>]*)>)?")
+    r"\s*(?:= ?(?P<ret>-?\d{1,20}|0x[0-9a-f]{1,16}|\?)?(?: (?P<errno>E[A-Z0-9_]+))?.*|(?P<unf>\.\.\.))\s*$")
+_FD_ARG = re.compile(r"(?:fd|epfd|ufd|fd_in|oldfd): (?P<fd>-?\d{1,10})(?:<(?P<deco>[^>]*)>)?")
 _SKIP = re.compile(r"^\s*(?:LOST \d+ events!|Summary of events:|\S+ \(\d+\), \d+ events|syscall +calls|-{5,}|"
                    r"\w+ +\d+ +\d+ |\[|[0-9a-f]{6,} |\s{8,}\S)")
 # A first stamp above this (ms) is perf's clock (-T), not the time since the first event.
