@@ -72,9 +72,13 @@ def tracer_pid(pid: int) -> int:
 
 
 def all_tracers(pid: int) -> dict[int, int]:
-    """TracerPid of every thread of `pid`."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    """TracerPid of every thread of `pid` ({} once it has exited)."""
+    out: dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
@@ -83,6 +87,15 @@ def all_tracers(pid: int) -> dict[int, int]:
         except OSError:
             pass
     return out
+
+
+def listening(port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:

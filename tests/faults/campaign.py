@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diag.capture.bundle import is_ready, read_manifest  # noqa: E402
 from diag.examples.load import drive  # noqa: E402
+from toolbox import all_tracers as tracers  # noqa: E402
 
 OUR_PROGRAMS = ("diag_sys_enter", "diag_sys_exit", "diag_learn_stack")
 COLLECTOR_MARKS = ("diag.agent", "py-spy", "perf record", "perf stat", "strace")
@@ -52,23 +54,6 @@ class Run:
 
 def diag_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "diag", *args]
-
-
-def tracers(pid: int) -> dict[int, int]:
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tids:
-        try:
-            with open(f"/proc/{pid}/task/{t}/status") as f:
-                for line in f:
-                    if line.startswith("TracerPid:"):
-                        out[int(t)] = int(line.split()[1])
-        except OSError:
-            pass
-    return out
 
 
 def _held_programs() -> dict[int, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import psutil
 import pytest
 from diag_run import ROOT, collectors_started_ns, diag_popen, load_json
 from servers import HttpLoad
-from toolbox import require_root, wait_until
+from toolbox import free_port, listening, require_root, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -43,20 +42,6 @@ def gunicorn() -> str:
     if not os.path.exists(exe):
         pytest.skip("gunicorn is not installed (pip install -e '.[test]' installs it)")
     return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 @contextmanager

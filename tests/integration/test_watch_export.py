@@ -14,7 +14,7 @@ import pytest
 from ebpf_helpers import EBPF_MARKS, WORKDIR
 from diag_run import ROOT, diag
 from servers import example_server, HttpLoad
-from toolbox import free_port, wait_until
+from toolbox import free_port, listening, wait_until
 from watch_helpers import WatchProc
 
 pytestmark = [*EBPF_MARKS, pytest.mark.slow]
@@ -117,7 +117,7 @@ service:
                     "--debug-log", "metrics", "--debug-log", "logs", "--debug-log-verbosity", "detailed"]
         self.out = open(self.log, "wb")
         self.p = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.p.poll() is not None or _listening(self.port), f"{self.kind} listening", 60)
+        wait_until(lambda: self.p.poll() is not None or listening(self.port), f"{self.kind} listening", 60)
         assert self.p.poll() is None, self.log.read_text()[-2000:]
 
     @property
@@ -269,15 +269,6 @@ def test_an_opentelemetry_receiver_gets_histograms_and_findings(tmp_path):
         assert int(got[0]["process.pid"]) == srv2.pid
     finally:
         col.stop()
-
-
-def _listening(port: int) -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_the_systemd_unit_runs_the_watcher(tmp_path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 from conftest import SCORES
-from toolbox import free_port, require_tool, wait_until
+from toolbox import free_port, listening, require_tool, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -112,16 +112,6 @@ def python_of(sc: Scenario) -> str:
     return exe
 
 
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def start_target(sc: Scenario, tmp):
     with ExitStack() as st:
@@ -130,7 +120,7 @@ def start_target(sc: Scenario, tmp):
             port = free_port()
             p = st.enter_context(_proc([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                         "--dir", str(tmp), *(sc.redis_args or ("--appendonly", "no"))]))
-            wait_until(lambda: p.poll() is not None or _accepts(port), f"redis-server listening on {port}", 30)
+            wait_until(lambda: p.poll() is not None or listening(port, 0.2), f"redis-server listening on {port}", 30)
             yield p, port
             return
         if sc.kind == "asyncio":
