@@ -87,6 +87,7 @@ def write(path: Path, data: dict, verdicts: list[Verdict], quick: bool) -> None:
     if st:
         _study(L, data, st)
     _probe(L, data.get("probe"))
+    _sched(L, data.get("sched"))
     _replay(L, data)
     L.append("## Reproduce\n")
     L.append("`make bench` (full), `make bench BENCH_ARGS=--quick` (a few minutes), or e.g. "
@@ -352,6 +353,30 @@ def _probe(L: list[str], pc: dict | None) -> None:
         extra = "-" if r["setting"] == "untraced" else f"+{r['extra_ns']:.0f}"
         over = "-" if r["setting"] == "untraced" else f"{r['over_floor_ns']:+.0f}"
         L.append(f"| {r['setting']} | {r['ns_per_call']:.0f} ({r['min']:.0f}-{r['max']:.0f}) | {extra} | {over} |")
+    L.append("")
+
+
+def _sched(L: list[str], sc: dict | None) -> None:
+    if not sc:
+        return
+    L.append("## eBPF probe: each program's cost, wakeups included (the kernel's statistics)\n")
+    if sc.get("error"):
+        L.append(f"Not measured: {sc['error']}\n")
+        return
+    L.append(f"`kernel.bpf_stats_enabled` on for this part only: the kernel times every run of every BPF program "
+             f"(its own timing adds ~20 ns per run: upper bounds). The journal example server (threads blocked on "
+             f"a lock and in fsync: a wakeup record on every request) under {sc['rate']:g} req/s for "
+             f"{sc['load_s']:g} s with the agent in its default setting, {sc['rounds']} rounds "
+             "(`bench/sched_cost.py`). The scheduler programs run on every wakeup and context switch of the "
+             "machine (other processes' included): they return after one array lookup for threads outside the "
+             "target. Share of a core = all runs' time over the load's wall time.\n")
+    L.append(f"All programs together: **{sc['total_share']:.2%} of one core** ({sc['total_min']:.2%}-"
+             f"{sc['total_max']:.2%}).\n")
+    L.append("| program | runs per s | ns per run, median (min-max) | share of one core (min-max) |")
+    L.append("|---|---|---|---|")
+    for r in sc["rows"]:
+        L.append(f"| {r['program']} | {r['runs_per_s']:,.0f} | {r['ns_per_run']:.0f} ({r['ns_min']:.0f}-"
+                 f"{r['ns_max']:.0f}) | {r['core_share']:.3%} ({r['share_min']:.3%}-{r['share_max']:.3%}) |")
     L.append("")
 
 

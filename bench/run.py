@@ -17,7 +17,8 @@ request count and a timeout, every tool a stop timeout after which it is killed.
 
 Parts: observer (bench/observer.py: modes of bench/modes.py at saturation, interleaved with
 baselines), latency (bench/constant_rate.py: p50/p99 at half the saturation rate), study
-(bench/defaults_study.py: collector rates), probe (bench/probe_cost.py: CPU per traced call),
+(bench/defaults_study.py: collector rates), probe (bench/probe_cost.py: CPU per traced call), sched
+(bench/sched_cost.py: each probe program's cost from the kernel's statistics, wakeups included),
 replay and capture (bench/replay_speed.py: analysis speed). Verdicts: bench/goals.py; the file:
 bench/results.py. Targets and load generators are pinned to separate cores (bench/targets.py).
 """
@@ -43,11 +44,12 @@ from bench import replay_speed as R
 from bench import results
 from bench import targets as T
 from bench.probe_cost import probe_cost
+from bench.sched_cost import sched_cost
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 WORK = BENCH / "work"
-PARTS = ("observer", "latency", "study", "probe", "replay", "capture", "watch")
+PARTS = ("observer", "latency", "study", "probe", "sched", "replay", "capture", "watch")
 
 
 def log(msg: str) -> None:
@@ -181,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         # first: its per-call numbers explain the observer part's verdicts
         log("eBPF probe: target CPU per traced call")
         _part("probe", lambda: probe_cost(WORK / "probe", 3 if a.quick else 7, log=log), data, "probe")
+    if "sched" in parts:
+        log("eBPF probe: each program's cost from the kernel's statistics (the wakeup and runq programs)")
+        _part("sched", lambda: sched_cost(WORK / "sched", 2 if a.quick else 5, log=log), data, "sched")
     if "observer" in parts:
         data["observer"] = O.run_part(targets, names, rounds, duration, a.seed, WORK, log=log)
         data["ratios"] = {t: O.ratios(v) for t, v in data["observer"]["targets"].items()}

@@ -210,3 +210,22 @@ def kallsyms_visible() -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return False
+
+
+def held_prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs process `pid` holds open (its fds' fdinfo says `prog_id:`): an
+    agent's own programs, told apart from other agents' on the same machine. Empty once it exited."""
+    ids: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+    return ids

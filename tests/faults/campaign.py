@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from diag.agent.procfs import held_prog_ids  # noqa: E402
 from diag.capture.bundle import is_ready, read_manifest  # noqa: E402
 from diag.examples.load import drive  # noqa: E402
 from toolbox import all_tracers as tracers  # noqa: E402
@@ -63,19 +64,11 @@ def _held_programs() -> dict[int, str]:
         if not d.isdigit():
             continue
         try:
-            fds = os.listdir(f"/proc/{d}/fdinfo")
             with open(f"/proc/{d}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        for fd in fds:
-            try:
-                with open(f"/proc/{d}/fdinfo/{fd}") as f:
-                    for line in f:
-                        if line.startswith("prog_id:"):
-                            held[int(line.split()[1])] = cmd
-            except (OSError, ValueError):
-                continue
+        held.update(dict.fromkeys(held_prog_ids(int(d)), cmd))
     return held
 
 

@@ -16,6 +16,7 @@ from servers import example_server, HttpLoad
 from toolbox import alive, all_tracers, free_port, procs_mentioning, wait_until
 from watch_helpers import WatchProc
 
+from diag.agent.procfs import held_prog_ids
 from diag.agent.segments import read_state
 from diag.watch.retention import tree_bytes
 
@@ -180,25 +181,6 @@ def bpf_programs() -> dict[int, str] | None:
         return None
 
 
-def prog_ids_held_by(pid: int) -> set[int]:
-    """Ids of the BPF programs a process holds (its fds' fdinfo says `prog_id:`): this agent's own,
-    whatever other programs (other users' agents) the machine has."""
-    ids = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fdinfo")
-    except OSError:
-        return ids
-    for fd in fds:
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except (OSError, ValueError):
-            pass
-    return ids
-
-
 def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp_path):
     out = tmp_path / "watch"
     port = free_port()
@@ -222,7 +204,7 @@ def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp
         assert a2["pids"] == [second.pid] and a2["generation"] == 2
         agent_pids = procs_mentioning(str(out / ".ring"))
         assert agent_pids
-        mine = set().union(*(prog_ids_held_by(p) for p in agent_pids))
+        mine = set().union(*(held_prog_ids(p) for p in agent_pids))
         assert mine, "the agent holds its programs"
         loaded = bpf_programs()
         if loaded is not None:
