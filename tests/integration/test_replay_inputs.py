@@ -16,7 +16,7 @@ import sys
 import pytest
 from diag_run import diag, load_json
 from servers import HttpLoad
-from toolbox import require_root, require_tool
+from toolbox import procs_mentioning, require_root, require_tool
 from trace_inputs import fetch, go_build, go_server, mutations, trace_by_hand
 
 pytestmark = pytest.mark.slow
@@ -276,7 +276,6 @@ def test_perf_trace_of_a_go_server_that_fsyncs_per_request(tmp_path, goserver):
     # CPU profile, under load
     require_root()
     perf = require_tool("perf")
-    from servers import procs_mentioning
     blinded = ("a diag eBPF agent of another run holds the raw_syscalls tracepoints, which blinds perf trace "
                "on this kernel (README, Known limits)")
     if procs_mentioning("diag.agent") or procs_mentioning("ebpf_agent"):

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
-from diag_run import ROOT, collectors_started_ns, diag_popen, load_json
+from diag_run import ROOT, collectors_started_ns, diag, diag_popen, load_json
 from servers import HttpLoad
 from toolbox import free_port, listening, require_root, wait_until
 
@@ -207,8 +207,6 @@ def test_attach_by_name_is_refused_when_ambiguous(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "diag-twin-marker"])
              for _ in range(2)]
     try:
-        from servers import diag
-
         r = diag("attach", "--name", "diag-twin-marker", "--duration", "1")
     finally:
         for p in procs:
