@@ -186,21 +186,30 @@ def calls_of(slow: list[SlowRequest], pred) -> list[SyscallEvent]:
 
 
 def behind_line(ctx: AnalysisContext, key: str, label: str) -> Evidence | None:
-    """'Other requests waited X on a lock while its holder was in LABEL'."""
+    """'Other requests waited X on a lock while its holder was in LABEL' (and 'Y in the accept
+    queue while the servers were in LABEL': a busy pre-fork worker's call delays the next client)."""
     ra = ctx.req
     ns = ra.behind_total(key)
     if ns <= 0:
         return None
-    n = sum(1 for s in ra.slow if s.behind.get(key))
+    queued = sum(s.queue_behind.get(key, 0) for s in ra.slow)
+    locked = ns - queued
+    n = sum(1 for s in ra.slow if s.behind.get(key, 0) > s.queue_behind.get(key, 0))
+    nq = sum(1 for s in ra.slow if s.queue_behind.get(key))
+    queue_text = (f"{nq} slow requests waited {fmt_duration(queued)} in the accept queue while the servers were "
+                  f"inside {label}: their connections were accepted only once that call returned")
+    if locked <= 0:
+        return Evidence("ebpf (accept queue)", queue_text, slow_window(ra.slow))
+    also = f"; {queue_text}" if queued else ""
     if ra.followed:
         holders = sorted({b.holder for s in ra.slow for b in s.blame if b.root == key and b.holder is not None})
-        return Evidence("ebpf (wakeups)", f"{n} slow requests also waited {fmt_duration(ns)} on a lock whose holder "
-                                          f"(tid {', '.join(map(str, holders[:4])) or '?'}) was inside {label}: "
-                                          f"followed from each wait to the thread that ended it; the lock spreads "
-                                          f"that latency to every waiter", slow_window(ra.slow))
-    return Evidence("syscalls", f"{n} slow requests also waited {fmt_duration(ns)} on a lock (long futex waits) while "
-                                f"another thread of the process was inside {label}: the lock spreads that "
-                                f"latency to every waiter", slow_window(ra.slow))
+        return Evidence("ebpf (wakeups)", f"{n} slow requests also waited {fmt_duration(locked)} on a lock whose "
+                                          f"holder (tid {', '.join(map(str, holders[:4])) or '?'}) was inside "
+                                          f"{label}: followed from each wait to the thread that ended it; the lock "
+                                          f"spreads that latency to every waiter{also}", slow_window(ra.slow))
+    return Evidence("syscalls", f"{n} slow requests also waited {fmt_duration(locked)} on a lock (long futex waits) "
+                                f"while another thread of the process was inside {label}: the lock spreads that "
+                                f"latency to every waiter{also}", slow_window(ra.slow))
 
 
 def share_with_behind(ctx: AnalysisContext, key: str) -> tuple[float, int]:
