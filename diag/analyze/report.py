@@ -134,6 +134,28 @@ def _request_json(r, breakdown: dict | None = None) -> dict:
     return d
 
 
+def by_process(ctx: AnalysisContext) -> list[dict]:
+    """A tree's requests per process (a pre-fork master's workers), with each member's role: which
+    worker served the slow ones, and whether one lags the others. Empty for one process."""
+    ra = ctx.req
+    pids = {r.pid for r in ra.requests}
+    members = {m["pid"]: m for m in ctx.members}
+    if len(pids | set(members)) < 2:
+        return []
+    slow = {}
+    for s in ra.slow:
+        slow[s.request.pid] = slow.get(s.request.pid, 0) + 1
+    rows = []
+    for pid in sorted(pids | set(members)):
+        lat = sorted((ra.latency(r), r.weight) for r in ra.requests if r.pid == pid)
+        m = members.get(pid, {})
+        rows.append({"pid": pid, "ns_pid": m.get("ns_pid"), "role": m.get("role"),
+                     "requests": sum(w for _, w in lat), "slow": slow.get(pid, 0),
+                     "p50_ns": stats.weighted_percentile(lat, 50) if lat else None,
+                     "p99_ns": stats.weighted_percentile(lat, 99) if lat else None})
+    return rows
+
+
 def requests_section(ctx: AnalysisContext) -> dict | None:
     ra = ctx.req
     if ra is None:
@@ -163,6 +185,7 @@ def requests_section(ctx: AnalysisContext) -> dict | None:
         "breakdown": {k: v for k, v in sorted(breakdown.items()) if v},
         "slowest": [_request_json(s.request, s.breakdown) for s in worst],
         "connections": len({(r.pid, r.fd, r.conn_start_ns) for r in ra.requests}),
+        "by_process": by_process(ctx),
     }
     if ra.client_visible:
         server = ctx.data.request_hists.get("server") if ra.histogram is not None else None

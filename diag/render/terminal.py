@@ -103,6 +103,11 @@ def show(report: dict, console: Console | None = None, top: int = 12) -> None:
         c.print(Text(f"  {req['slow_count']} slow requests (≥ {fmt_duration(req['slow_threshold_ns'])}, "
                      f"{req['slow_threshold_from']}) spent their time: " +
                      ", ".join(f"{BREAKDOWN_LABEL.get(k, k)} {v / total:.0%}" for k, v in parts if v / total >= 0.01)))
+        for p in req.get("by_process") or ():
+            ns = f" (pid {p['ns_pid']} in its namespace)" if p.get("ns_pid") not in (None, p["pid"]) else ""
+            lat = (f": p50 {fmt_duration(p['p50_ns'])}, p99 {fmt_duration(p['p99_ns'])}, {p['slow']} slow"
+                   if p["requests"] else "")
+            c.print(Text(f"  pid {p['pid']}{ns} {p.get('role') or 'process'}: {p['requests']:,} requests{lat}"))
         c.print()
 
     lat = report["latency"]["syscalls"]

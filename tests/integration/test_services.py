@@ -107,6 +107,10 @@ def test_attach_to_the_master_finds_the_workers_fsync(tmp_path, workers):
     assert seen and seen[0].startswith(f"seen in {nworkers} of {nworkers} workers"), top["evidence"]
     served = {r["pid"] for r in report["requests"]["slowest"]}
     assert served <= {p for p, r in roles.items() if r == "worker"}
+    # and the report's per-process view: the master serves none, the workers all of them
+    per = {p["pid"]: p for p in report["requests"]["by_process"]}
+    assert per[master.pid]["role"] == "master" and per[master.pid]["requests"] == 0, per
+    assert sum(p["requests"] for p in per.values()) == report["requests"]["count"], per
 
 
 def test_a_worker_recycled_mid_capture_is_picked_up(tmp_path):
