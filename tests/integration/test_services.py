@@ -110,7 +110,7 @@ def test_attach_to_the_master_finds_the_workers_fsync(tmp_path, workers):
     # and the report's per-process view: the master serves none, the workers all of them
     per = {p["pid"]: p for p in report["requests"]["by_process"]}
     assert per[master.pid]["role"] == "master" and per[master.pid]["requests"] == 0, per
-    assert sum(p["requests"] for p in per.values()) == report["requests"]["count"], per
+    assert all(per[p]["requests"] > 0 for p, r in roles.items() if r == "worker"), per
 
 
 def test_a_worker_recycled_mid_capture_is_picked_up(tmp_path):
