@@ -1,6 +1,6 @@
 """A threaded HTTP server that journals every request with fsync: the demo's known latency fault.
 
-Each POST/GET appends a 64 KB record to a journal file and fsyncs it before answering
+Each POST/GET appends a 64 KB record to a journal file and fsyncs it (and its directory) before answering
 (durability on the request path, the source document's worked example), under the journal's
 lock, as journals do: concurrent requests queue behind each other's fsync. `--compact-every N`
 also rewrites a 4 MB block every N requests (off by default). `--fault none` turns journaling
@@ -24,6 +24,7 @@ MAX_JOURNAL = 64 * 1024 * 1024
 class Journal:
     def __init__(self, path: str) -> None:
         self.f = open(path, "wb")
+        self.dir = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
         self.lock = threading.Lock()
         self.n = 0
         self.record = os.urandom(RECORD)
@@ -33,13 +34,18 @@ class Journal:
         with self.lock:
             self.n += 1
             if self.f.tell() > MAX_JOURNAL:
+                # wrap around in place: a truncate of pages just synced waits ~15 ms for the
+                # filesystem's journal in ftruncate, a call the probe does not time (the holder's
+                # "other work" then), which is not the fault this demo shows
                 self.f.seek(0)
-                self.f.truncate()
             self.f.write(self.record)
             if compact_every and self.n % compact_every == 0:
                 self.f.write(self.block)
             self.f.flush()
             os.fsync(self.f.fileno())
+            # and its directory, as a journal that creates or renames segments does: on a fast
+            # disk the file's fsync alone (~0.4 ms) is no longer than the rest of the critical section
+            os.fsync(self.dir)
 
 
 def make_handler(journal: Journal | None, compact_every: int):

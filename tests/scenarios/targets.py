@@ -6,7 +6,8 @@ Prints `listening on 127.0.0.1:PORT` once ready. Every server answers `GET /` on
 small JSON body; the fault is the only thing wrong with it:
 
 - healthy       threaded HTTP/1.1 keep-alive, buffered I/O: the control
-- disk-sync     appends 64 KB and fsyncs on every request (under a lock, like a journal)
+- disk-sync     appends 64 KB and fsyncs the journal and its directory on every request (under a
+                lock, as a journal that creates or renames segments does)
 - file-io       reads a 4 MB file whose page cache was dropped, on every request
 - small-reads   unbuffered request reading: the request line and headers arrive 1 byte per read
 - small-writes  unbuffered response writing: headers and body in separate small writes (Nagle)
@@ -87,6 +88,9 @@ def make_handler(fault: str, args) -> type[BaseHTTPRequestHandler]:
     if fault == "gil-background":
         threading.Thread(target=spin_forever, name="spinner", daemon=True).start()
     journal = open(os.path.join(args.dir, "journal.bin"), "wb") if fault == "disk-sync" else None
+    # the directory's fsync too: on this VM's fast disk the file's alone (~0.4 ms) was no longer
+    # than the holder's own work under the lock, and the fault ranked at info in 2 of 6 runs
+    journal_dir = os.open(args.dir, os.O_RDONLY | os.O_DIRECTORY) if fault == "disk-sync" else None
     record = os.urandom(64 * 1024)
     big_path = os.path.join(args.dir, "big.bin")
     if fault == "file-io":
@@ -106,6 +110,7 @@ def make_handler(fault: str, args) -> type[BaseHTTPRequestHandler]:
                     journal.write(record)
                     journal.flush()
                     os.fsync(journal.fileno())
+                    os.fsync(journal_dir)
             elif fault == "file-io":
                 fd = os.open(big_path, os.O_RDONLY)
                 try:
