@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out")
     ap.add_argument("--duration", type=float, default=6.0)
-    ap.add_argument("--rate", type=float, default=200.0, help="requests per second of the load")
+    # 120 req/s: at 200 the 2-core reference VM ran out of CPU (server threads, load generator and
+    # the collectors), lock holders waited for a CPU and the fault came out first in 9 runs of 10
+    ap.add_argument("--rate", type=float, default=120.0, help="requests per second of the load")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     capture = os.path.join(a.out, "demo.diag")
