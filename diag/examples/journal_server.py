@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RECORD = 64 * 1024
 COMPACT = 4 * 1024 * 1024
-MAX_JOURNAL = 64 * 1024 * 1024
+MAX_JOURNAL = 256 * 1024 * 1024   # a demo never wraps (an overwrite in place syncs no metadata)
 
 
 class Journal:
