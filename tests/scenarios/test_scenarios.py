@@ -61,7 +61,7 @@ BOTH_INTERPRETERS = ("healthy-threaded", "disk-sync", "cpu-threads", "gil-backgr
 
 SCENARIOS = [
     Scenario("healthy-threaded", None, fault="healthy"),
-    Scenario("disk-sync", "disk-sync"),
+    Scenario("disk-sync", "disk-sync", concurrency=6),
     Scenario("file-io", "file-io", concurrency=2, rate=40),
     # a request line of ~1.5 KB (a long query string, as a cookie or a token makes it): read a
     # byte at a time, the fault costs every request ~1500 syscalls
