@@ -52,6 +52,16 @@ def agent_python() -> str:
     return bcc_python() or SYSTEM_PYTHON
 
 
+def stop_agent(agent: subprocess.Popen, timeout: float = 60) -> None:
+    """Ctrl-C to an agent (it detaches its programs and closes its files), SIGKILL past `timeout`."""
+    agent.send_signal(signal.SIGINT)
+    try:
+        agent.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+
+
 def _wait(pred, timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.modes import agent_python
+from bench.modes import agent_python, stop_agent
 
 REPO = Path(__file__).resolve().parents[1]
 CALLS = 200_000
@@ -81,11 +81,7 @@ def one_run(agent_args: list[str] | None, work: Path) -> float:
         if loop.poll() is None:
             loop.kill()
         if agent is not None:
-            agent.send_signal(2)
-            try:
-                agent.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+            stop_agent(agent)
             shutil.rmtree(work / f"probe-cost-{loop.pid}", ignore_errors=True)
 
 

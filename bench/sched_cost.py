@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.modes import agent_python
+from bench.modes import agent_python, stop_agent
 from diag.agent.procfs import held_prog_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +78,7 @@ def one_round(work: Path) -> dict[str, dict]:
         after = _prog_stats(ids)
     finally:
         if agent is not None:
-            agent.send_signal(2)
-            try:
-                agent.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+            stop_agent(agent)
         srv.terminate()
         srv.wait(15)
         shutil.rmtree(work, ignore_errors=True)
