@@ -3,14 +3,15 @@ set-up, and TIME_WAIT sockets pile up on the server's ports (active close: 2 x M
 
 Time, in the unit every finding ranks by: the set-up a slow request's client waited for before
 the server read it (the probe's accept-queue wait, from the handshake to the accept, less the part
-spent behind the servers' own work, which is that work's), for requests that were the only one on
-their connection. The count of TIME_WAIT sockets is the finding's own
+spent behind the servers' blocking calls, which their own findings count), for requests that were
+the only one on their connection. The count of TIME_WAIT sockets is the finding's own
 figure: without measured time it is reported at info, after every time-based finding, never as a
 warning by count alone (port exhaustion shows as connect errors, which another finding would see).
 """
 from __future__ import annotations
 
 from diag.analyze.context import AnalysisContext
+from diag.analyze.crossing import HOLDER_FAMILIES
 from diag.analyze.rules.accept_backlog import accepted
 from diag.analyze.rules.common import MIN_SHARE, severity, slow_window
 from diag.model import Evidence, Finding
@@ -44,10 +45,12 @@ def check(ctx: AnalysisContext) -> Finding | None:
             key = (r.pid, r.fd, r.conn_start_ns)
             conns[key] = conns.get(key, 0) + 1
         single = [s for s in ra.slow if conns.get((s.request.pid, s.request.fd, s.request.conn_start_ns)) == 1]
-        # the part of the queue wait spent behind the servers' work (a busy pre-fork worker's fsync)
-        # is that work's, as accept-backlog counts it: only the rest is the set-up's own
-        setup = sum(max(0, s.breakdown.get("queue", 0) - sum(s.queue_behind.values())) + s.breakdown.get("setup", 0)
-                    for s in single)
+        # the part of the queue wait spent behind the servers' blocking calls (a busy pre-fork
+        # worker's fsync) is counted by that call's finding: only the rest is the set-up's own
+        # (behind the servers' plain request handling, it is the cost of a connection per request)
+        setup = sum(max(0, s.breakdown.get("queue", 0) - sum(ns for fam, ns in s.queue_behind.items()
+                                                              if fam in HOLDER_FAMILIES))
+                    + s.breakdown.get("setup", 0) for s in single)
         one = sum(1 for c in conns.values() if c == 1)
         if conns:
             ev.append(Evidence("requests", f"{one:,} of {len(conns):,} connections carried one request; slow requests "
