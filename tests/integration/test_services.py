@@ -7,6 +7,7 @@ it: to the master, by --port or --name.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,14 @@ def test_attach_to_the_master_finds_the_workers_fsync(tmp_path, workers):
     top = report["findings"][0]
     assert top["id"] == "disk-sync" and top["severity"] in ("warning", "critical"), report["findings"]
     seen = [e["text"] for e in top["evidence"] if e["text"].startswith("seen in ")]
-    assert seen and seen[0].startswith(f"seen in {nworkers} of {nworkers} workers"), top["evidence"]
+    if "gthread" in workers:
+        # keep-alive connections stay with the worker that accepted them: 4 connections over 2
+        # workers may leave every slow request on one (seen: 567 and 189 requests, 10 slow on one)
+        assert seen and re.fullmatch(rf"seen in [1-{nworkers}] of {nworkers} workers serving requests \(pid [\d, ]+\)",
+                                     seen[0]), seen
+    else:
+        # a sync worker takes one connection per request: the slow ones land on every worker
+        assert seen and seen[0].startswith(f"seen in {nworkers} of {nworkers} workers"), top["evidence"]
     served = {r["pid"] for r in report["requests"]["slowest"]}
     assert served <= {p for p, r in roles.items() if r == "worker"}
     # and the report's per-process view: the master serves none, the workers all of them
