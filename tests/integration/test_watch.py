@@ -214,8 +214,13 @@ def test_restarts_and_forks_are_followed_and_sigkill_leaves_nothing_attached(tmp
         w.p.wait(10)
         wait_until(lambda: not any(alive(p) for p in agent_pids), "the agent exiting after SIGKILL of the watcher", 30)
         if loaded is not None:
-            left = {i: n for i, n in (bpf_programs() or {}).items() if i in mine}
-            assert not left, f"the agent's programs still loaded: {left}"
+            # the kernel frees a dead process's programs in deferred work (a tail-call target
+            # held by a program array goes with the map, after an RCU grace period): seen listed
+            # just after the agent exited, once in 5 runs; a leak would stay
+            def left() -> dict[int, str]:
+                return {i: n for i, n in (bpf_programs() or {}).items() if i in mine}
+
+            wait_until(lambda: not left(), lambda: f"the agent's programs still loaded: {left()}", 10, 0.2)
         assert alive(second.pid)
         assert not any(all_tracers(second.pid).values()), all_tracers(second.pid)
         st = read_state(out / ".ring")
