@@ -180,13 +180,17 @@ class Agent:
     # --- the loop -----------------------------------------------------------------------------
     def consume(self) -> None:
         for kind, ring in self.rings.items():
-            if kind == "calls":
-                before = self.files[kind].tell()
-                if ring.consume(self.files[kind]):
-                    self.symbolize_new_stacks(before)
-            else:
-                ring.consume(self.files[kind])
-            self.files[kind].flush()
+            self.drain(kind, ring)
+
+    def drain(self, kind: str, ring) -> None:
+        """One ring's pending records into its file (slow calls: their new stacks symbolized)."""
+        if kind == "calls":
+            before = self.files[kind].tell()
+            if ring.consume(self.files[kind]):
+                self.symbolize_new_stacks(before)
+        else:
+            ring.consume(self.files[kind])
+        self.files[kind].flush()
 
     def symbolize_new_stacks(self, since: int) -> None:
         """Kernel stacks of the slow calls just copied, written once per stack id (slow calls are

@@ -238,13 +238,7 @@ class SegmentAgent(Agent):
                     sink = _Discard()
                     self.dropped["records"] += ring.consume(sink)
                     continue
-            if kind == "calls":
-                before = self.files[kind].tell()
-                if ring.consume(self.files[kind]):
-                    self.symbolize_new_stacks(before)
-            else:
-                ring.consume(self.files[kind])
-            self.files[kind].flush()
+            self.drain(kind, ring)
 
     def rotate(self) -> None:
         """Close the current segment (its aggregates, histograms, losses, end) and open the next."""
