@@ -101,18 +101,15 @@ def test_attach_to_the_master_finds_the_workers_fsync(tmp_path, workers):
     assert manifest["target"]["pid"] == master.pid and roles[master.pid] == "master", procs
     nworkers = int(workers[1])
     assert sum(1 for r in roles.values() if r == "worker") == nworkers, procs
-    # and the fault is ranked first, seen in every worker
+    # and the fault is ranked first, named with the workers it was seen in
     top = report["findings"][0]
     assert top["id"] == "disk-sync" and top["severity"] in ("warning", "critical"), report["findings"]
     seen = [e["text"] for e in top["evidence"] if e["text"].startswith("seen in ")]
-    if "gthread" in workers:
-        # keep-alive connections stay with the worker that accepted them: 4 connections over 2
-        # workers may leave every slow request on one (seen: 567 and 189 requests, 10 slow on one)
-        assert seen and re.fullmatch(rf"seen in [1-{nworkers}] of {nworkers} workers serving requests \(pid [\d, ]+\)",
-                                     seen[0]), seen
-    else:
-        # a sync worker takes one connection per request: the slow ones land on every worker
-        assert seen and seen[0].startswith(f"seen in {nworkers} of {nworkers} workers"), top["evidence"]
+    # the slow requests (the 10 slowest) may miss a worker: 2 of 3 sync workers were seen, and with
+    # gthread keep-alive connections stay on the worker that accepted them (10 of 10 on one of 2);
+    # that every worker was followed is checked on the per-process view below
+    assert seen and re.fullmatch(rf"seen in [1-{nworkers}] of {nworkers} workers serving requests \(pid [\d, ]+\)",
+                                 seen[0]), seen
     served = {r["pid"] for r in report["requests"]["slowest"]}
     assert served <= {p for p, r in roles.items() if r == "worker"}
     # and the report's per-process view: the master serves none, the workers all of them
